@@ -1,0 +1,255 @@
+"""Probing a video file: rational frame rate, exact frame count, display size and rotation, audio, VFR.
+
+The probe demuxes the whole video stream once (packets only, no decoding, a few milliseconds per thousand frames)
+so the frame count and the presentation timestamps are exact even where the container header is missing or wrong,
+and decodes only the first frame (to read the display matrix). It keeps one int64 per frame (the sorted
+presentation timestamps), never pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from retarget.errors import InputError
+from retarget.video.orientation import IDENTITY, Orientation, orientation_from_display_matrix
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """The first audio stream of a file.
+
+    ``duration`` is in seconds (sum of packet durations where the container gives them, else the stream header's).
+    ``time_base`` is the stream's time base; ``start_time`` is the first packet's time in seconds.
+    """
+
+    index: int
+    codec: str
+    sample_rate: int
+    channels: int
+    layout: str
+    time_base: Fraction
+    start_time: float
+    duration: float
+    packet_count: int
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a caller needs to decode, align and re-encode a clip.
+
+    Sizes: ``width``/``height`` are the display size (after rotation), ``coded_width``/``coded_height`` the stored
+    one. Times: ``frame_rate`` is exact (``Fraction(30000, 1001)`` for NTSC 29.97); for variable-frame-rate input
+    (``is_vfr``) it is the mean rate and ``frame_pts`` are the real timestamps. ``frame_pts`` holds every frame's
+    presentation timestamp in ``time_base`` units, sorted; ``start_pts`` is the first. ``duration`` in seconds
+    runs from the first frame to the end of the last one.
+    """
+
+    path: Path
+    format_name: str
+    codec: str
+    pix_fmt: str | None
+    width: int
+    height: int
+    coded_width: int
+    coded_height: int
+    orientation: Orientation
+    frame_rate: Fraction
+    frame_count: int
+    time_base: Fraction
+    start_pts: int
+    duration: float
+    is_vfr: bool
+    audio: AudioInfo | None
+    frame_pts: np.ndarray = field(repr=False, compare=False)
+
+    @property
+    def rotation(self) -> int:
+        """Display rotation in degrees counter-clockwise, in (-180, 180] (0 when the file has no display matrix)."""
+        return self.orientation.rotation
+
+    def frame_times(self) -> np.ndarray:
+        """float64 [frame_count]: each frame's presentation time in seconds from the first frame."""
+        return ((self.frame_pts - self.start_pts) * float(self.time_base)).astype(np.float64)
+
+    def summary(self) -> str:
+        """One line for logs: ``WxH, RATE fps (VFR), N frames, rotation, audio``."""
+        rate = f"{self.frame_rate.numerator}/{self.frame_rate.denominator}"
+        audio = (
+            f"{self.audio.codec} {self.audio.sample_rate} Hz {self.audio.channels} ch {self.audio.duration:.3f} s"
+            if self.audio
+            else "no audio"
+        )
+        vfr = " (variable)" if self.is_vfr else ""
+        return (
+            f"{self.path.name}: {self.width}x{self.height}, {rate} fps{vfr}, {self.frame_count} frames, "
+            f"{self.duration:.3f} s, rotation {self.rotation}, {audio}"
+        )
+
+
+def open_input(path: str | os.PathLike) -> av.container.InputContainer:
+    """Open ``path`` for reading with PyAV, turning every failure into one-line :class:`InputError`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a video file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty")
+    try:
+        return av.open(str(path), mode="r")
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as error:
+        raise InputError(f"{path}: not a readable video file ({_reason(error)})") from error
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    message = text[0] if text else type(error).__name__
+    return message.split(": '", 1)[0]
+
+
+def display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
+    """The 9 int32 of a decoded frame's display matrix side data, or ``None``."""
+    for side_data in frame.side_data:
+        if side_data.type.name == "DISPLAYMATRIX":
+            return np.frombuffer(bytes(side_data), dtype="<i4")[:9].copy()
+    return None
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Probe ``path``; raises :class:`InputError` (one line naming the file) for missing/empty/corrupt/truncated
+    files, files without a video stream and files whose video stream has no decodable frame."""
+    path = Path(path)
+    container = open_input(path)
+    try:
+        return _probe(path, container)
+    except av.error.FFmpegError as error:
+        raise InputError(f"{path}: damaged or truncated video ({_reason(error)})") from error
+    finally:
+        container.close()
+
+
+def _probe(path: Path, container: av.container.InputContainer) -> VideoInfo:
+    if not container.streams.video:
+        raise InputError(f"{path}: has no video stream")
+    stream = container.streams.video[0]
+    if stream.time_base is None:
+        raise InputError(f"{path}: video stream has no time base")
+    audio_stream = container.streams.audio[0] if container.streams.audio else None
+    streams = [stream] + ([audio_stream] if audio_stream is not None else [])
+
+    pts: list[int] = []
+    audio_packets = 0
+    audio_first: int | None = None
+    audio_end: int | None = None
+    first_frame: av.VideoFrame | None = None
+    pending_dts: list[int] = []
+    for packet in container.demux(streams):
+        if packet.stream.index == stream.index:
+            if packet.size == 0:
+                continue
+            if packet.pts is not None:
+                pts.append(packet.pts)
+            elif packet.dts is not None:
+                pending_dts.append(packet.dts)
+            if first_frame is None:
+                frames = stream.decode(packet)
+                if frames:
+                    first_frame = frames[0]
+        elif packet.size:
+            audio_packets += 1
+            if packet.pts is not None:
+                audio_first = packet.pts if audio_first is None else min(audio_first, packet.pts)
+                end = packet.pts + (packet.duration or 0)
+                audio_end = end if audio_end is None else max(audio_end, end)
+    if first_frame is None:
+        for frame in stream.decode(None):
+            first_frame = frame
+            break
+    if not pts and pending_dts:
+        pts = pending_dts  # elementary streams without pts: decode order equals display order
+    if first_frame is None or not pts:
+        raise InputError(f"{path}: video stream has no decodable frames")
+
+    time_base = Fraction(stream.time_base)
+    frame_pts = np.sort(np.asarray(pts, dtype=np.int64))
+    frame_rate, is_vfr = _frame_rate(stream, frame_pts, time_base)
+    frame_count = int(frame_pts.size)
+    duration = float((int(frame_pts[-1] - frame_pts[0])) * time_base + 1 / frame_rate)
+
+    orientation = orientation_from_display_matrix(display_matrix(first_frame))
+    coded_width, coded_height = first_frame.width, first_frame.height
+    width, height = orientation.display_size(coded_width, coded_height)
+
+    audio = None
+    if audio_stream is not None:
+        audio_tb = Fraction(audio_stream.time_base)
+        codec_context = audio_stream.codec_context
+        if audio_first is not None and audio_end is not None:
+            audio_start, audio_duration = float(audio_first * audio_tb), float((audio_end - audio_first) * audio_tb)
+        else:
+            audio_start = float((audio_stream.start_time or 0) * audio_tb)
+            audio_duration = float((audio_stream.duration or 0) * audio_tb)
+        audio = AudioInfo(
+            index=audio_stream.index,
+            codec=codec_context.name,
+            sample_rate=int(codec_context.sample_rate or 0),
+            channels=int(codec_context.channels or 0),
+            layout=codec_context.layout.name if codec_context.layout else "",
+            time_base=audio_tb,
+            start_time=audio_start,
+            duration=audio_duration,
+            packet_count=audio_packets,
+        )
+
+    return VideoInfo(
+        path=path,
+        format_name=container.format.name,
+        codec=stream.codec_context.name,
+        pix_fmt=stream.codec_context.pix_fmt,
+        width=width,
+        height=height,
+        coded_width=coded_width,
+        coded_height=coded_height,
+        orientation=orientation,
+        frame_rate=frame_rate,
+        frame_count=frame_count,
+        time_base=time_base,
+        start_pts=int(frame_pts[0]),
+        duration=duration,
+        is_vfr=is_vfr,
+        audio=audio,
+        frame_pts=frame_pts,
+    )
+
+
+def _frame_rate(stream: av.video.stream.VideoStream, frame_pts: np.ndarray, time_base: Fraction) -> tuple[Fraction, bool]:
+    """(rate, is_vfr) from the sorted timestamps; the container's nominal rate when it matches them.
+
+    Timestamps count as constant-rate when all frame intervals lie within 2 ticks (or 1 %) of each other, which
+    absorbs the rounding of e.g. 29.97 fps to a millisecond time base.
+    """
+    nominal = stream.base_rate or stream.guessed_rate or stream.average_rate
+    nominal = Fraction(nominal) if nominal else None
+    if frame_pts.size < 2:
+        return (nominal if nominal else Fraction(25)), False
+    deltas = np.diff(frame_pts)
+    median = float(np.median(deltas))
+    if median <= 0:
+        raise InputError(f"{stream.container.name}: video timestamps are not increasing")
+    spread = float(deltas.max() - deltas.min())
+    is_vfr = spread > max(2.0, 0.01 * median)
+    if not is_vfr:
+        if nominal and abs(float(1 / (nominal * time_base)) - median) <= 1.0:
+            return nominal, False
+        return 1 / (Fraction(int(round(median))) * time_base), False
+    mean = Fraction(int(frame_pts.size - 1)) / (Fraction(int(frame_pts[-1] - frame_pts[0])) * time_base)
+    average = Fraction(stream.average_rate) if stream.average_rate else None
+    if average and abs(float(average - mean)) < 1e-3 * float(mean):
+        return average, True
+    return mean.limit_denominator(1_000_000), True

@@ -1,0 +1,149 @@
+"""Streaming decode: RGB frames in bounded chunks, with their timestamps, rotation applied.
+
+Memory: one chunk of ``chunk_size`` frames (``chunk_size * H * W * 3`` bytes) plus the decoder's own few
+reference frames, whatever the clip length. The decoder is flushed at the end of the stream so the last frames
+(held back by B-frame reordering) are returned too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from retarget.errors import InputError
+from retarget.video.probe import VideoInfo, _reason, open_input, probe_video
+
+
+@dataclass(frozen=True)
+class FrameChunk:
+    """Consecutive decoded frames.
+
+    ``frames``: uint8 ``[n, H, W, 3]`` RGB in display orientation. ``pts``: int64 ``[n]`` presentation timestamps
+    in the stream's ``time_base``. ``times``: float64 ``[n]`` seconds since the clip's first frame. ``indices``:
+    int64 ``[n]`` frame numbers in the whole clip (0 = first frame), also when reading a time range.
+    """
+
+    frames: np.ndarray
+    pts: np.ndarray
+    times: np.ndarray
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+
+class VideoReader:
+    """Decode a video file frame by frame or chunk by chunk.
+
+    ``VideoReader(path)`` probes the file (see :func:`probe_video`); ``reader.info`` holds the result.
+    Decoding errors and truncation raise :class:`InputError` naming the file.
+    """
+
+    def __init__(self, path: str | os.PathLike, info: VideoInfo | None = None, threads: int = 0):
+        self.path = Path(path)
+        self.info = info if info is not None else probe_video(self.path)
+        self.threads = threads
+
+    def frame_range(self, start: float | None = None, end: float | None = None) -> tuple[int, int]:
+        """Frame numbers ``[first, stop)`` whose times ``t`` satisfy ``start <= t < end`` (seconds from the first frame;
+        ``None`` = open end). Times are compared exactly, in the stream's time base."""
+        info = self.info
+        lo, hi = 0, info.frame_count
+        if start is not None:
+            start_pts = info.start_pts + _ceil_ticks(start, info.time_base)
+            lo = int(np.searchsorted(info.frame_pts, start_pts, side="left"))
+        if end is not None:
+            end_pts = info.start_pts + _ceil_ticks(end, info.time_base)
+            hi = int(np.searchsorted(info.frame_pts, end_pts, side="left"))
+        return lo, max(lo, hi)
+
+    def count(self, start: float | None = None, end: float | None = None) -> int:
+        """Number of frames :meth:`iter_frames` yields for this range."""
+        lo, hi = self.frame_range(start, end)
+        return hi - lo
+
+    def iter_frames(
+        self, start: float | None = None, end: float | None = None
+    ) -> Iterator[tuple[np.ndarray, int, int]]:
+        """Yield ``(rgb, pts, index)``: uint8 ``[H, W, 3]`` display-oriented RGB, the pts in ``info.time_base``,
+        and the frame number in the whole clip, for the frames with ``start <= t < end``."""
+        info = self.info
+        lo, hi = self.frame_range(start, end)
+        if lo >= hi:
+            return
+        first_pts, last_pts = int(info.frame_pts[lo]), int(info.frame_pts[hi - 1])
+        container = open_input(self.path)
+        produced = 0
+        try:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            if self.threads:
+                stream.codec_context.thread_count = self.threads
+            if lo > 0:
+                container.seek(first_pts, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                pts = frame.pts if frame.pts is not None else int(info.frame_pts[min(lo + produced, hi - 1)])
+                if pts < first_pts:
+                    continue
+                if pts > last_pts:
+                    break
+                index = lo + produced
+                rgb = info.orientation.apply(frame.to_ndarray(format="rgb24"))
+                produced += 1
+                yield rgb, int(pts), index
+                if produced == hi - lo:
+                    break
+        except av.error.FFmpegError as error:
+            raise InputError(f"{self.path}: damaged video, decoding stopped at frame {lo + produced} "
+                             f"({_reason(error)})") from error
+        finally:
+            container.close()
+        if produced < hi - lo:
+            raise InputError(
+                f"{self.path}: truncated or damaged video, decoded {produced} of {hi - lo} frames"
+            )
+
+    def iter_chunks(
+        self, chunk_size: int = 16, start: float | None = None, end: float | None = None
+    ) -> Iterator[FrameChunk]:
+        """Yield :class:`FrameChunk` of at most ``chunk_size`` frames (the last one may be shorter)."""
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        info = self.info
+        scale = float(info.time_base)
+        buffer: np.ndarray | None = None
+        pts: list[int] = []
+        indices: list[int] = []
+        for rgb, frame_pts, index in self.iter_frames(start, end):
+            if buffer is None:
+                buffer = np.empty((chunk_size, *rgb.shape), dtype=np.uint8)
+            buffer[len(pts)] = rgb
+            pts.append(frame_pts)
+            indices.append(index)
+            if len(pts) == chunk_size:
+                yield _chunk(buffer, pts, indices, info.start_pts, scale)
+                buffer, pts, indices = None, [], []
+        if pts:
+            yield _chunk(buffer[: len(pts)], pts, indices, info.start_pts, scale)
+
+
+def _chunk(frames: np.ndarray, pts: list[int], indices: list[int], start_pts: int, scale: float) -> FrameChunk:
+    pts_array = np.asarray(pts, dtype=np.int64)
+    return FrameChunk(
+        frames=frames,
+        pts=pts_array,
+        times=(pts_array - start_pts).astype(np.float64) * scale,
+        indices=np.asarray(indices, dtype=np.int64),
+    )
+
+
+def _ceil_ticks(seconds: float, time_base: Fraction) -> int:
+    """Smallest tick count whose time is >= ``seconds`` (exact rational arithmetic on the float's value)."""
+    ticks = Fraction(seconds) / time_base
+    return -((-ticks.numerator) // ticks.denominator)
