@@ -1,0 +1,395 @@
+"""``ExpressionPipeline``: Arc2Face + Expression Adapter + Reference Adapter, rendering many frames per call.
+
+The math is the published model's (Arc2Face identity prompt, IP-Adapter-style expression tokens in every
+cross-attention, reference self-attention on the conditional half of the CFG batch, LoRA on ``attn1``,
+DPM-Solver++ from the SD1.5 scheduler config), but the denoising loop is our own so that a batch may hold a
+different expression and identity per frame and still equal rendering each frame alone.
+
+Per-clip work is cached: the empty-prompt and zero-expression embeddings at load, the identity prompt and the
+reference features (and their keys/values per layer) for the last identity/reference seen, so a clip rendered in
+many batches pays for them once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import WeightsError
+from .models.attention import AttentionContext, ReferenceBank
+from .models.identity import IdentityEncoder
+from .models.loading import (
+    REFERENCE_ADAPTER_NAME,
+    ModelFiles,
+    load_expression_adapter,
+    load_identity_encoder_model,
+    load_reference_lora,
+    load_scheduler_config,
+    load_tokenizer,
+    load_unet,
+    load_vae,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExpressionPipelineOutput:
+    """``images``: float ``[B, H, W, 3]`` in [0, 1] ("np"), a list of PIL images ("pil"), or ``[B, 3, H, W]`` ("pt")."""
+
+    images: np.ndarray | list | torch.Tensor
+
+
+def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
+    """CUDA when available; bf16 on GPUs that support it, else fp16; fp32 on the CPU."""
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        if device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.float32
+    elif isinstance(dtype, str):
+        dtype = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+                 "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[dtype]
+    return device, dtype
+
+
+def _digest(*tensors: torch.Tensor) -> str:
+    """Content hash of tensors (dtype, shape and bytes), used as a cache key for per-clip conditioning."""
+    h = hashlib.sha1()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def clip_noise(seed: int, frame_indices, latent_shape: tuple[int, int, int], per_frame: bool = False) -> torch.Tensor:
+    """Initial noise for frames of a clip: ``[len(frame_indices), C, h, w]`` float32 on the CPU.
+
+    By default every frame gets the same noise (drawn from ``seed``), which keeps a rendered clip temporally
+    stable. With ``per_frame`` each frame's noise is drawn from ``(seed, frame index)``, so it does not depend
+    on how the clip is split into batches or resumed.
+    """
+    frames = list(frame_indices)
+    if not per_frame:
+        base = torch.randn((1, *latent_shape), generator=torch.Generator().manual_seed(seed))
+        return base.expand(len(frames), *latent_shape).clone()
+    out = torch.empty((len(frames), *latent_shape))
+    for row, index in enumerate(frames):
+        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(index))
+        out[row] = torch.randn(latent_shape, generator=g)
+    return out
+
+
+_UNSET = object()
+
+
+class ExpressionPipeline:
+    """Renders faces of an identity with per-frame expressions, optionally anchored on a reference image.
+
+    Build with :meth:`from_pretrained`; call to render. Components: ``unet`` (Arc2Face, with the expression
+    processors and the reference LoRA attached), ``vae``, ``text_encoder`` + ``tokenizer`` (identity encoder),
+    ``expression_projection``, and the base scheduler config. The reference pass reuses ``unet`` with both
+    adapters switched off, which is exactly the published reference UNet (a frozen copy of the Arc2Face UNet)
+    without holding a second copy in memory.
+    """
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler_config: dict, expression_projection,
+                 context: AttentionContext, has_reference_adapter: bool, device, dtype):
+        self.unet, self.vae = unet, vae
+        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.scheduler_config = scheduler_config
+        self.expression_projection = expression_projection
+        self.context = context
+        self.has_reference_adapter = has_reference_adapter
+        self.device, self.dtype = torch.device(device), dtype
+        self.vae_dtype = dtype
+        self.vae_batch_size = 8
+        self.identity_encoder = IdentityEncoder(text_encoder, tokenizer)
+        self._lora_scale: float | None | object = _UNSET
+        self._identity_cache: tuple[str, torch.Tensor] | None = None
+        self._reference_cache: tuple[str, ReferenceBank] | None = None
+        with torch.no_grad():
+            self._empty_prompt = self.identity_encoder.encode_empty().to(dtype)
+            zeros = torch.zeros(1, expression_projection.n_values, device=self.device, dtype=dtype)
+            self._neutral_tokens = expression_projection(zeros)
+        self._set_lora(None)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Loading
+
+    @classmethod
+    def from_pretrained(cls, models_dir, base_model=None, device=None, dtype=None) -> "ExpressionPipeline":
+        """Load the published files strictly (see :mod:`retarget.models.loading`).
+
+        ``models_dir``: folder in the published layout. ``base_model``: SD1.5 folder or hub id for ``vae/``,
+        ``tokenizer/``, ``scheduler/`` (default ``$RETARGET_BASE_MODEL`` or the public SD1.5 repository).
+        ``device``/``dtype``: default CUDA with bf16 (fp16 where bf16 is unsupported), else CPU with fp32.
+        The reference adapter file is optional; without it, rendering with a reference image is an error.
+        """
+        device, dtype = default_device_dtype(device, dtype)
+        files = ModelFiles.locate(models_dir, base_model)
+        unet = load_unet(files.unet_dir)
+        if unet.config.cross_attention_dim is None:
+            raise WeightsError(f"{files.unet_dir}: the UNet has no cross-attention")
+        context = AttentionContext()
+        projection = load_expression_adapter(unet, files.expression_adapter, context)
+        has_reference = files.reference_lora is not None
+        if has_reference:
+            load_reference_lora(unet, files.reference_lora)
+        text_encoder = load_identity_encoder_model(files.encoder_dir)
+        if text_encoder.config.hidden_size != unet.config.cross_attention_dim:
+            raise WeightsError(
+                f"{files.encoder_dir}: the identity encoder is {text_encoder.config.hidden_size}-d, the UNet expects "
+                f"{unet.config.cross_attention_dim}-d prompt embeddings"
+            )
+        vae = load_vae(files.base_dir / "vae")
+        tokenizer = load_tokenizer(files.base_dir / "tokenizer")
+        scheduler_config = load_scheduler_config(files.base_dir / "scheduler")
+        for module in (unet, vae, text_encoder, projection):
+            first = next(module.parameters())
+            if first.dtype != dtype or first.device != device:
+                module.to(device=device, dtype=dtype)
+        log.info("loaded %s on %s (%s)", models_dir, device, dtype)
+        return cls(unet, vae, text_encoder, tokenizer, scheduler_config, projection, context, has_reference, device, dtype)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Geometry and options
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        size = self.unet.config.sample_size
+        return (self.unet.config.in_channels, size, size)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square output images in pixels (UNet sample size x VAE factor; 512 when published)."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    def enable_vae_tiling(self) -> None:
+        """Decode in tiles (lower peak memory for large batches or sizes)."""
+        self.vae.enable_tiling()
+
+    def upcast_vae(self) -> None:
+        """Run the VAE in fp32 (avoids fp16 artefacts on older GPUs at a small cost)."""
+        self.vae.to(torch.float32)
+        self.vae_dtype = torch.float32
+
+    def compile(self, **kwargs) -> None:
+        """``torch.compile`` the UNet (first call is slow; later calls are faster on GPUs)."""
+        self.unet.compile(**kwargs)
+
+    def scheduler(self):
+        """A fresh DPM-Solver++ multistep scheduler built from the base scheduler config."""
+        from diffusers import DPMSolverMultistepScheduler
+
+        return DPMSolverMultistepScheduler.from_config(self.scheduler_config)
+
+    def _set_lora(self, scale: float | None) -> None:
+        """Reference LoRA at ``scale``, or fully off for None (no LoRA computation at all)."""
+        if not self.has_reference_adapter or scale == self._lora_scale:
+            return
+        if scale is None:
+            self.unet.disable_adapters()
+        else:
+            if self._lora_scale is None or self._lora_scale is _UNSET:
+                self.unet.enable_adapters()
+            self.unet.set_adapters([REFERENCE_ADAPTER_NAME], weights=[float(scale)])
+        self._lora_scale = scale
+        if self._reference_cache is not None:
+            self._reference_cache[1].invalidate()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Conditioning
+
+    def encode_identity(self, id_embeds) -> torch.Tensor:
+        """Raw ArcFace vectors ``[512]`` or ``[B, 512]`` -> prompt embeddings ``[B, 77, C]`` (last one cached)."""
+        id_embeds = torch.as_tensor(np.asarray(id_embeds, dtype=np.float32) if not isinstance(id_embeds, torch.Tensor) else id_embeds)
+        if id_embeds.ndim == 1:
+            id_embeds = id_embeds[None]
+        key = _digest(id_embeds.float())
+        if self._identity_cache is None or self._identity_cache[0] != key:
+            unique, inverse = torch.unique(id_embeds.float().cpu(), dim=0, return_inverse=True)
+            prompts = self.identity_encoder.encode(unique).to(self.dtype)
+            self._identity_cache = (key, prompts[inverse.to(prompts.device)])
+        return self._identity_cache[1]
+
+    def _reference_pixels(self, reference_image) -> torch.Tensor:
+        """One image or a batch of images -> ``[R, 3, S, S]`` in [-1, 1] at the model's resolution."""
+        if isinstance(reference_image, (list, tuple)):
+            images = list(reference_image)
+        elif isinstance(reference_image, np.ndarray) and reference_image.ndim == 4:
+            images = list(reference_image)
+        else:
+            images = [reference_image]
+        size = self.image_size
+        arrays = []
+        for image in images:
+            if isinstance(image, Image.Image):
+                image = image.convert("RGB")
+            else:
+                image = np.asarray(image)
+                if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                    raise ValueError(f"reference images must be HxWx3 uint8 arrays or PIL images, got {image.dtype} {image.shape}")
+                image = Image.fromarray(image)
+            if image.size != (size, size):
+                image = image.resize((size, size), Image.LANCZOS)
+            arrays.append(np.asarray(image))
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return pixels
+
+    @torch.no_grad()
+    def encode_reference(self, reference_image, id_prompt: torch.Tensor) -> ReferenceBank:
+        """Run the reference pass once and return its per-layer tokens (cached for the same inputs).
+
+        The aligned reference is encoded with the VAE latent *mean* (deterministic), then the Arc2Face UNet runs
+        at timestep 0 conditioned on the identity prompt with both adapters off, recording every ``attn1`` input.
+        ``id_prompt`` is ``[1, 77, C]`` (shared) or ``[R, 77, C]`` (one per reference).
+        """
+        if not self.has_reference_adapter:
+            raise WeightsError("a reference image needs models/ref_adapter/pytorch_lora_weights.safetensors")
+        pixels = self._reference_pixels(reference_image)
+        if pixels.shape[0] == 1 and id_prompt.shape[0] > 1:
+            pixels = pixels.expand(id_prompt.shape[0], -1, -1, -1)
+        if id_prompt.shape[0] == 1 and pixels.shape[0] > 1:
+            id_prompt = id_prompt.expand(pixels.shape[0], -1, -1)
+        if pixels.shape[0] != id_prompt.shape[0]:
+            raise ValueError(f"{pixels.shape[0]} reference images for {id_prompt.shape[0]} identities")
+        key = _digest(pixels, id_prompt.float())
+        if self._reference_cache is not None and self._reference_cache[0] == key:
+            return self._reference_cache[1]
+
+        latents = []
+        for chunk in pixels.split(self.vae_batch_size):
+            posterior = self.vae.encode(chunk.to(self.device, self.vae_dtype)).latent_dist
+            latents.append(posterior.mean * self.vae.config.scaling_factor)
+        latents = torch.cat(latents).to(self.dtype)
+
+        previous_scale = self._lora_scale
+        self._set_lora(None)
+        recording: dict[str, torch.Tensor] = {}
+        self.context.recording, self.context.expression_tokens, self.context.reference = recording, None, None
+        try:
+            timestep = torch.zeros(latents.shape[0], device=self.device, dtype=torch.long)
+            self.unet(latents, timestep, encoder_hidden_states=id_prompt.to(self.dtype), return_dict=False)
+        finally:
+            self.context.recording = None
+        if previous_scale is not _UNSET:
+            self._set_lora(previous_scale)
+        bank = ReferenceBank(recording, cache_kv=True)
+        self._reference_cache = (key, bank)
+        return bank
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Rendering
+
+    def prepare_latents(self, batch: int, latents=None, generator=None, per_frame_noise: bool = False) -> torch.Tensor:
+        """Initial noise ``[B, C, h, w]``: given, or drawn from ``generator`` (shared by all frames by default)."""
+        shape = self.latent_shape
+        if latents is None:
+            gen_device = generator.device if generator is not None else torch.device("cpu")
+            rows = batch if per_frame_noise else 1
+            latents = torch.randn((rows, *shape), generator=generator, device=gen_device, dtype=torch.float32)
+            latents = latents.expand(batch, *shape)
+        latents = torch.as_tensor(latents)
+        if tuple(latents.shape) != (batch, *shape):
+            raise ValueError(f"latents must be [{batch}, {', '.join(map(str, shape))}], got {list(latents.shape)}")
+        return latents.to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``[B, C, h, w]`` -> images ``[B, 3, H, W]`` in [0, 1], float32, decoded in VAE batches."""
+        images = []
+        for chunk in latents.split(self.vae_batch_size):
+            chunk = chunk.to(self.vae_dtype) / self.vae.config.scaling_factor
+            images.append(self.vae.decode(chunk, return_dict=False)[0].float())
+        return (torch.cat(images) / 2 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def __call__(self, id_embeds, expressions, reference_image=None, reference_scale: float = 0.8,
+                 expression_scale: float = 1.0, num_inference_steps: int = 25, guidance_scale: float = 3.0,
+                 latents=None, generator=None, output_type: str = "np", per_frame_noise: bool = False,
+                 progress: bool = False) -> ExpressionPipelineOutput:
+        """Render ``B`` faces.
+
+        ``id_embeds``: raw ArcFace ``[512]`` (one identity) or ``[B, 512]`` (normalised inside).
+        ``expressions``: ``[B, 55]`` FLAME values (expression 50, eyelid 2, jaw 3), one row per frame.
+        ``reference_image``: aligned face (``HxWx3`` uint8 or PIL; resized to :attr:`image_size` if needed), a
+        list of ``B`` of them (one per frame), or None (reference adapter fully off: no LoRA, no reference
+        attention). ``reference_scale``: weight of the reference LoRA. ``expression_scale``: weight of the
+        expression branch (0 equals the adapter off). ``guidance_scale``: CFG weight; 1 skips the unconditional
+        pass. ``latents``: initial noise ``[B, 4, h, w]``; else drawn from ``generator``, the same for every frame
+        unless ``per_frame_noise``. Returns images in ``output_type`` "np", "pil" or "pt".
+        """
+        expressions = torch.as_tensor(np.asarray(expressions, dtype=np.float32) if not isinstance(expressions, torch.Tensor) else expressions)
+        if expressions.ndim == 1:
+            expressions = expressions[None]
+        n_values = self.expression_projection.n_values
+        if expressions.ndim != 2 or expressions.shape[1] != n_values:
+            raise ValueError(f"expressions must be [B, {n_values}], got {list(expressions.shape)}")
+        batch = expressions.shape[0]
+        id_prompt = self.encode_identity(id_embeds)
+        if id_prompt.shape[0] not in (1, batch):
+            raise ValueError(f"{id_prompt.shape[0]} identities for {batch} expressions")
+        cond_prompt = id_prompt.expand(batch, -1, -1) if id_prompt.shape[0] == 1 else id_prompt
+
+        do_cfg = guidance_scale > 1.0
+        expression_tokens = self.expression_projection(expressions.to(self.device, self.dtype))
+        if do_cfg:
+            prompts = torch.cat([self._empty_prompt.expand(batch, -1, -1), cond_prompt])
+            expression_tokens = torch.cat([self._neutral_tokens.expand(batch, -1, -1), expression_tokens])
+        else:
+            prompts = cond_prompt
+
+        if reference_image is not None:
+            bank = self.encode_reference(reference_image, id_prompt)
+            if bank.num_references not in (1, batch):
+                raise ValueError(f"{bank.num_references} references for a batch of {batch}")
+            self._set_lora(reference_scale)
+        else:
+            bank = None
+            self._set_lora(None)
+        ctx = self.context
+        ctx.expression_tokens, ctx.expression_scale = expression_tokens, float(expression_scale)
+        ctx.reference = bank
+        ctx.reference_rows = slice(batch, 2 * batch) if do_cfg else slice(0, batch)
+
+        scheduler = self.scheduler()
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
+        latents = self.prepare_latents(batch, latents, generator, per_frame_noise) * scheduler.init_noise_sigma
+        steps = scheduler.timesteps
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc="denoising", leave=False)
+        try:
+            for t in steps:
+                model_input = torch.cat([latents, latents]) if do_cfg else latents
+                model_input = scheduler.scale_model_input(model_input, t)
+                noise = self.unet(model_input, t, encoder_hidden_states=prompts, return_dict=False)[0]
+                if do_cfg:
+                    uncond, cond = noise.chunk(2)
+                    noise = uncond + guidance_scale * (cond - uncond)
+                latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+        finally:
+            ctx.expression_tokens, ctx.reference, ctx.reference_rows = None, None, None
+
+        images = self.decode(latents)
+        if output_type == "pt":
+            return ExpressionPipelineOutput(images)
+        array = images.permute(0, 2, 3, 1).cpu().numpy()
+        if output_type == "np":
+            return ExpressionPipelineOutput(array)
+        if output_type == "pil":
+            return ExpressionPipelineOutput([Image.fromarray((a * 255).round().astype(np.uint8)) for a in array])
+        raise ValueError(f"output_type must be 'np', 'pil' or 'pt', got {output_type!r}")
