@@ -1,0 +1,83 @@
+"""Relative motion and per-part gains, with the published value ranges enforced afterwards.
+
+Relative mode transfers the actor's *changes* of expression rather than their absolute face: the driving
+clip's neutral frame is subtracted and the target's own expression added,
+``out = target + gains * (driving - driving[neutral])``. Absolute mode with gains is ``out = gains * driving``.
+Both clamp to the published ranges (eyelid [0, 1], jaw[0] >= 0, jaw[1:3] in [-0.2, 0.2]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from retarget.motion.track import DIM, EXPRESSION, EYELID, JAW, MotionTrack, clamp_published
+
+
+@dataclass(frozen=True)
+class PartGains:
+    """Multipliers for the expression (50), eyelid (2) and jaw (3) values; 1.0 leaves them unchanged."""
+
+    expression: float = 1.0
+    eyelid: float = 1.0
+    jaw: float = 1.0
+
+    def vector(self) -> np.ndarray:
+        """float32 ``[55]`` of per-value gains."""
+        gains = np.empty(DIM, dtype=np.float32)
+        gains[EXPRESSION], gains[EYELID], gains[JAW] = self.expression, self.eyelid, self.jaw
+        return gains
+
+
+def expression_energy(values: np.ndarray) -> np.ndarray:
+    """``[N]`` squared norm of the expression coefficients plus the jaw opening (how far from a rest face)."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.sum(values[:, EXPRESSION] ** 2, axis=1) + values[:, 52] ** 2
+
+
+def neutral_frame(track: MotionTrack, method: Literal["lowest_energy", "median"] = "lowest_energy") -> int:
+    """Index of the valid frame to use as the actor's neutral face.
+
+    ``lowest_energy``: the frame with the smallest :func:`expression_energy`. ``median``: the frame closest
+    (Euclidean, all 55 values) to the per-value median over valid frames, i.e. the actor's most typical face.
+    """
+    candidates = np.flatnonzero(track.valid)
+    if candidates.size == 0:
+        raise ValueError("the track has no valid frame to take a neutral face from")
+    values = track.values[candidates].astype(np.float64)
+    if method == "lowest_energy":
+        score = expression_energy(values)
+    elif method == "median":
+        score = np.sum((values - np.median(values, axis=0)) ** 2, axis=1)
+    else:
+        raise ValueError(f"unknown neutral-frame method {method!r}; use 'lowest_energy' or 'median'")
+    return int(candidates[int(np.argmin(score))])
+
+
+def relative_motion(
+    driving: MotionTrack,
+    target: np.ndarray,
+    neutral: int | Literal["lowest_energy", "median"] = "lowest_energy",
+    gains: PartGains = PartGains(),
+) -> MotionTrack:
+    """``target + gains * (driving - driving[neutral])``, clamped.
+
+    ``target``: float ``[55]`` (one expression, e.g. from the identity photo) or ``[N, 55]`` aligned with
+    ``driving`` (each target frame's own expression). ``neutral``: a frame index (must be valid) or a method of
+    :func:`neutral_frame`. Validity is the driving track's.
+    """
+    target = np.asarray(target, dtype=np.float32)
+    if target.shape not in ((DIM,), (len(driving), DIM)):
+        raise ValueError(f"target expression must be [{DIM}] or [{len(driving)}, {DIM}], got {target.shape}")
+    index = neutral_frame(driving, neutral) if isinstance(neutral, str) else int(neutral)
+    if not 0 <= index < len(driving) or not driving.valid[index]:
+        raise ValueError(f"neutral frame {index} is not a valid frame of the driving track")
+    delta = driving.values - driving.values[index]
+    return driving.with_values(clamp_published(target + gains.vector() * delta))
+
+
+def apply_gains(track: MotionTrack, gains: PartGains) -> MotionTrack:
+    """``gains * values`` per part, clamped to the published ranges."""
+    return track.with_values(clamp_published(track.values * gains.vector()))
