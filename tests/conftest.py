@@ -1,0 +1,16 @@
+"""Shared fixtures: a tiny random-weight checkpoint in the published layout, written once per test session."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """``RandomCheckpoint(models_dir, base_dir)``: tiny Arc2Face + adapters (32x32 images) and an SD1.5-style base."""
+    from retarget.testing.checkpoints import write_random_checkpoint
+
+    return write_random_checkpoint(tmp_path_factory.mktemp("tiny"), size="tiny", seed=0)

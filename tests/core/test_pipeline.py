@@ -1,0 +1,180 @@
+"""ExpressionPipeline vs the published per-image recipe, and what each control does."""
+
+import numpy as np
+import pytest
+import torch
+
+from retarget.pipeline import clip_noise
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    g = torch.Generator().manual_seed(3)
+    return dict(
+        ids=torch.randn(3, 512, generator=g),
+        expressions=torch.randn(3, 55, generator=g),
+        latents=torch.randn(3, 4, 16, 16, generator=g),
+        reference=(torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy(),
+    )
+
+
+@pytest.mark.parametrize("use_reference", [False, True])
+@pytest.mark.parametrize("per_frame_identity", [False, True])
+def test_batch_equals_official_recipe_one_frame_at_a_time(pipe, official, inputs, use_reference, per_frame_identity):
+    ids = inputs["ids"] if per_frame_identity else inputs["ids"][0]
+    reference = inputs["reference"] if use_reference else None
+    batch = pipe(ids, inputs["expressions"], reference_image=reference, latents=inputs["latents"],
+                 num_inference_steps=STEPS).images
+    assert batch.shape == (3, 32, 32, 3) and batch.dtype == np.float32
+    for i in range(3):
+        one = official.render_one(inputs["ids"][i if per_frame_identity else 0], inputs["expressions"][i],
+                                  reference_image=reference, latents=inputs["latents"][i:i + 1],
+                                  num_inference_steps=STEPS)
+        assert np.abs(batch[i] - one).max() < 1e-3
+    # the frames really differ, so the comparison is not vacuous
+    assert np.abs(batch[0] - batch[1]).max() > 1e-2
+
+
+def test_batch_equals_each_frame_alone(pipe, inputs):
+    ref = inputs["reference"]
+    batch = pipe(inputs["ids"], inputs["expressions"], reference_image=ref, latents=inputs["latents"],
+                 num_inference_steps=STEPS).images
+    for i in range(3):
+        alone = pipe(inputs["ids"][i], inputs["expressions"][i:i + 1], reference_image=ref,
+                     latents=inputs["latents"][i:i + 1], num_inference_steps=STEPS).images
+        assert np.abs(batch[i] - alone[0]).max() < 1e-4
+
+
+def test_expression_scale_zero_equals_the_adapter_off(pipe, tiny_checkpoint, inputs):
+    """With scale 0 the output is plain Arc2Face: the stock pipeline with no IP-Adapter loaded."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    from retarget.models.loading import load_unet
+
+    stock = StableDiffusionPipeline(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+        unet=load_unet(tiny_checkpoint.models_dir / "arc2face"),
+        scheduler=DPMSolverMultistepScheduler.from_config(pipe.scheduler_config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    stock.set_progress_bar_config(disable=True)
+    ours = pipe(inputs["ids"][0], inputs["expressions"][:1], expression_scale=0.0, latents=inputs["latents"][:1],
+                num_inference_steps=STEPS).images
+    prompt = pipe.encode_identity(inputs["ids"][0])
+    plain = stock(prompt_embeds=prompt, latents=inputs["latents"][:1], num_inference_steps=STEPS,
+                  guidance_scale=3.0, output_type="np").images
+    assert np.abs(ours - plain).max() < 1e-4
+    scaled = pipe(inputs["ids"][0], inputs["expressions"][:1], expression_scale=1.0, latents=inputs["latents"][:1],
+                  num_inference_steps=STEPS).images
+    assert np.abs(scaled - plain).max() > 1e-2
+
+
+def test_guidance_one_skips_the_unconditional_pass(pipe, official, inputs):
+    rows = []
+    handle = pipe.unet.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    try:
+        out = pipe(inputs["ids"][0], inputs["expressions"][:2], guidance_scale=1.0, latents=inputs["latents"][:2],
+                   num_inference_steps=STEPS).images
+        assert rows == [2] * STEPS
+        rows.clear()
+        pipe(inputs["ids"][0], inputs["expressions"][:2], guidance_scale=3.0, latents=inputs["latents"][:2],
+             num_inference_steps=STEPS)
+        assert rows == [4] * STEPS
+    finally:
+        handle.remove()
+    one = official.render_one(inputs["ids"][0], inputs["expressions"][1], guidance_scale=1.0,
+                              latents=inputs["latents"][1:2], num_inference_steps=STEPS)
+    assert np.abs(out[1] - one).max() < 1e-3
+
+
+def test_reference_scale_changes_only_the_lora(pipe, official, inputs):
+    kw = dict(latents=inputs["latents"][:1], num_inference_steps=STEPS)
+    ref = inputs["reference"]
+    no_ref_a = pipe(inputs["ids"][0], inputs["expressions"][:1], reference_scale=0.2, **kw).images
+    no_ref_b = pipe(inputs["ids"][0], inputs["expressions"][:1], reference_scale=1.0, **kw).images
+    assert np.array_equal(no_ref_a, no_ref_b)  # without a reference the scale does nothing
+    outs = {}
+    for scale in (0.0, 0.5, 0.8):
+        outs[scale] = pipe(inputs["ids"][0], inputs["expressions"][:1], reference_image=ref, reference_scale=scale, **kw).images
+        one = official.render_one(inputs["ids"][0], inputs["expressions"][0], reference_image=ref,
+                                  reference_scale=scale, latents=inputs["latents"][:1], num_inference_steps=STEPS)
+        assert np.abs(outs[scale][0] - one).max() < 1e-3
+    assert np.abs(outs[0.0] - outs[0.8]).max() > 1e-3
+    # scale 0 keeps the reference attention (unlike no reference at all)
+    assert np.abs(outs[0.0] - no_ref_a).max() > 1e-3
+
+
+def test_reference_features_are_computed_once_per_reference(pipe, inputs):
+    recordings = []
+    original = pipe.unet.forward
+
+    def counting(*args, **kwargs):
+        if pipe.context.recording is not None:
+            recordings.append(1)
+        return original(*args, **kwargs)
+
+    pipe.unet.forward = counting
+    try:
+        ref = np.roll(inputs["reference"], 5, axis=1)  # not seen by earlier tests
+        for batch in range(3):
+            pipe(inputs["ids"][0], inputs["expressions"][batch:batch + 1], reference_image=ref,
+                 latents=inputs["latents"][:1], num_inference_steps=2)
+        assert len(recordings) == 1
+        pipe(inputs["ids"][0], inputs["expressions"][:1], reference_image=255 - ref, latents=inputs["latents"][:1],
+             num_inference_steps=2)
+        assert len(recordings) == 2
+    finally:
+        pipe.unet.forward = original
+
+
+def test_per_frame_references(pipe, inputs):
+    refs = [inputs["reference"], 255 - inputs["reference"]]
+    both = pipe(inputs["ids"][0], inputs["expressions"][:2], reference_image=refs, latents=inputs["latents"][:2],
+                num_inference_steps=STEPS).images
+    for i in range(2):
+        alone = pipe(inputs["ids"][0], inputs["expressions"][i:i + 1], reference_image=refs[i],
+                     latents=inputs["latents"][i:i + 1], num_inference_steps=STEPS).images
+        assert np.abs(both[i] - alone[0]).max() < 1e-4
+
+
+def test_seed_gives_every_frame_the_same_noise(pipe, inputs):
+    same = torch.zeros(2, 55)
+    shared = pipe(inputs["ids"][0], same, generator=torch.Generator().manual_seed(7), num_inference_steps=2).images
+    assert np.array_equal(shared[0], shared[1])
+    per_frame = pipe(inputs["ids"][0], same, generator=torch.Generator().manual_seed(7), per_frame_noise=True,
+                     num_inference_steps=2).images
+    assert np.abs(per_frame[0] - per_frame[1]).max() > 1e-3
+
+
+def test_clip_noise_does_not_depend_on_batching():
+    whole = clip_noise(5, range(6), (4, 8, 8), per_frame=True)
+    parts = torch.cat([clip_noise(5, range(0, 4), (4, 8, 8), per_frame=True),
+                       clip_noise(5, range(4, 6), (4, 8, 8), per_frame=True)])
+    assert torch.equal(whole, parts)
+    assert not torch.equal(whole[0], whole[1])
+    shared = clip_noise(5, [10, 11, 12], (4, 8, 8))
+    assert torch.equal(shared[0], shared[2]) and torch.equal(shared[0], clip_noise(5, [0], (4, 8, 8))[0])
+
+
+def test_output_types_and_input_validation(pipe, inputs):
+    kw = dict(latents=inputs["latents"][:2], num_inference_steps=2)
+    np_out = pipe(inputs["ids"][0], inputs["expressions"][:2], **kw).images
+    pt = pipe(inputs["ids"][0], inputs["expressions"][:2], output_type="pt", **kw).images
+    pil = pipe(inputs["ids"][0], inputs["expressions"][:2], output_type="pil", **kw).images
+    assert pt.shape == (2, 3, 32, 32)
+    assert np.allclose(pt.permute(0, 2, 3, 1).numpy(), np_out)
+    assert len(pil) == 2 and pil[0].size == (32, 32)
+    assert np.abs(np.asarray(pil[0]) / 255.0 - np_out[0]).max() <= 0.5 / 255 + 1e-6
+    assert np_out.min() >= 0 and np_out.max() <= 1
+    with pytest.raises(ValueError, match=r"expressions must be \[B, 55\]"):
+        pipe(inputs["ids"][0], torch.zeros(2, 54), num_inference_steps=2)
+    with pytest.raises(ValueError, match="3 identities for 2 expressions"):
+        pipe(inputs["ids"], torch.zeros(2, 55), num_inference_steps=2)
+    with pytest.raises(ValueError, match=r"latents must be \[2, 4, 16, 16\]"):
+        pipe(inputs["ids"][0], torch.zeros(2, 55), latents=torch.zeros(2, 4, 8, 8), num_inference_steps=2)
+    # raw ArcFace vectors are normalised inside: the scale of the input does not matter
+    a = pipe(inputs["ids"][0], inputs["expressions"][:1], latents=inputs["latents"][:1], num_inference_steps=2).images
+    b = pipe(inputs["ids"][0] * 9.0, inputs["expressions"][:1], latents=inputs["latents"][:1], num_inference_steps=2).images
+    assert np.abs(a - b).max() < 1e-5
