@@ -1,0 +1,284 @@
+"""Resumable rendering: finished chunks of encoded frames in a work folder beside the output.
+
+A render of N frames is cut into chunks of ``chunk_size`` frames. Each finished chunk is encoded right away
+(same encoder settings as the final file, each chunk starting on a keyframe) into
+``OUT.mp4.retarget-work/chunk_000007.mp4``, written atomically, and recorded in ``manifest.json`` (also written
+atomically). The manifest is keyed by a SHA-256 of the job (the caller's settings and input identities, the frame
+count, chunk size, rate, timestamps and encoder settings): a rerun of the same job renders only the chunks not yet
+on disk; a changed job discards the old chunks. :meth:`ChunkedRender.finalize` joins the chunks without
+re-encoding (packets are copied, timestamps offset), adds the audio, writes the output atomically and removes the
+work folder. Disk use is about the size of the final file.
+
+Usage::
+
+    job = ChunkedRender(out, {"identity": file_identity(photo), "seed": 7, ...}, info.frame_count, 16,
+                        info.frame_rate)
+    for span in job.pending_chunks():
+        job.save_chunk(span.index, render(span.start, span.stop))   # uint8 [span.stop - span.start, H, W, 3]
+    job.finalize(audio=AudioSource(driving))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from tqdm.auto import tqdm
+
+from retarget.video.atomic import atomic_output, commit, discard, partial_path
+from retarget.video.audio import AudioMuxer, AudioSource
+from retarget.video.encoding import EncoderSettings
+from retarget.video.writer import VideoWriter
+
+WORK_SUFFIX = ".retarget-work"
+MANIFEST = "manifest.json"
+_MANIFEST_FORMAT = "retarget-render-work"
+_MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    """Chunk ``index`` covers frames ``[start, stop)`` of the output."""
+
+    index: int
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def file_identity(path: str | os.PathLike, sample_bytes: int = 1 << 20) -> dict:
+    """A cheap fingerprint of an input file for job keys: name, size, and SHA-256 of its first and last
+    ``sample_bytes`` (a changed input changes the key without hashing gigabytes)."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(sample_bytes))
+        if size > sample_bytes:
+            handle.seek(max(sample_bytes, size - sample_bytes))
+            digest.update(handle.read(sample_bytes))
+    return {"name": path.name, "size": size, "sha256_ends": digest.hexdigest()}
+
+
+class ChunkedRender:
+    """The chunks of one render job and their on-disk state (see module doc).
+
+    ``out_path``: the final video. ``job_key``: JSON-serialisable settings and input identities that determine
+    the pixels. ``total_frames``/``chunk_size``: frame counts. ``rate``: exact frame rate. ``time_base`` and
+    ``pts`` (int ``[total_frames]``, increasing): the timestamps to keep for variable-rate output; default
+    frame k at k / rate. ``settings``: encoder settings for chunks and therefore for the output.
+    """
+
+    def __init__(
+        self,
+        out_path: str | os.PathLike,
+        job_key: Mapping,
+        total_frames: int,
+        chunk_size: int,
+        rate: Fraction | int,
+        *,
+        settings: EncoderSettings | None = None,
+        time_base: Fraction | None = None,
+        pts: Sequence[int] | np.ndarray | None = None,
+    ):
+        if total_frames < 1 or chunk_size < 1:
+            raise ValueError("total_frames and chunk_size must be >= 1")
+        self.out_path = Path(out_path)
+        self.work_dir = self.out_path.with_name(self.out_path.name + WORK_SUFFIX)
+        self.total_frames = int(total_frames)
+        self.chunk_size = int(chunk_size)
+        self.rate = Fraction(rate)
+        self.settings = settings or EncoderSettings()
+        self.time_base = Fraction(time_base) if time_base is not None else 1 / self.rate
+        if pts is None:
+            if time_base is not None and self.time_base != 1 / self.rate:
+                raise ValueError("pts are required with a time_base other than 1 / rate")
+            self.pts = np.arange(self.total_frames, dtype=np.int64)
+        else:
+            self.pts = np.asarray(pts, dtype=np.int64)
+            if self.pts.shape != (self.total_frames,) or np.any(np.diff(self.pts) <= 0):
+                raise ValueError(f"pts must be {self.total_frames} increasing integers")
+        self.key = self._hash(job_key)
+        self._manifest = self._load_or_reset()
+
+    def _hash(self, job_key: Mapping) -> str:
+        payload = {
+            "job": job_key,
+            "total_frames": self.total_frames,
+            "chunk_size": self.chunk_size,
+            "rate": [self.rate.numerator, self.rate.denominator],
+            "time_base": [self.time_base.numerator, self.time_base.denominator],
+            "pts_sha256": hashlib.sha256(self.pts.astype("<i8").tobytes()).hexdigest(),
+            "encoder": self.settings.as_dict(),
+        }
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def chunk_count(self) -> int:
+        return -(-self.total_frames // self.chunk_size)
+
+    def span(self, index: int) -> ChunkSpan:
+        """Frames of chunk ``index``."""
+        if not 0 <= index < self.chunk_count:
+            raise IndexError(f"chunk {index} is outside 0..{self.chunk_count - 1}")
+        start = index * self.chunk_size
+        return ChunkSpan(index, start, min(start + self.chunk_size, self.total_frames))
+
+    def _chunk_path(self, index: int) -> Path:
+        return self.work_dir / f"chunk_{index:06d}{self.out_path.suffix or '.mp4'}"
+
+    def _fresh_manifest(self) -> dict:
+        return {"format": _MANIFEST_FORMAT, "version": _MANIFEST_VERSION, "key": self.key, "size": None,
+                "chunks": {}}
+
+    def _load_or_reset(self) -> dict:
+        manifest_path = self.work_dir / MANIFEST
+        manifest = None
+        if manifest_path.is_file():
+            try:
+                manifest = json.loads(manifest_path.read_text())
+            except (OSError, ValueError):
+                manifest = None
+        usable = (
+            isinstance(manifest, dict)
+            and manifest.get("format") == _MANIFEST_FORMAT
+            and manifest.get("version") == _MANIFEST_VERSION
+            and manifest.get("key") == self.key
+            and isinstance(manifest.get("chunks"), dict)
+        )
+        if not usable:
+            self._clear_work_dir()
+            return self._fresh_manifest()
+        chunks = {}
+        for name, entry in manifest["chunks"].items():
+            path = self._chunk_path(int(name))
+            if path.is_file() and path.stat().st_size == entry.get("bytes"):
+                chunks[name] = entry
+        manifest["chunks"] = chunks
+        for stray in self.work_dir.glob(".*.partial-*"):
+            discard(stray)
+        return manifest
+
+    def _clear_work_dir(self) -> None:
+        if self.work_dir.is_dir():
+            for item in self.work_dir.iterdir():
+                if item.is_file() and (item.name == MANIFEST or item.name.startswith("chunk_") or ".partial-" in item.name):
+                    discard(item)
+
+    def _write_manifest(self) -> None:
+        with atomic_output(self.work_dir / MANIFEST) as temporary:
+            temporary.write_text(json.dumps(self._manifest, indent=1, sort_keys=True))
+
+    def is_done(self, index: int) -> bool:
+        """True when chunk ``index`` is on disk for this job."""
+        return str(index) in self._manifest["chunks"]
+
+    def pending_chunks(self) -> list[ChunkSpan]:
+        """The chunks still to render, in order."""
+        return [self.span(i) for i in range(self.chunk_count) if not self.is_done(i)]
+
+    def done_frames(self) -> int:
+        """Number of frames already rendered (for progress bars)."""
+        return sum(len(self.span(int(i))) for i in self._manifest["chunks"])
+
+    def save_chunk(self, index: int, frames: np.ndarray) -> None:
+        """Encode and store chunk ``index``: uint8 RGB ``[len(span), H, W, 3]``, the same H, W for every chunk."""
+        span = self.span(index)
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[0] != len(span):
+            raise ValueError(f"chunk {index} needs {len(span)} frames [n, H, W, 3], got {frames.shape}")
+        size = [int(frames.shape[2]), int(frames.shape[1])]
+        if self._manifest["size"] is not None and self._manifest["size"] != size:
+            raise ValueError(f"chunk {index} is {size[0]}x{size[1]}, earlier chunks are "
+                             f"{self._manifest['size'][0]}x{self._manifest['size'][1]}")
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        path = self._chunk_path(index)
+        with VideoWriter(path, self.rate, settings=self.settings, time_base=self.time_base) as writer:
+            writer.write(frames, self.pts[span.start : span.stop])
+        self._manifest["size"] = size
+        self._manifest["chunks"][str(index)] = {"frames": len(span), "bytes": path.stat().st_size}
+        self._write_manifest()
+
+    def finalize(self, audio: AudioSource | None = None, progress: bool = True) -> Path:
+        """Join all chunks into ``out_path`` (atomically, with ``audio`` if given) and delete the work folder.
+
+        Raises ``RuntimeError`` if chunks are missing.
+        """
+        missing = [span.index for span in self.pending_chunks()]
+        if missing:
+            raise RuntimeError(f"{self.out_path}: cannot finalize, {len(missing)} chunk(s) not rendered "
+                               f"(first: {missing[0]})")
+        temporary = partial_path(self.out_path)
+        try:
+            self._concatenate(temporary, audio, progress)
+            commit(temporary, self.out_path)
+        except BaseException:
+            discard(temporary)
+            raise
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        return self.out_path
+
+    def _concatenate(self, target: Path, audio: AudioSource | None, progress: bool) -> None:
+        output = av.open(str(target), mode="w")
+        muxer = None
+        try:
+            first = av.open(str(self._chunk_path(0)))
+            template = first.streams.video[0]
+            out_stream = output.add_stream_from_template(template)
+            chunk_tb = Fraction(template.time_base)
+            extradata = template.codec_context.extradata
+            first.close()
+            out_stream.time_base = chunk_tb
+            if audio is not None:
+                muxer = AudioMuxer(output, audio)
+            last_dts = None
+            bar = tqdm(total=self.total_frames, desc=f"joining {self.out_path.name}", unit="frame",
+                       disable=not progress, leave=False)
+            for index in range(self.chunk_count):
+                span = self.span(index)
+                offset_seconds = (int(self.pts[span.start]) - int(self.pts[0])) * self.time_base
+                offset = round(offset_seconds / chunk_tb)
+                chunk = av.open(str(self._chunk_path(index)))
+                try:
+                    stream = chunk.streams.video[0]
+                    if Fraction(stream.time_base) != chunk_tb or stream.codec_context.extradata != extradata:
+                        raise RuntimeError(f"{self._chunk_path(index)}: chunk was encoded differently from chunk 0")
+                    count = 0
+                    for packet in chunk.demux(stream):
+                        if packet.size == 0 or packet.pts is None:
+                            continue
+                        packet.pts += offset
+                        packet.dts = (packet.dts if packet.dts is not None else packet.pts - offset) + offset
+                        if last_dts is not None and packet.dts <= last_dts:
+                            packet.dts = last_dts + 1
+                        if packet.dts > packet.pts:
+                            raise RuntimeError(f"{self._chunk_path(index)}: cannot join chunk timestamps")
+                        last_dts = packet.dts
+                        packet.stream = out_stream
+                        output.mux(packet)
+                        if muxer is not None:
+                            muxer.write_until(packet.dts * chunk_tb)
+                        count += 1
+                    if count != len(span):
+                        raise RuntimeError(f"{self._chunk_path(index)}: holds {count} frames, expected {len(span)}")
+                finally:
+                    chunk.close()
+                bar.update(len(span))
+            bar.close()
+            if muxer is not None:
+                muxer.finish()
+        finally:
+            if muxer is not None:
+                muxer.close()
+            output.close()
