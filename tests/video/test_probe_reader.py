@@ -1,0 +1,133 @@
+"""Probing and streaming decode: exact rates, frame counts, flush, ranges, rotation, VFR, bad files."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from retarget.errors import InputError
+from retarget.video import VideoReader, probe_video
+from tests.video.synthetic import code_frame, make_video, read_code
+
+
+@pytest.fixture(scope="module")
+def ntsc(tmp_path_factory):
+    return make_video(tmp_path_factory.mktemp("v") / "ntsc.mp4", 45, audio="aac")
+
+
+def test_probe_keeps_rational_rate_and_counts_frames(ntsc):
+    info = probe_video(ntsc)
+    assert info.frame_rate == Fraction(30000, 1001)
+    assert isinstance(info.frame_rate, Fraction)
+    assert info.frame_count == 45
+    assert (info.width, info.height) == (96, 64)
+    assert info.rotation == 0 and not info.is_vfr
+    assert info.duration == pytest.approx(45 * 1001 / 30000, abs=1e-9)
+    assert info.audio is not None and info.audio.codec == "aac" and info.audio.sample_rate == 44100
+    assert info.audio.channels == 2
+    assert info.audio.duration == pytest.approx(45 * 1001 / 30000, abs=0.05)
+    np.testing.assert_allclose(info.frame_times()[:3], [0, 1001 / 30000, 2002 / 30000])
+
+
+def test_reader_returns_every_frame_in_order_with_bounded_chunks(ntsc):
+    reader = VideoReader(ntsc)
+    chunks = list(reader.iter_chunks(chunk_size=8))
+    assert [len(c) for c in chunks] == [8, 8, 8, 8, 8, 5]  # flushed: the B-frame tail is not lost
+    frames = np.concatenate([c.frames for c in chunks])
+    assert frames.shape == (45, 64, 96, 3) and frames.dtype == np.uint8
+    assert [read_code(f) for f in frames] == list(range(45))
+    indices = np.concatenate([c.indices for c in chunks])
+    assert indices.tolist() == list(range(45))
+    times = np.concatenate([c.times for c in chunks])
+    np.testing.assert_allclose(times, np.arange(45) * 1001 / 30000, atol=1e-9)
+    assert np.abs(frames[10].astype(int) - code_frame(10, 96, 64)).mean() < 3
+
+
+def test_time_range_selects_exact_frames(ntsc):
+    reader = VideoReader(ntsc)
+    start, end = 0.5, 1.0  # frames 15..29 (15 * 1001/30000 = 0.5005 s, 30 * 1001/30000 = 1.001 s)
+    assert reader.frame_range(start, end) == (15, 30)
+    got = [(index, read_code(rgb)) for rgb, _, index in reader.iter_frames(start, end)]
+    assert got == [(k, k) for k in range(15, 30)]
+    chunk = next(reader.iter_chunks(4, start=1.2))
+    assert chunk.indices.tolist() == [36, 37, 38, 39]
+    assert chunk.times[0] == pytest.approx(36 * 1001 / 30000)
+
+
+@pytest.mark.parametrize(("rotation", "turns"), [(90, 1), (-90, -1), (180, 2)])
+def test_rotation_from_display_matrix_is_applied(tmp_path, rotation, turns):
+    path = make_video(tmp_path / "rot.mp4", 5, 96, 64, audio=None, rotation=rotation)
+    info = probe_video(path)
+    assert info.rotation == rotation
+    expected_size = (64, 96) if rotation in (90, -90) else (96, 64)
+    assert (info.width, info.height) == expected_size
+    assert (info.coded_width, info.coded_height) == (96, 64)
+    frames = next(VideoReader(path).iter_chunks(5)).frames
+    assert frames.shape[1:3] == (expected_size[1], expected_size[0])
+    for k, frame in enumerate(frames):
+        upright = np.rot90(frame, -turns)  # undo the display rotation: back to the coded picture
+        assert read_code(upright) == k
+        assert np.abs(frame.astype(int) - np.rot90(code_frame(k, 96, 64), turns)).mean() < 3
+
+
+def test_variable_frame_rate_detected_and_timestamps_kept(tmp_path):
+    tb = Fraction(1, 90000)
+    steps = [3003, 3003, 6006, 1501, 4504, 3003, 9009, 3003, 3003, 2002]
+    pts = np.concatenate([[0], np.cumsum(steps)]).tolist()
+    path = make_video(tmp_path / "vfr.mp4", len(pts), audio=None, pts=pts, time_base=tb)
+    info = probe_video(path)
+    assert info.is_vfr
+    assert info.frame_count == len(pts)
+    np.testing.assert_allclose(info.frame_times(), np.array(pts) / 90000, atol=1e-9)
+    chunks = list(VideoReader(path).iter_chunks(4))
+    times = np.concatenate([c.times for c in chunks])
+    np.testing.assert_allclose(times, np.array(pts) / 90000, atol=1e-9)
+    assert [read_code(f) for c in chunks for f in c.frames] == list(range(len(pts)))
+
+
+def test_constant_rate_with_millisecond_time_base_is_not_vfr(tmp_path):
+    path = make_video(tmp_path / "ms.mkv", 40, audio=None)
+    info = probe_video(path)
+    assert info.time_base == Fraction(1, 1000)
+    assert not info.is_vfr
+    assert info.frame_rate == Fraction(30000, 1001)
+    assert info.frame_count == 40
+
+
+def test_missing_empty_junk_and_audio_only_files_are_input_errors(tmp_path):
+    cases = {}
+    cases["missing"] = tmp_path / "missing.mp4"
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    cases["empty"] = tmp_path / "empty.mp4"
+    (tmp_path / "junk.mp4").write_bytes(b"this is not a video\n" * 50)
+    cases["junk"] = tmp_path / "junk.mp4"
+    cases["folder"] = tmp_path
+    import av
+
+    with av.open(str(tmp_path / "tone.m4a"), "w") as container:
+        stream = container.add_stream("aac", rate=44100)
+        frame = av.AudioFrame.from_ndarray(np.zeros((2, 1024), np.float32), format="fltp", layout="stereo")
+        frame.sample_rate, frame.pts = 44100, 0
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    cases["audio only"] = tmp_path / "tone.m4a"
+    for name, path in cases.items():
+        with pytest.raises(InputError) as caught:
+            probe_video(path)
+        message = str(caught.value)
+        assert str(path) in message and "\n" not in message, name
+
+
+def test_truncated_files_are_input_errors(tmp_path):
+    normal = make_video(tmp_path / "a.mp4", 60, 160, 96, audio=None)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(normal.read_bytes()[: normal.stat().st_size // 2])  # index at the end: lost
+    with pytest.raises(InputError, match="cut.mp4"):
+        probe_video(cut)
+    fast = make_video(tmp_path / "b.mp4", 60, 160, 96, audio=None, faststart=True)
+    cut_fast = tmp_path / "cut_fast.mp4"
+    cut_fast.write_bytes(fast.read_bytes()[: fast.stat().st_size * 2 // 3])  # index intact, data cut
+    with pytest.raises(InputError, match="cut_fast.mp4"):
+        reader = VideoReader(cut_fast)
+        for _ in reader.iter_chunks(16):
+            pass

@@ -1,0 +1,97 @@
+"""Resumable rendering: a crash mid-way resumes from the last finished chunk; changed jobs start over."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from retarget.video import AudioSource, ChunkedRender, EncoderSettings, VideoReader, file_identity, probe_video
+from tests.video.synthetic import audio_packets, code_frame, make_video, read_code, video_pts_seconds
+
+FAST = EncoderSettings(preset="ultrafast")
+
+
+class Crash(Exception):
+    pass
+
+
+def render(job, rendered, crash_at=None, width=96, height=64):
+    for span in job.pending_chunks():
+        if span.index == crash_at:
+            raise Crash(f"killed at chunk {span.index}")
+        rendered.append(span.index)
+        job.save_chunk(span.index, np.stack([code_frame(k, width, height) for k in range(span.start, span.stop)]))
+
+
+def test_resume_after_crash_renders_only_missing_chunks(tmp_path):
+    source = make_video(tmp_path / "driving.mp4", 50, audio="aac")
+    info = probe_video(source)
+    out = tmp_path / "out.mp4"
+    key = {"driving": file_identity(source), "seed": 1}
+
+    def job():
+        return ChunkedRender(out, key, info.frame_count, 12, info.frame_rate, settings=FAST)
+
+    rendered = []
+    with pytest.raises(Crash):
+        render(job(), rendered, crash_at=2)
+    assert rendered == [0, 1]
+    assert not out.exists()
+    work = tmp_path / "out.mp4.retarget-work"
+    assert sorted(p.name for p in work.iterdir()) == ["chunk_000000.mp4", "chunk_000001.mp4", "manifest.json"]
+
+    resumed = job()
+    assert [s.index for s in resumed.pending_chunks()] == [2, 3, 4]
+    assert resumed.done_frames() == 24
+    render(resumed, rendered)
+    assert rendered == [0, 1, 2, 3, 4]
+    resumed.finalize(audio=AudioSource(source), progress=False)
+
+    assert not work.exists()
+    result = probe_video(out)
+    assert result.frame_count == 50 and result.frame_rate == Fraction(30000, 1001)
+    assert video_pts_seconds(out) == [Fraction(k * 1001, 30000) for k in range(50)]
+    frames = np.concatenate([c.frames for c in VideoReader(out).iter_chunks(25)])
+    assert [read_code(f) for f in frames] == list(range(50))
+    assert audio_packets(out) == audio_packets(source)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["driving.mp4", "out.mp4"]
+
+
+def test_changed_job_discards_stale_chunks(tmp_path):
+    out = tmp_path / "out.mp4"
+    rendered = []
+    with pytest.raises(Crash):
+        render(ChunkedRender(out, {"seed": 1}, 30, 10, 25, settings=FAST), rendered, crash_at=2)
+    again = ChunkedRender(out, {"seed": 1}, 30, 10, 25, settings=FAST)
+    assert [s.index for s in again.pending_chunks()] == [2]
+    changed = ChunkedRender(out, {"seed": 2}, 30, 10, 25, settings=FAST)
+    assert [s.index for s in changed.pending_chunks()] == [0, 1, 2]
+    assert not list((tmp_path / "out.mp4.retarget-work").glob("chunk_*"))
+    other_codec = ChunkedRender(out, {"seed": 2}, 30, 10, 25, settings=EncoderSettings(crf=30, preset="ultrafast"))
+    assert len(other_codec.pending_chunks()) == 3
+
+
+def test_lost_chunk_file_is_rendered_again_and_finalize_refuses_gaps(tmp_path):
+    out = tmp_path / "out.mp4"
+    with pytest.raises(Crash):
+        render(ChunkedRender(out, {"k": 1}, 20, 10, 25, settings=FAST), [], crash_at=1)
+    (tmp_path / "out.mp4.retarget-work" / "chunk_000000.mp4").write_bytes(b"damaged")
+    job = ChunkedRender(out, {"k": 1}, 20, 10, 25, settings=FAST)
+    assert [s.index for s in job.pending_chunks()] == [0, 1]
+    with pytest.raises(RuntimeError, match="not rendered"):
+        job.finalize(progress=False)
+    assert not out.exists()
+    with pytest.raises(ValueError, match="needs 10 frames"):
+        job.save_chunk(0, np.zeros((3, 64, 96, 3), np.uint8))
+
+
+def test_variable_rate_job_keeps_timestamps(tmp_path):
+    tb = Fraction(1, 90000)
+    pts = np.concatenate([[0], np.cumsum([3003, 6006, 1501, 4504, 3003, 9009, 3003, 2002, 3003, 3003, 1501])])
+    out = tmp_path / "vfr.mp4"
+    job = ChunkedRender(out, {"k": 1}, len(pts), 4, Fraction(30000, 1001), settings=FAST, time_base=tb, pts=pts)
+    render(job, [])
+    job.finalize(progress=False)
+    assert video_pts_seconds(out) == [Fraction(int(p), 90000) for p in pts]
+    frames = np.concatenate([c.frames for c in VideoReader(out).iter_chunks(16)])
+    assert [read_code(f) for f in frames] == list(range(len(pts)))

@@ -1,0 +1,150 @@
+"""Encoding: exact rate, frame count, copied audio bytes, ranges, re-encoding, VFR, odd sizes, atomic output."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from retarget.video import AudioSource, EncoderSettings, VideoReader, VideoWriter, probe_video
+from retarget.video.encoding import encoded_size
+from tests.video.synthetic import audio_packets, code_frame, make_video, read_code, video_pts_seconds
+
+FAST = EncoderSettings(preset="ultrafast")
+
+
+def transcode(source, target, *, start=None, end=None, settings=FAST, audio=True, vfr=False):
+    reader = VideoReader(source)
+    info = reader.info
+    writer = VideoWriter(
+        target, info.frame_rate, settings=settings, time_base=info.time_base if vfr else None,
+        audio=AudioSource(source, start, end) if audio else None,
+    )
+    with writer:
+        for chunk in reader.iter_chunks(8, start, end):
+            writer.write(chunk.frames, chunk.pts if vfr else None)
+    return target
+
+
+@pytest.fixture(scope="module")
+def ntsc(tmp_path_factory):
+    return make_video(tmp_path_factory.mktemp("w") / "ntsc.mp4", 60, audio="aac")
+
+
+def test_round_trip_keeps_rate_count_frames_and_audio_bytes(ntsc, tmp_path):
+    out = transcode(ntsc, tmp_path / "out.mp4")
+    info = probe_video(out)
+    assert info.frame_rate == Fraction(30000, 1001)
+    assert info.frame_count == 60
+    assert video_pts_seconds(out)[-1] == Fraction(59 * 1001, 30000)
+    frames = np.concatenate([c.frames for c in VideoReader(out).iter_chunks(16)])
+    assert [read_code(f) for f in frames] == list(range(60))
+    assert audio_packets(out) == audio_packets(ntsc)  # copied, byte for byte
+    source_audio = probe_video(ntsc).audio
+    assert info.audio.duration == pytest.approx(source_audio.duration, abs=1e-6)
+    assert info.audio.packet_count == source_audio.packet_count
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_time_range_writes_range_frames_and_matching_audio(ntsc, tmp_path):
+    out = transcode(ntsc, tmp_path / "range.mp4", start=0.5, end=1.5)
+    info = probe_video(out)
+    assert info.frame_count == 30  # frames 15..44
+    first = next(VideoReader(out).iter_chunks(1)).frames[0]
+    assert read_code(first) == 15
+    assert info.audio.duration == pytest.approx(1.0, abs=2 * 1024 / 44100)  # packet granularity
+    source = audio_packets(ntsc)
+    copied = audio_packets(out)
+    assert all(packet in source for packet in copied)
+
+
+def test_audio_reencoded_when_container_cannot_hold_it(tmp_path):
+    source = make_video(tmp_path / "alaw.mov", 30, audio="pcm_alaw")
+    assert probe_video(source).audio.codec == "pcm_alaw"
+    out = transcode(source, tmp_path / "out.mp4")
+    info = probe_video(out)
+    assert info.audio.codec == "aac"
+    assert info.audio.duration == pytest.approx(30 * 1001 / 30000, abs=0.05)
+    assert info.frame_count == 30
+
+
+def test_audio_range_reencoded_is_cut_to_the_sample(tmp_path):
+    source = make_video(tmp_path / "a.mp4", 60, audio="aac")
+    out = tmp_path / "cut.mp4"
+    reader = VideoReader(source)
+    with VideoWriter(out, reader.info.frame_rate, settings=FAST,
+                     audio=AudioSource(source, 0.5, 1.5, reencode=True)) as writer:
+        for chunk in reader.iter_chunks(8, 0.5, 1.5):
+            writer.write(chunk.frames)
+    info = probe_video(out)
+    assert info.audio.codec == "aac"
+    assert info.audio.duration == pytest.approx(1.0, abs=1100 / 44100)  # encoder padding only
+
+
+def test_variable_frame_rate_timestamps_preserved(tmp_path):
+    tb = Fraction(1, 90000)
+    steps = [3003, 6006, 1501, 4504, 3003, 9009, 3003, 2002, 3003]
+    pts = np.concatenate([[0], np.cumsum(steps)]).tolist()
+    source = make_video(tmp_path / "vfr.mp4", len(pts), audio="aac", pts=pts, time_base=tb)
+    out = transcode(source, tmp_path / "out.mp4", vfr=True)
+    assert video_pts_seconds(out) == [Fraction(p, 90000) for p in pts]
+    info = probe_video(out)
+    assert info.is_vfr and info.frame_count == len(pts)
+    assert audio_packets(out) == audio_packets(source)
+
+
+@pytest.mark.parametrize(("mode", "size"), [("pad", (642, 360)), ("crop", (640, 358))])
+def test_odd_size_is_padded_or_cropped_by_one_pixel(tmp_path, mode, size):
+    source = make_video(tmp_path / "odd.mkv", 4, 641, 359, audio=None, pix_fmt="yuv444p")
+    assert (probe_video(source).width, probe_video(source).height) == (641, 359)
+    settings = EncoderSettings(preset="ultrafast", odd_size=mode)
+    assert encoded_size(641, 359, settings) == size
+    out = transcode(source, tmp_path / f"{mode}.mp4", settings=settings, audio=False)
+    info = probe_video(out)
+    assert (info.width, info.height) == size
+    frames = next(VideoReader(out).iter_chunks(4)).frames
+    assert [read_code(f[:359, :641]) for f in frames] == [0, 1, 2, 3]
+    if mode == "pad":  # the added column/row repeat the last ones
+        assert np.abs(frames[0][:, 641].astype(int) - frames[0][:, 640].astype(int)).mean() < 4
+        assert np.abs(frames[0][359].astype(int) - frames[0][358].astype(int)).mean() < 4
+
+
+def test_failure_leaves_no_output_and_keeps_previous_file(tmp_path):
+    target = tmp_path / "out.mp4"
+    with pytest.raises(RuntimeError, match="boom"):
+        with VideoWriter(target, 25, settings=FAST) as writer:
+            for k in range(5):
+                writer.write(code_frame(k, 64, 48))
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    target.write_bytes(b"previous")
+    with pytest.raises(RuntimeError):
+        with VideoWriter(target, 25, settings=FAST) as writer:
+            writer.write(code_frame(0, 64, 48))
+            raise RuntimeError("second failure")
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+def test_writer_rejects_bad_frames_and_timestamps(tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        with VideoWriter(tmp_path / "a.mp4", 25, settings=FAST) as writer:
+            writer.write(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="increase"):
+        with VideoWriter(tmp_path / "b.mp4", 25, settings=FAST, time_base=Fraction(1, 1000)) as writer:
+            writer.write(np.zeros((2, 16, 16, 3), np.uint8), [0, 0])
+    with pytest.raises(ValueError, match="no frames"):
+        VideoWriter(tmp_path / "c.mp4", 25).close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_crf_and_preset_reach_the_encoder(tmp_path):
+    frame = (np.random.default_rng(0).integers(0, 255, (64, 64, 3))).astype(np.uint8)
+    sizes = {}
+    for crf in (0, 35):
+        path = tmp_path / f"crf{crf}.mp4"
+        with VideoWriter(path, 25, settings=EncoderSettings(crf=crf, preset="ultrafast")) as writer:
+            writer.write(np.stack([frame] * 3))
+        sizes[crf] = path.stat().st_size
+    assert sizes[0] > 2 * sizes[35]
+    settings = EncoderSettings(crf=20, preset="slow", options={"tune": "film"})
+    assert settings.codec_options() == {"crf": "20", "preset": "slow", "tune": "film"}
