@@ -1,0 +1,128 @@
+"""Gap filling, resampling across frame rates, relative mode, gains and clamps, curve plots."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from retarget.motion import (
+    MotionTrack,
+    PartGains,
+    apply_gains,
+    clamp_published,
+    fill_gaps,
+    neutral_frame,
+    plot_curves,
+    relative_motion,
+    resample,
+)
+
+
+def ramp_track(n=30, rate=Fraction(30), valid=None):
+    """values[k, d] = time * (d + 1): linear in time in every dimension."""
+    times = np.arange(n) / float(rate)
+    values = times[:, None] * np.arange(1, 56)[None, :]
+    return MotionTrack(values, np.ones(n, bool) if valid is None else valid, times, rate)
+
+
+def test_fill_gaps_interpolates_inside_holds_ends_and_respects_max_gap():
+    valid = np.ones(30, bool)
+    valid[[0, 1]] = False  # leading: held
+    valid[5:8] = False  # 3 frames = 0.1 s: interpolated
+    valid[12:24] = False  # 12 frames = 0.4 s: too long for max 0.2 s
+    valid[28:] = False  # trailing: held
+    track = ramp_track(valid=valid)
+    filled = fill_gaps(track, max_gap_seconds=0.2)
+    expected_valid = np.ones(30, bool)
+    expected_valid[12:24] = False
+    np.testing.assert_array_equal(filled.valid, expected_valid)
+    np.testing.assert_allclose(filled.values[5:8], ramp_track().values[5:8], rtol=1e-5)  # exact on a ramp
+    np.testing.assert_array_equal(filled.values[:2], np.repeat(track.values[2:3], 2, axis=0))
+    np.testing.assert_array_equal(filled.values[28:], np.repeat(track.values[27:28], 2, axis=0))
+    np.testing.assert_array_equal(filled.values[12:24], track.values[12:24])
+    assert fill_gaps(track, max_gap_seconds=float("inf")).valid.all()
+
+
+def test_resample_between_rates_by_time():
+    source = ramp_track(50, Fraction(25))  # 2 s at 25 fps
+    rate = Fraction(30000, 1001)
+    times = np.arange(60) / float(rate)  # about 2 s at 29.97 fps
+    linear = resample(source, times, rate)
+    assert linear.rate == rate and len(linear) == 60
+    inside = times <= source.times[-1] + 0.5 / 25
+    np.testing.assert_array_equal(linear.valid, inside)
+    np.testing.assert_allclose(linear.values[inside][:, 0], np.minimum(times[inside], source.times[-1]), atol=1e-6)
+    nearest = resample(source, times, rate, method="nearest")
+    picked = np.rint(times * 25).clip(0, 49) / 25
+    np.testing.assert_allclose(nearest.values[inside][:, 0], picked[inside], atol=1e-6)
+    valid = np.ones(50, bool)
+    valid[20] = False
+    gapped = resample(ramp_track(50, Fraction(25), valid), times, rate)
+    t_bad = (times > 19 / 25) & (times < 21 / 25)  # between an invalid frame and its neighbours
+    assert not gapped.valid[t_bad].any() and gapped.valid[~t_bad & inside].all()
+
+
+def test_neutral_frame_choice_and_relative_mode():
+    rng = np.random.default_rng(5)
+    values = rng.normal(0, 1.0, (20, 55)).astype(np.float32)
+    values[:, 50:52] = 0.5
+    values[:, 52] = 0.1
+    values[:, 53:] = 0.0
+    values[7, :50] = 0.01  # the calmest face
+    valid = np.ones(20, bool)
+    valid[3] = False
+    values[3] = 0.0  # lowest energy but invalid: never chosen
+    driving = MotionTrack.constant_rate(values, valid, 25)
+    assert neutral_frame(driving) == 7
+    median_index = neutral_frame(driving, "median")
+    med = np.median(values[valid], axis=0)
+    distances = np.where(valid, np.sum((values - med) ** 2, axis=1), np.inf)
+    assert median_index == int(np.argmin(distances))
+
+    target = np.zeros(55, np.float32)
+    target[50:52] = 0.2
+    out = relative_motion(driving, target)
+    expected = clamp_published(target + (values - values[7]))
+    np.testing.assert_allclose(out.values, expected, atol=1e-6)
+    np.testing.assert_array_equal(out.valid, valid)
+    np.testing.assert_allclose(out.values[7], target, atol=1e-6)  # neutral frame maps to the target's face
+    per_frame = np.tile(target, (20, 1))
+    per_frame[:, 0] = np.arange(20)
+    out2 = relative_motion(driving, per_frame, neutral=0, gains=PartGains(expression=0.5, eyelid=0.0, jaw=2.0))
+    delta = values - values[0]
+    np.testing.assert_allclose(out2.values[:, :50], per_frame[:, :50] + 0.5 * delta[:, :50], atol=1e-5)
+    np.testing.assert_allclose(out2.values[:, 50:52], 0.2, atol=1e-6)
+    with pytest.raises(ValueError, match="not a valid frame"):
+        relative_motion(driving, target, neutral=3)
+    with pytest.raises(ValueError, match="target expression"):
+        relative_motion(driving, np.zeros(54))
+
+
+def test_gains_and_published_ranges():
+    values = np.zeros((3, 55), np.float32)
+    values[:, :50] = 1.0
+    values[:, 50:52] = [[0.6, 0.9], [-0.1, 0.2], [0.4, 0.5]]
+    values[:, 52:55] = [[0.3, 0.15, -0.15], [-0.2, 0.3, -0.3], [0.0, 0.0, 0.1]]
+    track = MotionTrack.constant_rate(values, None, 30)
+    out = apply_gains(track, PartGains(expression=1.5, eyelid=2.0, jaw=2.0)).values
+    np.testing.assert_allclose(out[:, :50], 1.5)
+    np.testing.assert_allclose(out[:, 50:52], [[1.0, 1.0], [0.0, 0.4], [0.8, 1.0]])
+    np.testing.assert_allclose(out[:, 52], [0.6, 0.0, 0.0])
+    np.testing.assert_allclose(out[:, 53:55], [[0.2, -0.2], [0.2, -0.2], [0.0, 0.2]])
+    assert PartGains().vector().tolist() == [1.0] * 55
+
+
+def test_plot_writes_png_with_chosen_channels(tmp_path):
+    valid = np.ones(60, bool)
+    valid[20:25] = False
+    track = ramp_track(60, Fraction(30000, 1001), valid)
+    smoothed = fill_gaps(track)
+    default = plot_curves(track, tmp_path / "curves.png", smoothed)
+    assert default.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    small = plot_curves(track, tmp_path / "two.png", channels=["exp04", 54])
+    from PIL import Image
+
+    assert Image.open(default).size[1] > Image.open(small).size[1]  # 5 panels vs 2
+    with pytest.raises(ValueError, match="unknown channel"):
+        plot_curves(track, tmp_path / "bad.png", channels=["mouth"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "two.png"]
