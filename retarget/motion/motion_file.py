@@ -93,7 +93,8 @@ def _validate(path: Path, arrays: dict[str, np.ndarray]) -> MotionTrack:
         raise InputError(f"{path}: 'rate' must be two positive integers (numerator, denominator), found {rate!r}")
     keys = arrays.get("metadata_keys", np.array([], dtype=str))
     items = arrays.get("metadata_values", np.array([], dtype=str))
-    if keys.shape != items.shape or keys.ndim != 1 or (keys.size and (keys.dtype.kind != "U" or items.dtype.kind != "U")):
+    text_arrays = keys.dtype.kind == "U" and items.dtype.kind == "U"
+    if keys.shape != items.shape or keys.ndim != 1 or (keys.size and not text_arrays):
         raise InputError(f"{path}: motion metadata is malformed")
     return MotionTrack(
         values=values,

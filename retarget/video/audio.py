@@ -12,7 +12,6 @@ video, so lip sync is preserved.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -59,9 +58,9 @@ class AudioMuxer:
         in_stream = self._input.streams.audio[0]
         self._in_stream = in_stream
         self._in_tb = Fraction(in_stream.time_base)
-        origin = Fraction(int(info.start_pts)) * info.time_base + Fraction(source.start or 0)
-        self._origin = origin  # source time that becomes output time 0
-        self._stop = None if source.end is None else Fraction(int(info.start_pts)) * info.time_base + Fraction(source.end)
+        video_start = Fraction(int(info.start_pts)) * info.time_base
+        self._origin = video_start + Fraction(source.start or 0)  # source time that becomes output time 0
+        self._stop = None if source.end is None else video_start + Fraction(source.end)
         codec = in_stream.codec_context.name
         self.copied = (not source.reencode) and codec in output.supported_codecs
         if self.copied:
@@ -70,7 +69,10 @@ class AudioMuxer:
         else:
             self.stream = self._add_encoder(output, in_stream)
             self._items = self._encode_packets()
-        self.stream.time_base = in_stream.time_base if self.copied else Fraction(1, self.stream.codec_context.sample_rate)
+        if self.copied:
+            self.stream.time_base = in_stream.time_base
+        else:
+            self.stream.time_base = Fraction(1, self.stream.codec_context.sample_rate)
         self._output = output
         self._pending: av.Packet | None = None
         self._done = False

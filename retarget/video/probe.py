@@ -17,7 +17,7 @@ import av
 import numpy as np
 
 from retarget.errors import InputError
-from retarget.video.orientation import IDENTITY, Orientation, orientation_from_display_matrix
+from retarget.video.orientation import Orientation, orientation_from_display_matrix
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def _probe(path: Path, container: av.container.InputContainer) -> VideoInfo:
 
     time_base = Fraction(stream.time_base)
     frame_pts = np.sort(np.asarray(pts, dtype=np.int64))
-    frame_rate, is_vfr = _frame_rate(stream, frame_pts, time_base)
+    frame_rate, is_vfr = _frame_rate(path, stream, frame_pts, time_base)
     frame_count = int(frame_pts.size)
     duration = float((int(frame_pts[-1] - frame_pts[0])) * time_base + 1 / frame_rate)
 
@@ -228,7 +228,9 @@ def _probe(path: Path, container: av.container.InputContainer) -> VideoInfo:
     )
 
 
-def _frame_rate(stream: av.video.stream.VideoStream, frame_pts: np.ndarray, time_base: Fraction) -> tuple[Fraction, bool]:
+def _frame_rate(
+    path: Path, stream: av.video.stream.VideoStream, frame_pts: np.ndarray, time_base: Fraction
+) -> tuple[Fraction, bool]:
     """(rate, is_vfr) from the sorted timestamps; the container's nominal rate when it matches them.
 
     Timestamps count as constant-rate when all frame intervals lie within 2 ticks (or 1 %) of each other, which
@@ -241,7 +243,7 @@ def _frame_rate(stream: av.video.stream.VideoStream, frame_pts: np.ndarray, time
     deltas = np.diff(frame_pts)
     median = float(np.median(deltas))
     if median <= 0:
-        raise InputError(f"{stream.container.name}: video timestamps are not increasing")
+        raise InputError(f"{path}: video timestamps are not increasing")
     spread = float(deltas.max() - deltas.min())
     is_vfr = spread > max(2.0, 0.01 * median)
     if not is_vfr:

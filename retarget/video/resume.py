@@ -173,7 +173,8 @@ class ChunkedRender:
     def _clear_work_dir(self) -> None:
         if self.work_dir.is_dir():
             for item in self.work_dir.iterdir():
-                if item.is_file() and (item.name == MANIFEST or item.name.startswith("chunk_") or ".partial-" in item.name):
+                ours = item.name == MANIFEST or item.name.startswith("chunk_") or ".partial-" in item.name
+                if item.is_file() and ours:
                     discard(item)
 
     def _write_manifest(self) -> None:
