@@ -1,0 +1,107 @@
+import logging
+
+import numpy as np
+import pytest
+
+from retarget.errors import WeightsError
+from retarget.faces.detection import load_detector, non_maximum_suppression
+from retarget.faces.mtcnn import MtcnnDetector
+from retarget.faces.scrfd import ScrfdDetector, decode_scrfd_level
+from retarget.testing.face_models import write_random_scrfd_onnx
+
+
+def assert_plausible(face):
+    left_eye, right_eye, nose, left_mouth, right_mouth = face.keypoints
+    assert face.keypoints.dtype == np.float32 and face.keypoints.shape == (5, 2)
+    x1, y1, x2, y2 = face.bbox
+    assert np.all((face.keypoints[:, 0] > x1) & (face.keypoints[:, 0] < x2))
+    assert np.all((face.keypoints[:, 1] > y1) & (face.keypoints[:, 1] < y2))
+    eye_distance = np.linalg.norm(right_eye - left_eye)
+    assert 0.2 * (x2 - x1) < eye_distance < 0.8 * (x2 - x1)
+    assert left_eye[0] < right_eye[0] and left_mouth[0] < right_mouth[0]
+    assert max(left_eye[1], right_eye[1]) < nose[1] < min(left_mouth[1], right_mouth[1])
+    assert 0.9 < face.score <= 1.0
+
+
+def test_astronaut_has_one_face_with_plausible_keypoints(detector, astronaut):
+    faces = detector.detect(astronaut)
+    assert len(faces) == 1
+    assert_plausible(faces[0])
+    # Her eyes are about 42 px apart, centred near x = 225, y = 102 in the 512x512 photo.
+    left_eye, right_eye = faces[0].keypoints[:2]
+    assert 35 < np.linalg.norm(right_eye - left_eye) < 50
+    assert np.allclose((left_eye + right_eye) / 2, [225, 102], atol=6)
+
+
+def test_group_photo_has_six_faces_largest_first(detector, group_photo):
+    faces = detector.detect(group_photo)
+    assert len(faces) == 6
+    areas = [face.area for face in faces]
+    assert areas == sorted(areas, reverse=True)
+    for face in faces:
+        assert_plausible(face)
+
+
+def test_tight_crop_photo(detector, hanks):
+    faces = detector.detect(hanks)
+    assert len(faces) == 1
+    assert_plausible(faces[0])
+
+
+def test_no_face_in_a_flat_image(detector):
+    assert detector.detect(np.full((240, 320, 3), 128, np.uint8)) == []
+
+
+def test_downscaled_detection_maps_back_to_input_pixels(astronaut):
+    full = MtcnnDetector(device="cpu", max_side=1024).detect(astronaut)[0]
+    small = MtcnnDetector(device="cpu", max_side=256).detect(astronaut)[0]
+    assert np.abs(full.keypoints - small.keypoints).max() < 4.0
+
+
+def test_load_detector_falls_back_to_mtcnn_and_logs(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="retarget.faces.detection"):
+        detector = load_detector(tmp_path, device="cpu")
+    assert isinstance(detector, MtcnnDetector)
+    assert "MTCNN" in caplog.text and "scrfd_10g_bnkps.onnx not found" in caplog.text
+
+
+def test_load_detector_prefers_published_scrfd(tmp_path, caplog, astronaut):
+    path = write_random_scrfd_onnx(tmp_path / "antelopev2" / "scrfd_10g_bnkps.onnx")
+    with caplog.at_level(logging.INFO, logger="retarget.faces.detection"):
+        detector = load_detector(tmp_path, device="cpu")
+    assert isinstance(detector, ScrfdDetector) and str(path) in caplog.text
+    faces = detector.detect(astronaut)  # random weights: junk boxes, but the real decoding path
+    assert len(faces) > 0
+    assert all(face.keypoints.shape == (5, 2) and 0.5 <= face.score <= 1 for face in faces)
+
+
+def test_broken_scrfd_file_is_a_weights_error(tmp_path):
+    path = tmp_path / "antelopev2" / "scrfd_10g_bnkps.onnx"
+    path.parent.mkdir()
+    path.write_bytes(b"not onnx")
+    with pytest.raises(WeightsError, match="scrfd_10g_bnkps.onnx"):
+        load_detector(tmp_path, device="cpu")
+
+
+def test_scrfd_decoding_of_one_anchor():
+    height = width = 32
+    stride = 8
+    count = (height // stride) * (width // stride) * 2
+    scores = np.zeros((count, 1), np.float32)
+    boxes = np.ones((count, 4), np.float32)
+    kps = np.zeros((count, 10), np.float32)
+    anchor = (1 * 4 + 2) * 2 + 1  # row 1, column 2, second anchor -> centre (16, 8)
+    scores[anchor] = 0.9
+    boxes[anchor] = [1, 0.5, 2, 1.5]
+    kps[anchor] = [-1, -1, 1, -1, 0, 0, -1, 1, 1, 1]
+    s, b, k = decode_scrfd_level(scores, boxes, kps, stride, height, width)
+    assert s[anchor] == pytest.approx(0.9)
+    assert np.allclose(b[anchor], [16 - 8, 8 - 4, 16 + 16, 8 + 12])
+    assert np.allclose(k[anchor], [[8, 0], [24, 0], [16, 8], [8, 16], [24, 16]])
+
+
+def test_non_maximum_suppression():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 4, 4]], float)
+    scores = np.array([0.9, 0.95, 0.5, 0.8])
+    assert non_maximum_suppression(boxes, scores, 0.5).tolist() == [1, 3, 2]
+    assert non_maximum_suppression(boxes, scores, 0.5, mode="min").tolist() == [1, 2]
