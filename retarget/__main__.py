@@ -1,0 +1,7 @@
+"""``python -m retarget``: the same as the ``retarget`` command."""
+
+import sys
+
+from retarget.cli import main
+
+sys.exit(main())

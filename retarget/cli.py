@@ -1,0 +1,253 @@
+"""The ``retarget`` command line: argparse with one subcommand per job.
+
+Every user error (:class:`retarget.errors.RetargetError`) and every unexpected exception becomes one line on
+stderr, ``retarget: error: ...``, and exit status 1 (2 for command-line usage errors, as argparse does); the
+traceback is printed only with ``--debug``. Jobs write their outputs atomically, so a failed command leaves no
+output file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from retarget.errors import RetargetError
+
+PROG = "retarget"
+
+
+def _common_parser() -> argparse.ArgumentParser:
+    """Options shared by every rendering command (``run``, ``edit``, ``batch``) and, partly, ``extract``."""
+    common = argparse.ArgumentParser(add_help=False)
+    model = common.add_argument_group("model")
+    model.add_argument("--models", metavar="DIR", default=None,
+                       help="folder with the published files (default: $RETARGET_MODELS or ./models)")
+    model.add_argument("--base-model", metavar="DIR|ID", default=None,
+                       help="SD1.5 folder or hub id for vae/tokenizer/scheduler (default: $RETARGET_BASE_MODEL "
+                            "or stable-diffusion-v1-5/stable-diffusion-v1-5)")
+    model.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    model.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None,
+                       help="weights precision (default: bf16/fp16 on GPUs, fp32 on the CPU)")
+    sampling = common.add_argument_group("sampling")
+    sampling.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    sampling.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance (default 3.0)")
+    sampling.add_argument("--expression-scale", type=float, default=1.0, help="expression adapter weight (1.0)")
+    sampling.add_argument("--reference-scale", type=float, default=0.8,
+                          help="reference adapter weight (0.8; lower = more expression, less background/pose)")
+    sampling.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    sampling.add_argument("--per-frame-noise", action="store_true",
+                          help="draw new noise per frame (default: the same noise for every frame, steadier video)")
+    sampling.add_argument("--batch-size", type=int, default=8, help="frames per diffusion call (default 8)")
+    sampling.add_argument("--chunk-size", type=int, default=64,
+                          help="frames per resumable chunk; host memory holds one chunk (default 64)")
+    motion = common.add_argument_group("motion and faces")
+    motion.add_argument("--smooth", choices=("kalman", "savgol", "one_euro", "none"), default="kalman",
+                        help="smoothing of the expression track (default kalman: zero-lag Kalman/RTS)")
+    motion.add_argument("--face-index", type=int, default=0,
+                        help="which face to follow when there are several: 0 = largest in the first frame with a face")
+    output = common.add_argument_group("video output")
+    output.add_argument("--codec", default="libx264", help="FFmpeg video encoder (default libx264)")
+    output.add_argument("--crf", type=int, default=18, help="constant quality, lower is better (default 18)")
+    output.add_argument("--preset", default="medium", help="encoder speed preset (default medium)")
+    output.add_argument("--pix-fmt", default="yuv420p", help="pixel format (default yuv420p)")
+    common.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return common
+
+
+def _debug_parser() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``retarget`` parser (exposed for documentation and tests)."""
+    debug = _debug_parser()
+    common = _common_parser()
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Put one person's facial performance onto another face in video.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", parents=[common, debug], help="a driving performance on a photo's identity",
+                         description="Render the actor's per-frame expressions on the person in PHOTO: the aligned "
+                                     "face video at the model's resolution, with the driving clip's frame count, "
+                                     "rate and audio.")
+    run.add_argument("driving", metavar="DRIVING", help="driving video (the actor's performance)")
+    run.add_argument("--identity", metavar="PHOTO", required=True, help="photo of the person to animate")
+    run.add_argument("-o", "--output", metavar="OUT", required=True, help="output video (.mp4, .mkv, .mov)")
+    run.add_argument("--no-reference", action="store_true", help="switch the reference adapter off")
+    run.add_argument("--side-by-side", action="store_true", help="write driving | result")
+
+    edit = sub.add_parser("edit", parents=[common, debug], help="new expressions for a clip's own person",
+                          description="Give the person in VIDEO the expressions of SOURCE (a photo, a video or a "
+                                      "motion .npz); each frame's face is its own reference and the result is pasted "
+                                      "back into the original frame; frames without the face pass through.")
+    edit.add_argument("video", metavar="VIDEO")
+    edit.add_argument("--expression", metavar="SOURCE", required=True, help="photo, video or motion .npz")
+    edit.add_argument("-o", "--output", metavar="OUT", required=True)
+    edit.add_argument("--start", type=float, default=None, help="edit from this time (seconds)")
+    edit.add_argument("--end", type=float, default=None, help="edit until this time (seconds)")
+
+    extract = sub.add_parser("extract", parents=[common, debug], help="a clip's expression track to a motion file",
+                             description="Write the per-frame 55-d expression track (validity, timestamps, rate) "
+                                         "of VIDEO to a motion .npz that carries no picture of the actor.")
+    extract.add_argument("video", metavar="VIDEO")
+    extract.add_argument("-o", "--output", metavar="MOTION.npz", required=True)
+
+    plot = sub.add_parser("plot", parents=[debug], help="plot a motion file's curves",
+                          description="Plot the raw and smoothed curves of a motion file.")
+    plot.add_argument("motion", metavar="MOTION.npz")
+    plot.add_argument("-o", "--output", metavar="PNG", required=True)
+    plot.add_argument("--smooth", choices=("kalman", "savgol", "one_euro", "none"), default="kalman")
+    plot.add_argument("--channels", default=None,
+                      help="comma-separated channel names (exp00..exp49, eyelid0, eyelid1, jaw0..jaw2) or numbers "
+                           "0-54 (default: exp00,exp01,exp02,eyelid0,jaw0)")
+
+    batch = sub.add_parser("batch", parents=[common, debug], help="every video in a folder",
+                           description="Process every video in IN_DIR with run (--identity) or edit (--expression). "
+                                       "Finished outputs are skipped; failures go to OUT_DIR/failures.jsonl and the "
+                                       "rest go on; the exit status is 1 if any file failed. Under "
+                                       "`accelerate launch` the files are shared out across processes.")
+    batch.add_argument("input_dir", metavar="IN_DIR")
+    batch.add_argument("-o", "--output", metavar="OUT_DIR", required=True)
+    target = batch.add_mutually_exclusive_group(required=True)
+    target.add_argument("--identity", metavar="PHOTO", help="run: animate PHOTO with each video")
+    target.add_argument("--expression", metavar="SOURCE", help="edit: give each video SOURCE's expressions")
+    batch.add_argument("--no-reference", action="store_true", help="(with --identity) reference adapter off")
+    batch.add_argument("--side-by-side", action="store_true", help="(with --identity) write driving | result")
+
+    weights = sub.add_parser("weights", parents=[debug], help="manage the model files")
+    weights_sub = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    download = weights_sub.add_parser("download", parents=[debug], help="fetch the published files from the hub",
+                                      description="Download the published files into the published layout "
+                                                  "(resumable) and print the manual steps for the files that are "
+                                                  "not on the hub.")
+    download.add_argument("--models", metavar="DIR", default=None, help="target folder (default $RETARGET_MODELS or ./models)")
+    download.add_argument("--base-model", metavar="DIR|ID", default=None,
+                          help="also fetch this SD1.5 repository's vae/tokenizer/scheduler (default: the public one)")
+    download.add_argument("--skip-base-model", action="store_true", help="do not fetch the SD1.5 base files")
+
+    doctor = sub.add_parser("doctor", parents=[debug], help="check the environment and the weights folder")
+    doctor.add_argument("--models", metavar="DIR", default=None)
+    doctor.add_argument("--base-model", metavar="DIR|ID", default=None)
+    doctor.add_argument("--load", action="store_true", help="also load the diffusion model (slow)")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace):
+    """A :class:`~retarget.jobs.options.JobOptions` from parsed common options (raises InputError on bad values)."""
+    from retarget.jobs.options import JobOptions, default_models_dir
+    from retarget.video.encoding import EncoderSettings
+
+    try:
+        encoder = EncoderSettings(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt)
+    except ValueError as error:
+        from retarget.errors import InputError
+
+        raise InputError(str(error)) from error
+    return JobOptions(
+        models=Path(args.models) if args.models else default_models_dir(),
+        base_model=args.base_model,
+        steps=args.steps,
+        guidance=args.guidance,
+        expression_scale=args.expression_scale,
+        reference_scale=args.reference_scale,
+        seed=args.seed,
+        per_frame_noise=args.per_frame_noise,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        device=args.device,
+        dtype=args.dtype,
+        smooth=args.smooth,
+        face_index=args.face_index,
+        encoder=encoder,
+        progress=not args.no_progress,
+    )
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command; returns the exit status."""
+    if args.command == "run":
+        from retarget.jobs.run import run_job
+
+        run_job(args.driving, args.identity, args.output, options_from_args(args),
+                reference=not args.no_reference, side_by_side=args.side_by_side)
+        return 0
+    if args.command == "edit":
+        from retarget.jobs.edit import edit_job
+
+        edit_job(args.video, args.expression, args.output, options_from_args(args), start=args.start, end=args.end)
+        return 0
+    if args.command == "extract":
+        from retarget.jobs.extract import extract_job
+
+        extract_job(args.video, args.output, options_from_args(args))
+        return 0
+    if args.command == "plot":
+        from retarget.jobs.plot import plot_job
+
+        plot_job(args.motion, args.output, smooth_method=args.smooth,
+                 channels=args.channels.split(",") if args.channels else None)
+        return 0
+    if args.command == "batch":
+        from retarget.jobs.batch import BatchTarget, batch_job
+
+        target = BatchTarget(identity=args.identity, expression=args.expression,
+                             reference=not args.no_reference, side_by_side=args.side_by_side)
+        report = batch_job(args.input_dir, args.output, target, options_from_args(args))
+        return 0 if report.failed == 0 else 1
+    if args.command == "weights":
+        from retarget.jobs.options import default_models_dir
+        from retarget.jobs.weights import download_weights
+
+        models = Path(args.models) if args.models else default_models_dir()
+        download_weights(models, base_model=None if args.skip_base_model else (args.base_model or ""))
+        return 0
+    if args.command == "doctor":
+        from retarget.jobs.options import default_models_dir
+        from retarget.jobs.weights import doctor
+
+        models = Path(args.models) if args.models else default_models_dir()
+        return doctor(models, base_model=args.base_model, load=args.load)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def _error_line(error: BaseException) -> str:
+    """One line for stderr: the error's first line (RetargetError) or its type and first line (anything else)."""
+    text = str(error).strip().splitlines()
+    message = text[0] if text else ""
+    if isinstance(error, RetargetError):
+        return message or type(error).__name__
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.filename}: {error.strerror or message}"
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``retarget`` script; returns the exit status (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
+    if not debug:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # every failure becomes one line unless --debug
+        if debug:
+            raise
+        print(f"{PROG}: error: {_error_line(error)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

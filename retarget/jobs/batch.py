@@ -1,0 +1,134 @@
+"""``retarget batch``: every video of a folder through ``run`` or ``edit``.
+
+Contract: outputs go to ``OUT_DIR/<input stem>.mp4``; an output that already exists is finished (outputs appear
+atomically, so a file there is complete) and is skipped; a file that fails is appended to
+``OUT_DIR/failures.jsonl`` (one JSON object per line: ``file``, ``error``, ``type``, ``time``) and the others go
+on. The model is loaded once per process and shared by every file.
+
+Sharding: under ``accelerate launch`` (or any launcher that sets accelerate's environment) the sorted file list is
+split by accelerate's ``PartialState``: process ``i`` of ``n`` takes files ``i, i + n, i + 2n, ...``, so no file
+is done twice and each has exactly one owner. Each process renders on its own device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from retarget.errors import InputError
+from retarget.jobs.options import JobOptions
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
+FAILURES_NAME = "failures.jsonl"
+
+
+@dataclass(frozen=True)
+class BatchTarget:
+    """What to do with each video: ``identity`` (a photo, ``run``) or ``expression`` (a source, ``edit``)."""
+
+    identity: str | None = None
+    expression: str | None = None
+    reference: bool = True
+    side_by_side: bool = False
+
+    def __post_init__(self):
+        if (self.identity is None) == (self.expression is None):
+            raise InputError("batch needs exactly one of --identity PHOTO or --expression SOURCE")
+
+
+@dataclass
+class BatchReport:
+    """Counts of this process's share: ``done`` rendered now, ``skipped`` already finished, ``failed``."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+def list_videos(folder: Path) -> list[Path]:
+    """Video files directly in ``folder`` (by extension, hidden files excluded), sorted by name."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder")
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith("."))
+
+
+def process_share() -> tuple[int, int]:
+    """(index, count) of this process among the launched ones: accelerate's PartialState when accelerate's launch
+    environment is set, else (0, 1)."""
+    launched = any(name in os.environ for name in ("ACCELERATE_MIXED_PRECISION", "LOCAL_RANK", "WORLD_SIZE"))
+    if not launched:
+        return 0, 1
+    from accelerate import PartialState
+
+    state = PartialState()
+    return int(state.process_index), int(state.num_processes)
+
+
+def shard(files: list[Path], index: int, count: int) -> list[Path]:
+    """The files process ``index`` of ``count`` owns (round robin over the sorted list)."""
+    if not 0 <= index < count:
+        raise ValueError(f"process index {index} out of range for {count} processes")
+    return files[index::count]
+
+
+def output_path(video: Path, out_dir: Path) -> Path:
+    """Where ``video``'s result goes."""
+    return out_dir / f"{video.stem}.mp4"
+
+
+def append_failure(out_dir: Path, video: Path, error: BaseException) -> None:
+    """Append one JSON line for ``video`` to ``OUT_DIR/failures.jsonl`` (a single write, safe across processes)."""
+    text = str(error).strip().splitlines()
+    record = {"file": str(video), "error": text[0] if text else type(error).__name__,
+              "type": type(error).__name__, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    line = (json.dumps(record) + "\n").encode()
+    fd = os.open(out_dir / FAILURES_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
+              share: tuple[int, int] | None = None) -> BatchReport:
+    """Process this process's share of the videos in ``input_dir``; returns the counts.
+
+    Errors about the shared inputs (identity photo, expression source, weights) stop the batch with one error,
+    since every file would fail the same way; errors of one video are logged and the batch goes on.
+    """
+    from tqdm.auto import tqdm
+
+    from retarget.jobs.session import RenderSession
+
+    input_dir, out_dir = Path(input_dir), Path(output_dir)
+    videos = list_videos(input_dir)
+    if not videos:
+        raise InputError(f"{input_dir}: no video files ({', '.join(VIDEO_SUFFIXES)})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index, count = share if share is not None else process_share()
+    mine = shard(videos, index, count)
+    todo = [v for v in mine if not output_path(v, out_dir).exists()]
+    report = BatchReport(skipped=len(mine) - len(todo))
+    if not todo:
+        return report
+    session = RenderSession(options)
+    prepared = session.prepare_batch(target)
+    for video in tqdm(todo, desc=f"batch {index + 1}/{count}" if count > 1 else "batch", unit="clip",
+                      disable=not options.progress):
+        try:
+            prepared(video, output_path(video, out_dir))
+            report.done += 1
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # one bad file must not stop the others
+            log.debug("failed: %s", video, exc_info=True)
+            append_failure(out_dir, video, error)
+            report.failed += 1
+    return report

@@ -1,0 +1,125 @@
+"""``retarget edit``: new expressions for a clip's own person, pasted back into the original frames.
+
+SOURCE is a photo (one expression for every frame), a video (its per-frame expressions, matched to the clip by
+time: source time 0 lines up with ``start``, so clips at different rates stay in step) or a motion ``.npz``.
+Each frame's aligned face is its own reference; the identity is the clip's robust mean ArcFace embedding. The
+result has the clip's size, frame count, timing and audio. Frames outside ``[start, end)``, frames without the
+followed face and frames past the end of the source's expressions pass through untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retarget.errors import InputError
+from retarget.faces.alignment import ffhq_transform
+from retarget.faces.pasteback import paste_back
+from retarget.jobs.common import check_output, prepared_motion, timing
+from retarget.jobs.frames import frames_of_span, photo_face, scan_clip
+from retarget.jobs.options import JobOptions
+from retarget.jobs.session import RenderSession
+from retarget.motion.motion_file import load_motion
+from retarget.motion.resample import resample
+from retarget.motion.track import MotionTrack
+from retarget.video.audio import AudioSource
+from retarget.video.reader import VideoReader
+from retarget.video.resume import ChunkedRender, file_identity
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class ExpressionSource:
+    """Expressions read from SOURCE once: ``constant`` ``[55]`` for a photo, else a prepared (smoothed,
+    gap-filled) ``track``."""
+
+    path: Path
+    constant: np.ndarray | None = None
+    track: MotionTrack | None = None
+
+    def for_times(self, times: np.ndarray, rate) -> tuple[np.ndarray, np.ndarray]:
+        """Values ``[M, 55]`` and validity ``[M]`` at ``times`` (seconds from the source's start)."""
+        if self.constant is not None:
+            return np.repeat(self.constant[None], len(times), axis=0), np.ones(len(times), bool)
+        if len(times) == 0:
+            return np.zeros((0, self.track.values.shape[1]), np.float32), np.zeros(0, bool)
+        aligned = resample(self.track, times, rate, method="linear")
+        return aligned.values, aligned.valid
+
+
+def read_expression_source(source, session: RenderSession) -> ExpressionSource:
+    """Read SOURCE by kind: ``.npz`` motion file, image (by extension) or video. One-line errors for each."""
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    options = session.options
+    if suffix == ".npz":
+        return ExpressionSource(path, track=prepared_motion(load_motion(path), options.smooth))
+    if suffix in IMAGE_SUFFIXES:
+        image, face = photo_face(path, session.faces, 0)
+        values = session.faces.expressions.extract([image], face.keypoints[None])[0]
+        return ExpressionSource(path, constant=values)
+    scan = scan_clip(VideoReader(path), session.faces, options.face_index, chunk_size=options.chunk_size,
+                     progress=options.progress)
+    return ExpressionSource(path, track=prepared_motion(scan.motion(), options.smooth))
+
+
+def edit_job(video, expression, output, options: JobOptions, *, start: float | None = None,
+             end: float | None = None, session: RenderSession | None = None,
+             source: ExpressionSource | None = None) -> Path:
+    """Give ``video``'s person the expressions of ``expression`` and write ``output``; returns the output path.
+
+    ``session`` and ``source`` (already read, see :func:`read_expression_source`) let ``batch`` reuse them.
+    """
+    output = check_output(output, inputs=(video, expression))
+    if start is not None and end is not None and end <= start:
+        raise InputError(f"--end ({end}) must be after --start ({start})")
+    reader = VideoReader(video)
+    info = reader.info
+    lo, hi = reader.frame_range(start, end)
+    if lo >= hi:
+        raise InputError(f"{video}: no frames between {start or 0} s and {end if end is not None else 'the end'}")
+    session = session or RenderSession(options)
+    source = source if source is not None else read_expression_source(expression, session)
+    scan = scan_clip(reader, session.faces, options.face_index, expressions=False, identity=True,
+                     chunk_size=options.chunk_size, progress=options.progress)
+
+    times = scan.times
+    values = np.zeros((info.frame_count, 55), np.float32)
+    has_values = np.zeros(info.frame_count, bool)
+    values[lo:hi], has_values[lo:hi] = source.for_times(times[lo:hi] - times[lo], info.frame_rate)
+    edited = scan.valid & has_values
+    keypoints = scan.smoothed_keypoints()
+
+    pipe = session.pipeline
+    size = pipe.image_size
+    key = {
+        "command": "edit", "video": file_identity(video), "expression": file_identity(source.path),
+        "range": [lo, hi], "options": options.render_key(),
+    }
+    job = ChunkedRender(output, key, info.frame_count, options.chunk_size, info.frame_rate,
+                        settings=options.encoder, **timing(info))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=info.frame_count, initial=job.done_frames(), desc=f"edit {Path(video).name}", unit="frame",
+               disable=not options.progress)
+    for span in job.pending_chunks():
+        frames = frames_of_span(reader, span.start, span.stop)
+        rows = np.flatnonzero(edited[span.start:span.stop]) + span.start
+        if len(rows):
+            transforms = [ffhq_transform(keypoints[i], size) for i in rows]
+            crops = [t.warp(frames[i - span.start]) for t, i in zip(transforms, rows)]
+            faces = session.render(scan.identity, values[rows], rows, crops)
+            for t, i, face in zip(transforms, rows, faces):
+                paste_back(frames[i - span.start], face, t, inplace=True)
+        job.save_chunk(span.index, frames)
+        bar.update(len(span))
+    bar.close()
+    return job.finalize(audio=AudioSource(Path(video)), progress=options.progress)

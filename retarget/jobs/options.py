@@ -1,0 +1,84 @@
+"""The common options of every rendering job, as one dataclass (built from the command line or by hand).
+
+``JobOptions`` is the single place a job reads its settings from; the command line fills it with
+:func:`retarget.cli.options_from_args`, Python callers construct it directly::
+
+    from retarget.jobs.options import JobOptions
+    from retarget.jobs.run import run_job
+    run_job("driving.mp4", "photo.jpg", "out.mp4", JobOptions(models="models", steps=25))
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from retarget.errors import InputError
+from retarget.video.encoding import EncoderSettings
+
+SMOOTHING_METHODS = ("kalman", "savgol", "one_euro", "none")
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+def default_models_dir() -> Path:
+    """``$RETARGET_MODELS`` or ``./models``."""
+    return Path(os.environ.get("RETARGET_MODELS") or "models")
+
+
+@dataclass
+class JobOptions:
+    """Settings shared by ``run``, ``edit``, ``extract`` and ``batch``.
+
+    Model: ``models`` (published layout), ``base_model`` (SD1.5 folder or hub id; ``None`` = ``$RETARGET_BASE_MODEL``
+    or the public SD1.5 repository), ``device``/``dtype`` (``None`` = CUDA + bf16/fp16 when available, else CPU fp32).
+    Sampling: ``steps``, ``guidance`` (CFG), ``expression_scale``, ``reference_scale``, ``seed``, ``per_frame_noise``
+    (default: the same initial noise for every frame, which keeps the clip stable).
+    Throughput: ``batch_size`` frames per diffusion call, ``chunk_size`` frames per resumable chunk (a multiple of
+    nothing in particular; memory holds one chunk of decoded frames at a time).
+    Motion: ``smooth`` (one of :data:`SMOOTHING_METHODS`). Faces: ``face_index`` (0 = largest face in the first
+    frame that has faces; that face is then followed through the clip). Output: ``encoder``.
+    """
+
+    models: Path = field(default_factory=default_models_dir)
+    base_model: str | None = None
+    steps: int = 25
+    guidance: float = 3.0
+    expression_scale: float = 1.0
+    reference_scale: float = 0.8
+    seed: int = 0
+    per_frame_noise: bool = False
+    batch_size: int = 8
+    chunk_size: int = 64
+    device: str | None = None
+    dtype: str | None = None
+    smooth: str = "kalman"
+    face_index: int = 0
+    encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    progress: bool = True
+
+    def __post_init__(self):
+        self.models = Path(self.models).expanduser()
+        if self.base_model is None:
+            self.base_model = os.environ.get("RETARGET_BASE_MODEL") or None
+        checks = [
+            (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
+            (self.guidance >= 0, f"--guidance must be >= 0, got {self.guidance}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.chunk_size >= 1, f"--chunk-size must be >= 1, got {self.chunk_size}"),
+            (self.face_index >= 0, f"--face-index must be >= 0, got {self.face_index}"),
+            (self.smooth in SMOOTHING_METHODS, f"--smooth must be one of {', '.join(SMOOTHING_METHODS)}"),
+            (self.dtype is None or self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+    def render_key(self) -> dict:
+        """The settings that change rendered pixels (a resumed render must match them), JSON-ready."""
+        data = asdict(self)
+        for name in ("progress", "batch_size", "models", "encoder"):
+            data.pop(name)
+        data["models"] = str(self.models.resolve())
+        data["encoder"] = self.encoder.as_dict()
+        return data

@@ -1,0 +1,84 @@
+"""One rendering session: the diffusion pipeline and the face models, loaded once and shared by every clip
+(``batch`` renders many clips with one session), plus batched rendering with the clip's noise."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from retarget.jobs.frames import FaceModels
+from retarget.jobs.options import JobOptions
+
+log = logging.getLogger(__name__)
+
+
+class RenderSession:
+    """Holds what a job loads once: ``pipeline`` (:class:`~retarget.pipeline.ExpressionPipeline`, loaded on first
+    use) and ``faces`` (:class:`~retarget.jobs.frames.FaceModels`)."""
+
+    def __init__(self, options: JobOptions):
+        self.options = options
+        self.faces = FaceModels(options.models, device=options.device, batch_size=max(8, options.batch_size))
+        self._pipeline = None
+
+    @property
+    def pipeline(self):
+        if self._pipeline is None:
+            from retarget.pipeline import ExpressionPipeline
+
+            o = self.options
+            self._pipeline = ExpressionPipeline.from_pretrained(o.models, base_model=o.base_model, device=o.device,
+                                                                dtype=o.dtype)
+        return self._pipeline
+
+    def render(self, id_embeds: np.ndarray, expressions: np.ndarray, frame_indices: np.ndarray,
+               reference: np.ndarray | Sequence[np.ndarray] | None, desc: str = "render") -> np.ndarray:
+        """Faces for ``len(frame_indices)`` frames: uint8 ``[n, S, S, 3]`` (S = the model's output side).
+
+        ``id_embeds``: ArcFace ``[512]``. ``expressions``: ``[n, 55]``. ``frame_indices``: the frames' numbers in
+        the clip (they pick each frame's noise, so a resumed or re-batched render draws the same noise).
+        ``reference``: one aligned face ``[S, S, 3]`` shared by every frame (passed unchanged each batch so the
+        pipeline's reference cache hits), a sequence of ``n`` (one per frame), or None (adapter off).
+        Frames go to the model ``options.batch_size`` at a time.
+        """
+        from tqdm.auto import tqdm
+
+        from retarget.pipeline import clip_noise
+
+        o, pipe = self.options, self.pipeline
+        n, size = len(frame_indices), pipe.image_size
+        shared = reference is None or (isinstance(reference, np.ndarray) and reference.ndim == 3)
+        out = np.empty((n, size, size, 3), np.uint8)
+        starts = range(0, n, o.batch_size)
+        for start in tqdm(starts, desc=desc, unit="batch", disable=not o.progress or len(starts) < 2, leave=False):
+            rows = slice(start, min(start + o.batch_size, n))
+            latents = clip_noise(o.seed, frame_indices[rows], pipe.latent_shape, per_frame=o.per_frame_noise)
+            images = pipe(
+                id_embeds, expressions[rows],
+                reference_image=reference if shared else list(reference[rows]),
+                reference_scale=o.reference_scale, expression_scale=o.expression_scale,
+                num_inference_steps=o.steps, guidance_scale=o.guidance, latents=latents, output_type="np",
+            ).images
+            out[rows] = np.clip(np.rint(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
+        return out
+
+    def prepare_batch(self, target) -> Callable[[Path, Path], Path]:
+        """A function ``(video, output) -> output`` that processes one clip of a batch with this session.
+
+        The shared input (identity photo or expression source) is checked now, so a bad one stops the batch
+        before any clip is tried.
+        """
+        from retarget.jobs.edit import edit_job, read_expression_source
+        from retarget.jobs.run import identity_from_photo, run_job
+
+        if target.identity is not None:
+            identity = identity_from_photo(target.identity, self)
+            return lambda video, output: run_job(video, target.identity, output, self.options,
+                                                 reference=target.reference, side_by_side=target.side_by_side,
+                                                 session=self, photo=identity)
+        source = read_expression_source(target.expression, self)
+        return lambda video, output: edit_job(video, target.expression, output, self.options, session=self,
+                                              source=source)
