@@ -1,5 +1,5 @@
-"""Per-frame face plumbing shared by the jobs: the face models, following one face through a clip, the
-streaming scan of a clip (keypoints, expressions, identity), and photo faces.
+"""Per-frame face plumbing shared by the jobs: the face models, the streaming scan of a clip (the followed
+face's keypoints, expressions, identity), decoding a span of frames, and photo faces.
 
 Memory: a scan holds one chunk of decoded frames at a time plus per-frame numbers (10 keypoint floats and 55
 expression values per frame), so it does not grow with the picture size or, beyond those numbers, the length.
@@ -16,6 +16,7 @@ import numpy as np
 
 from retarget.errors import NoFaceError
 from retarget.faces.detection import Face, load_detector
+from retarget.faces.tracking import FaceTracker
 from retarget.motion.smoothing import kalman_rts
 from retarget.motion.track import DIM, MotionTrack
 from retarget.video.reader import VideoReader
@@ -61,37 +62,6 @@ class FaceModels:
         return self._expressions
 
 
-class FaceFollower:
-    """Follows one face through consecutive frames.
-
-    The face is chosen in the first frame that has more than ``face_index`` faces (0 = largest); afterwards each
-    frame's face is the detection nearest the last one, accepted when its centre moved less than
-    ``max_jump`` times the face size (otherwise the frame counts as having no face and the last position is kept,
-    so a person who leaves and comes back is picked up again).
-    """
-
-    def __init__(self, face_index: int = 0, max_jump: float = 1.0):
-        self.face_index = face_index
-        self.max_jump = max_jump
-        self.last: Face | None = None
-
-    def update(self, faces: list[Face]) -> Face | None:
-        """The followed face among ``faces`` (largest first), or None."""
-        if self.last is None:
-            if len(faces) <= self.face_index:
-                return None
-            self.last = faces[self.face_index]
-            return self.last
-        if not faces:
-            return None
-        distances = [float(np.linalg.norm(face.center - self.last.center)) for face in faces]
-        best = int(np.argmin(distances))
-        if distances[best] > self.max_jump * max(self.last.size, 1.0):
-            return None
-        self.last = faces[best]
-        return self.last
-
-
 @dataclass
 class ClipScan:
     """What one pass over a clip found.
@@ -125,7 +95,8 @@ class ClipScan:
 def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, expressions: bool = True,
               identity: bool = False, chunk_size: int = 64, progress: bool = True) -> ClipScan:
     """Stream ``reader``'s clip once: follow one face, read its expressions (batched per chunk) and, with
-    ``identity``, a robust mean ArcFace embedding over up to :data:`IDENTITY_SAMPLES` frames.
+    ``identity``, a robust mean ArcFace embedding over up to :data:`IDENTITY_SAMPLES` frames. The face is
+    followed with :class:`~retarget.faces.tracking.FaceTracker` (``face_index`` picks it among several).
 
     Raises :class:`NoFaceError` when no frame has the face.
     """
@@ -140,7 +111,7 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
     values = np.zeros((n, DIM), np.float32) if expressions else None
     embeddings: list[np.ndarray] = []
     step = max(1, n // IDENTITY_SAMPLES)
-    follower = FaceFollower(face_index)
+    follower = FaceTracker(face_index=face_index)
     bar = tqdm(total=n, desc=f"faces {info.path.name}", unit="frame", disable=not progress, leave=False)
     for chunk in reader.iter_chunks(chunk_size):
         rows, frames = [], []
