@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -10,7 +11,6 @@ from torch import nn
 from retarget.errors import WeightsError
 from retarget.models.identity import IdentityEncoder
 from retarget.models.loading import (
-    ModelFiles,
     load_identity_encoder_model,
     load_scheduler_config,
     load_tokenizer,
@@ -33,14 +33,11 @@ class Backbone:
     text_encoder: nn.Module
     identity_encoder: IdentityEncoder
     noise_scheduler: object
-    files: ModelFiles | None = None
 
     @classmethod
-    def load(cls, models_dir, base_model, require_expression_adapter: bool = False) -> "Backbone":
+    def load(cls, models_dir, base_model) -> "Backbone":
         """Load from a published ``models/`` folder and an SD1.5 base (folder or hub id)."""
         from diffusers import DDPMScheduler
-
-        from pathlib import Path
 
         models_dir = Path(models_dir)
         if not models_dir.is_dir():

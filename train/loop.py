@@ -137,12 +137,14 @@ def find_checkpoint(output: Path, resume: str | None) -> Path | None:
 
 @dataclass
 class TrainingResult:
-    """``losses[i]`` is the mean loss of step ``start_step + i + 1`` (over accumulation and processes)."""
+    """What a run did: steps ``start_step + 1 .. step``, ``losses[i]`` the mean loss of step ``start_step + i + 1``
+    (over accumulation and processes), the exported file (main process), and the trained ``module`` (unwrapped)."""
 
     start_step: int
     step: int
     losses: list[float] = field(default_factory=list)
     output: Path | None = None
+    module: nn.Module | None = None
 
 
 def _weight_dtype(mixed_precision: str) -> torch.dtype:
@@ -267,6 +269,7 @@ def run_training(options: TrainingOptions, stage: str,
         save_checkpoint()
     accelerator.wait_for_everyone()
     result.step = progress["step"]
+    result.module = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
         result.output = export(accelerator.unwrap_model(model), output)
         log.info("wrote %s", result.output)

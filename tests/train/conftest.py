@@ -46,3 +46,24 @@ def write_data_folder(root, resolution: int = 32, images: int = 2, clips: int = 
 @pytest.fixture(scope="session")
 def data_folder(tmp_path_factory):
     return write_data_folder(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Train on one thread: bit-reproducible losses, and no oversubscription on small CI machines."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def common_args(checkpoint, data, output, steps: int, batch_size: int = 2, lr: float = 1e-3, **extra) -> list[str]:
+    """Command-line arguments for a tiny CPU run of either stage."""
+    argv = ["--data", str(data), "--models", str(checkpoint.models_dir), "--base-model", str(checkpoint.base_dir),
+            "--output", str(output), "--max-steps", str(steps), "--batch-size", str(batch_size), "--lr", str(lr),
+            "--resolution", "32", "--num-workers", "0", "--log-every", "1000"]
+    for key, value in extra.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
