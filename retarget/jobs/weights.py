@@ -88,13 +88,14 @@ def manual_steps(models: Path) -> list[str]:
             for item in WEIGHT_FILES if item.hub_filename is None and not (models / item.path).is_file()]
 
 
-def download_weights(models: Path, base_model: str | None = "", out=sys.stdout) -> Path:
+def download_weights(models: Path, base_model: str | None = "", out=None) -> Path:
     """Download every hub file of :data:`WEIGHT_FILES` into ``models`` (published layout) and, unless
     ``base_model`` is ``None``, the SD1.5 base files (``""`` = the default repository). huggingface_hub shows
     progress, resumes interrupted downloads and skips files already complete. Prints the manual steps for the
     other files. Raises :class:`WeightsError` (one line) when the hub cannot be reached."""
     from huggingface_hub import hf_hub_download
 
+    out = out or sys.stdout
     models = Path(models)
     models.mkdir(parents=True, exist_ok=True)
     for item in WEIGHT_FILES:
@@ -203,8 +204,9 @@ def weight_checks(models: Path, base_model: str | None, load: bool = False) -> l
     return checks
 
 
-def doctor(models: Path, base_model: str | None = None, load: bool = False, out=sys.stdout) -> int:
-    """Print one line per check; returns 0 when nothing failed, else 1."""
+def doctor(models: Path, base_model: str | None = None, load: bool = False, out=None) -> int:
+    """Print one line per check (to ``out``, default stdout); returns 0 when nothing failed, else 1."""
+    out = out or sys.stdout
     checks = environment_checks() + weight_checks(Path(models), base_model, load)
     for check in checks:
         print(check.line(), file=out)

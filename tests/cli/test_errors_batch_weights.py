@@ -1,0 +1,147 @@
+"""Bad inputs (one line, non-zero exit, no output), batch skip/failure/sharding, weights download and doctor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from retarget.cli import main
+from retarget.jobs import batch as batch_module
+from retarget.jobs import weights as weights_module
+from retarget.video.probe import probe_video
+from tests.cli.conftest import FRAMES, copy_to
+
+
+def run_cli(argv, capsys):
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("retarget: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("missing_video", "no such file"),
+        ("corrupt_video", "corrupt.mp4"),
+        ("photo_without_face", "no face"),
+        ("identity_not_image", "notes.jpg"),
+        ("missing_weights", "nowhere"),
+    ],
+)
+def test_run_bad_inputs(case, fragment, media, fast_args, tmp_path, capsys):
+    driving, identity, args = media["clip"], media["photo"], list(fast_args)
+    if case == "missing_video":
+        driving = tmp_path / "absent.mp4"
+    elif case == "corrupt_video":
+        driving = media["corrupt"]
+    elif case == "photo_without_face":
+        identity = media["blank_photo"]
+    elif case == "identity_not_image":
+        identity = media["not_image"]
+    elif case == "missing_weights":
+        args[args.index("--models") + 1] = str(tmp_path / "nowhere")
+    out = tmp_path / "out.mp4"
+    code, err = run_cli(["run", driving, "--identity", identity, "-o", out, *args], capsys)
+    assert_one_line_error(code, err, fragment)
+    assert list(tmp_path.iterdir()) == []  # no output, no partial file, no work folder
+
+
+def test_edit_junk_motion_and_debug_traceback(media, fast_args, tmp_path, capsys):
+    out = tmp_path / "out.mp4"
+    code, err = run_cli(["edit", media["clip"], "--expression", media["junk_motion"], "-o", out, *fast_args], capsys)
+    assert_one_line_error(code, err, "junk.npz")
+    assert not out.exists()
+    with pytest.raises(Exception, match="junk.npz"):
+        main(["edit", str(media["clip"]), "--expression", str(media["junk_motion"]), "-o", str(out), *fast_args,
+              "--debug"])
+    code, err = run_cli(["edit", media["clip"], "--expression", media["photo"], "-o", tmp_path / "x.avi",
+                         *fast_args], capsys)
+    assert_one_line_error(code, err, "x.avi")
+
+
+def test_batch_skips_finished_logs_failures_and_exits_non_zero(media, fast_args, tmp_path, capsys, monkeypatch):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    copy_to(media["clip"], inputs, "a.mp4")
+    copy_to(media["clip"], inputs, "b.mp4")
+    copy_to(media["corrupt"], inputs, "c.mp4")
+    (inputs / "readme.txt").write_text("not a video")
+    argv = ["batch", inputs, "-o", outputs, "--identity", media["photo"], *fast_args]
+    code, _ = run_cli(argv, capsys)
+    assert code == 1
+    assert sorted(p.name for p in outputs.iterdir()) == ["a.mp4", "b.mp4", "failures.jsonl"]
+    assert probe_video(outputs / "a.mp4").frame_count == FRAMES
+    records = [json.loads(line) for line in (outputs / "failures.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["file"].endswith("c.mp4") and records[0]["type"] == "InputError"
+
+    tried = []
+    from retarget.jobs import run as run_module
+
+    original = run_module.run_job
+    monkeypatch.setattr(run_module, "run_job", lambda video, *a, **k: (tried.append(Path(video).name),
+                                                                       original(video, *a, **k))[1])
+    code, _ = run_cli(argv, capsys)
+    assert code == 1 and tried == ["c.mp4"]  # finished outputs skipped, the bad file tried again
+    assert len((outputs / "failures.jsonl").read_text().splitlines()) == 2
+
+
+def test_batch_bad_shared_input_stops_with_one_line(media, fast_args, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    copy_to(media["clip"], inputs, "a.mp4")
+    code, err = run_cli(["batch", inputs, "-o", tmp_path / "out", "--identity", media["blank_photo"], *fast_args],
+                        capsys)
+    assert_one_line_error(code, err, "no face")
+    assert not (tmp_path / "out" / "a.mp4").exists()
+
+
+def test_sharding_gives_every_file_exactly_one_process(tmp_path, monkeypatch):
+    files = [tmp_path / f"{i:02d}.mp4" for i in range(11)]
+    shares = [batch_module.shard(files, i, 3) for i in range(3)]
+    assert sorted(f for share in shares for f in share) == files
+    assert [len(s) for s in shares] == [4, 4, 3]
+    for name in ("ACCELERATE_MIXED_PRECISION", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert batch_module.process_share() == (0, 1)
+
+
+def test_weights_download_layout_and_manual_steps(tmp_path, monkeypatch, capsys):
+    fetched = []
+
+    def fake_download(repo_id, filename, local_dir):
+        fetched.append((repo_id, filename))
+        path = Path(local_dir) / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        return str(path)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    models = tmp_path / "models"
+    assert main(["weights", "download", "--models", str(models), "--skip-base-model"]) == 0
+    out = capsys.readouterr().out
+    hub_paths = [w.path for w in weights_module.WEIGHT_FILES if w.hub_filename]
+    assert all((models / p).is_file() for p in hub_paths) and len(fetched) == len(hub_paths) == 7
+    assert ("FoivosPar/Arc2Face", "arcface.onnx") in fetched and (models / "antelopev2" / "arcface.onnx").is_file()
+    assert "smirk/SMIRK_em1.pt" in out and "face_landmarker.task" in out
+    # the required SMIRK file is still missing: doctor fails and says how to get it
+    assert main(["doctor", "--models", str(models)]) == 1
+    assert "[FAIL] smirk/SMIRK_em1.pt" in capsys.readouterr().out
+
+
+def test_doctor_passes_on_complete_folder(cli_models, capsys):
+    models, base = cli_models
+    assert main(["doctor", "--models", str(models), "--base-model", str(base)]) == 0
+    assert "everything needed is in place" in capsys.readouterr().out
