@@ -12,7 +12,7 @@
                                  "row": r, "clip": key for video frames else null, "frame": frame number or null,
                                  "time": seconds from the clip's first frame or null,
                                  "box": [x0, y0, x1, y1] face box in the input, "score": detection score}
-      arrays/<key>/identity.npy   float32 [n, 512]   raw ArcFace embeddings (normalised again at use)
+      arrays/<key>/identity.npy   float32 [n, 512]   ArcFace embeddings (L2-normalised)
       arrays/<key>/expression.npy float32 [n, 55]    SMIRK values: expression 50, eyelid 2, jaw 3
       arrays/<key>/crops.npy      uint8 [n, S, S, 3] FFHQ-aligned RGB crops at the training resolution
 
