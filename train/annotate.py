@@ -89,7 +89,8 @@ class Annotator:
         """``(identity [n, 512], expression [n, 55], crops [n, S, S, 3])`` for the faces of ``batch``."""
         identity = np.stack([self.analyzer.identity(f, k) for f, k in zip(batch.frames, batch.keypoints)])
         expression = self.analyzer.expressions(batch.frames, np.stack(batch.keypoints))
-        crops = np.stack([self.analyzer.align_ffhq(f, k, self.resolution)[0] for f, k in zip(batch.frames, batch.keypoints)])
+        crops = np.stack([self.analyzer.align_ffhq(f, k, self.resolution)[0]
+                          for f, k in zip(batch.frames, batch.keypoints)])
         return identity.astype(np.float32), expression.astype(np.float32), crops
 
     def _image_faces(self, path: Path) -> Iterator[FaceBatch]:

@@ -76,12 +76,6 @@ class Backbone:
         return latents * self.vae.config.scaling_factor
 
 
-def backbone_parameter_names(module: nn.Module) -> list[str]:
-    """Names of parameters of ``module`` that belong to the original model (not adapters or processors)."""
-    return [name for name, _ in module.named_parameters()
-            if ".processor." not in name and "lora_" not in name]
-
-
 def check_trainable(module: nn.Module, trainable: set[str]) -> None:
     """Raise RuntimeError unless exactly the parameters named in ``trainable`` require gradients."""
     wrong = [name for name, p in module.named_parameters() if p.requires_grad != (name in trainable)]

@@ -44,6 +44,12 @@ class FaceSamples(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def __getstate__(self) -> dict:
+        # Worker processes open their own memory maps; pickling open ones would copy whole arrays.
+        state = dict(self.__dict__)
+        state["_arrays"] = {}
+        return state
+
     def _arrays_of(self, key: str) -> dict[str, np.ndarray]:
         if key not in self._arrays:
             folder = self.data_dir / ARRAYS_DIR / key

@@ -113,11 +113,14 @@ def validate(options: TrainingOptions, image_size: int) -> None:
     for ok, message in checks:
         if not ok:
             raise InputError(message)
-    if options.report_to == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError as exc:
-            raise InputError("--report-to tensorboard needs the tensorboard package (pip install tensorboard)") from exc
+
+
+def check_reporting(options: TrainingOptions) -> None:
+    """Raise InputError when the requested loss tracker is not installed (tensorboard is optional)."""
+    import importlib.util
+
+    if options.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise InputError("--report-to tensorboard needs the tensorboard package (pip install tensorboard)")
 
 
 def find_checkpoint(output: Path, resume: str | None) -> Path | None:
@@ -170,6 +173,7 @@ def run_training(options: TrainingOptions, stage: str,
     from safetensors.torch import load_file, save_file
 
     output = options.output
+    check_reporting(options)
     accelerator = Accelerator(
         mixed_precision=options.mixed_precision,
         gradient_accumulation_steps=options.gradient_accumulation,
@@ -208,10 +212,11 @@ def run_training(options: TrainingOptions, stage: str,
     checkpoint = find_checkpoint(output, options.resume)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
-        log.info("resumed from %s at step %d", checkpoint, progress["step"])
+        if accelerator.is_main_process:
+            log.info("resumed from %s at step %d", checkpoint, progress["step"])
     result = TrainingResult(start_step=progress["step"], step=progress["step"])
 
-    if accelerator.is_main_process and options.report_to:
+    if options.report_to:
         accelerator.init_trackers(stage, config={k: str(v) for k, v in vars(options).items()})
 
     accum = options.gradient_accumulation
@@ -227,7 +232,8 @@ def run_training(options: TrainingOptions, stage: str,
         folder = output / CHECKPOINTS_DIR / f"step-{progress['step']}"
         accelerator.save_state(str(folder))
         last_saved = progress["step"]
-        log.info("saved %s", folder)
+        if accelerator.is_main_process:
+            log.info("saved %s", folder)
 
     while progress["step"] < options.max_steps:
         if hasattr(dataset, "set_epoch"):
@@ -257,7 +263,8 @@ def run_training(options: TrainingOptions, stage: str,
             result.losses.append(step_loss)
             if options.report_to:
                 accelerator.log({"loss": step_loss}, step=progress["step"])
-            if progress["step"] % options.log_every == 0 or progress["step"] == options.max_steps:
+            if accelerator.is_main_process and (progress["step"] % options.log_every == 0
+                                                or progress["step"] == options.max_steps):
                 log.info("%s step %d/%d loss %.5f", stage, progress["step"], options.max_steps, step_loss)
             if progress["step"] % options.checkpointing_steps == 0:
                 save_checkpoint()

@@ -84,7 +84,8 @@ def read_resolution(data_dir: str | os.PathLike) -> int:
             raise ValueError(f"format {info.get('format')}, this version reads {FORMAT_VERSION}")
         return int(info["resolution"])
     except FileNotFoundError:
-        raise InputError(f"{data_dir} is not an annotated data folder (no {ANNOTATION_FILE}; run python -m train.annotate)")
+        raise InputError(f"{data_dir} is not an annotated data folder (no {ANNOTATION_FILE}; "
+                         "run python -m train.annotate)")
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
 
@@ -121,7 +122,8 @@ class ManifestWriter:
     def arrays_dir(self, key: str) -> Path:
         return self.data_dir / ARRAYS_DIR / key
 
-    def add(self, rel_input: str, key: str, kind: str, status: str, records: list[SampleRecord], message: str = "") -> None:
+    def add(self, rel_input: str, key: str, kind: str, status: str, records: list[SampleRecord],
+            message: str = "") -> None:
         """Record one finished input: its sample lines first, then its line in ``inputs.jsonl``."""
         with open(self.data_dir / MANIFEST_FILE, "a") as manifest:
             for record in records:

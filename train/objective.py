@@ -32,7 +32,8 @@ def noise_prediction_loss(unet, noise_scheduler, latents: torch.Tensor, prompts:
     return F.mse_loss(prediction.float(), target.float())
 
 
-def draw_unconditional(batch: int, probability: float, device, generator: torch.Generator | None = None) -> torch.Tensor:
+def draw_unconditional(batch: int, probability: float, device,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
     """Bool ``[batch]``: which rows train the unconditional branch of classifier-free guidance."""
     if probability <= 0:
         return torch.zeros(batch, dtype=torch.bool, device=device)

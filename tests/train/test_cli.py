@@ -39,3 +39,13 @@ def test_debug_shows_the_traceback(tiny_checkpoint, tmp_path):
     argv = common_args(tiny_checkpoint, tmp_path / "missing", tmp_path / "out", 1) + ["--debug"]
     with pytest.raises(InputError):
         expression_adapter.main(argv)
+
+
+def test_tensorboard_is_optional(tiny_checkpoint, data_folder, tmp_path, capsys):
+    import importlib.util
+
+    argv = common_args(tiny_checkpoint, data_folder, tmp_path / "out", 1) + ["--report-to", "tensorboard"]
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    assert expression_adapter.main(argv) == 2
+    assert "pip install tensorboard" in capsys.readouterr().err

@@ -205,3 +205,20 @@ def test_outputs_load_in_the_pipeline_and_the_stock_loaders(stage1, stage2, tiny
     stock = official.render_one(identity, expression[0], reference_image=reference, latents=latents,
                                 num_inference_steps=3)
     assert np.isfinite(ours).all() and np.abs(ours - stock).max() < 1e-3
+
+
+def test_adapter_initialisation(tiny_checkpoint):
+    """Fresh: to_k_ip/to_v_ip copy the layer's to_k/to_v (IP-Adapter). --init-from: the published file, exactly."""
+    backbone = Backbone.load(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir)
+    fresh = expression_adapter.ExpressionAdapterTraining(backbone)
+    for name, attn in fresh.layers:
+        assert torch.equal(fresh.adapter_processors[name].to_k_ip.weight, attn.to_k.weight)
+        assert torch.equal(fresh.adapter_processors[name].to_v_ip.weight, attn.to_v.weight)
+
+    path = tiny_checkpoint.models_dir / "exp_adapter" / "exp_adapter.bin"
+    backbone = Backbone.load(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir)
+    loaded = expression_adapter.ExpressionAdapterTraining(backbone, init_from=path)
+    for ours, published in zip(loaded.published_state(), read_expression_adapter(path)):
+        assert set(ours) == set(published)
+        assert all(torch.equal(ours[k], published[k]) for k in ours)
+    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == set(loaded.trainable_state_dict())
