@@ -136,3 +136,18 @@ def test_missing_face_models_is_one_line(inputs, tmp_path, capsys):
     assert annotate.main([str(inputs), "-o", str(tmp_path / "d"), "--models", str(tmp_path), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "arcface.onnx" in err[0]
+
+
+def test_all_faces_of_a_group_photo(face_models, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "t1.jpg").write_bytes(_group_photo().read_bytes())
+    data = tmp_path / "data"
+    assert annotate.main([str(folder), "-o", str(data), "--models", str(face_models), "--resolution", "32",
+                          "--faces", "all", "--device", "cpu"]) == 0
+    records = read_manifest(data)
+    assert len(records) == 6 and [r.row for r in records] == list(range(6))
+    areas = [(r.box[2] - r.box[0]) * (r.box[3] - r.box[1]) for r in records]
+    assert areas == sorted(areas, reverse=True)  # largest first, as detected
+    identity = np.load(data / "arrays" / records[0].arrays / "identity.npy")
+    assert identity.shape == (6, 512) and len({tuple(row.round(4)) for row in identity}) == 6
