@@ -1,0 +1,191 @@
+"""Throughput of the official per-image recipe vs the batched ExpressionPipeline, on the same checkpoint.
+
+    python -m eval.bench_throughput --size tiny            # CPU proxy (random tiny weights)
+    python -m eval.bench_throughput --size full --dtype bf16 --batch-size 8   # SD1.5-sized random weights, GPU
+
+(a) ``official``: stock diffusers pipeline, one frame per call, the reference UNet re-run for every call (the
+release's demo recipe, :mod:`eval.official_recipe`). (b) ``batched``: :class:`retarget.ExpressionPipeline` on a
+whole clip in batches, reference features computed once. Each path runs in its own process so its peak memory
+is its own. Also prints the FLOPs of one frame (torch FlopCounterMode) and, on CUDA, the share of the measured
+bf16 matmul peak that the batched path reaches. ``--models``/``--base-model`` run on real weights instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _inputs(frames: int, latent_shape, image_size: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        id_embed=torch.randn(512, generator=g),
+        expressions=torch.randn(frames, 55, generator=g) * 0.5,
+        latents=torch.randn(1, *latent_shape, generator=g).expand(frames, *latent_shape).clone(),
+        reference=(torch.rand(image_size, image_size, 3, generator=g) * 255).to(torch.uint8).numpy(),
+    )
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_path(args) -> dict:
+    """Run one path in this process and return its figures."""
+    device = torch.device(args.device)
+    dtype = _dtype(args.dtype)
+    reference_on = args.reference == "on"
+    if args.path == "official":
+        from eval.official_recipe import OfficialRecipe
+
+        recipe = OfficialRecipe(args.models, args.base_model, device=device, dtype=dtype)
+        unet = recipe.pipe.unet
+        size = unet.config.sample_size * 2 ** (len(recipe.pipe.vae.config.block_out_channels) - 1)
+        data = _inputs(args.frames, (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size), size)
+
+        def render(count):
+            for i in range(count):
+                recipe.render_one(data["id_embed"], data["expressions"][i], reference_image=data["reference"] if reference_on else None,
+                                  latents=data["latents"][i:i + 1], num_inference_steps=args.steps, guidance_scale=args.guidance)
+    else:
+        from retarget import ExpressionPipeline
+
+        pipe = ExpressionPipeline.from_pretrained(args.models, args.base_model, device=device, dtype=dtype)
+        if args.compile:
+            pipe.compile()
+        data = _inputs(args.frames, pipe.latent_shape, pipe.image_size)
+
+        def render(count):
+            for start in range(0, count, args.batch_size):
+                stop = min(count, start + args.batch_size)
+                pipe(data["id_embed"], data["expressions"][start:stop], reference_image=data["reference"] if reference_on else None,
+                     latents=data["latents"][start:stop], num_inference_steps=args.steps, guidance_scale=args.guidance)
+
+    render(min(args.warmup, args.frames))  # warm-up (kernels, allocator, compile)
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    render(args.frames)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {"path": args.path, "frames": args.frames, "seconds": seconds, "frames_per_s": args.frames / seconds,
+            "peak_memory_mb": _peak_memory_mb(device)}
+
+
+def flops_per_frame(models, base_model, steps: int, guidance: float, reference_on: bool) -> float:
+    """FLOPs of one output frame: steps x UNet (x2 with CFG) + VAE decode + (reference pass, amortised away)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from retarget import ExpressionPipeline
+
+    pipe = ExpressionPipeline.from_pretrained(models, base_model, device="cpu", dtype=torch.float32)
+    data = _inputs(1, pipe.latent_shape, pipe.image_size)
+    pipe(data["id_embed"], data["expressions"], reference_image=data["reference"] if reference_on else None,
+         latents=data["latents"], num_inference_steps=1, guidance_scale=guidance)  # reference cached now
+    counter = FlopCounterMode(display=False)
+    with counter:
+        pipe(data["id_embed"], data["expressions"], reference_image=data["reference"] if reference_on else None,
+             latents=data["latents"], num_inference_steps=1, guidance_scale=guidance)
+    one_step = counter.get_total_flops()
+    with FlopCounterMode(display=False) as decode_counter:
+        pipe.decode(data["latents"].to(pipe.device, pipe.dtype))
+    decode = decode_counter.get_total_flops()
+    return (one_step - decode) * steps + decode
+
+
+def matmul_peak_tflops(device) -> float:
+    """Measured dense bf16 matmul throughput of this GPU (TFLOP/s)."""
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    reps = 20
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--models", help="models folder (default: random weights of --size in a temp folder)")
+    parser.add_argument("--base-model", help="SD1.5 base folder (with --models)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per path (default 24 tiny, 16 full)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--reference", choices=["on", "off"], default="on")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the batched path's UNet")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--path", choices=["official", "batched"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    args.frames = args.frames or (24 if args.size == "tiny" else 16)
+
+    if args.path:  # child process: one path
+        print(json.dumps(run_path(args)))
+        return 0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.models:
+            from retarget.testing.checkpoints import write_random_checkpoint
+
+            ckpt = write_random_checkpoint(tmp, size=args.size, dtype=torch.float16 if args.size == "full" else torch.float32)
+            args.models, args.base_model = str(ckpt.models_dir), str(ckpt.base_dir)
+        results = {}
+        for path in ("official", "batched"):
+            cmd = [sys.executable, "-m", "eval.bench_throughput", "--path", path, "--models", args.models,
+                   "--frames", str(args.frames), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+                   "--guidance", str(args.guidance), "--reference", args.reference, "--device", args.device,
+                   "--dtype", args.dtype, "--warmup", str(args.warmup)]
+            if args.base_model:
+                cmd += ["--base-model", args.base_model]
+            if args.compile and path == "batched":
+                cmd.append("--compile")
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            results[path] = json.loads(out.strip().splitlines()[-1])
+        flops = flops_per_frame(args.models, args.base_model, args.steps, args.guidance, args.reference == "on")
+
+    print(f"size={args.size} device={args.device} dtype={args.dtype} steps={args.steps} guidance={args.guidance} "
+          f"reference={args.reference} frames={args.frames} batch={args.batch_size}")
+    print(f"FLOPs per frame: {flops / 1e12:.4f} TFLOP")
+    for path in ("official", "batched"):
+        r = results[path]
+        print(f"{path:>9}: {r['frames_per_s']:8.3f} frames/s  {r['seconds']:8.2f} s  peak memory {r['peak_memory_mb']:9.1f} MB")
+    speedup = results["batched"]["frames_per_s"] / results["official"]["frames_per_s"]
+    print(f"speed-up: {speedup:.2f}x")
+    if args.device.startswith("cuda"):
+        peak = matmul_peak_tflops(torch.device(args.device))
+        achieved = flops * results["batched"]["frames_per_s"] / 1e12
+        print(f"bf16 matmul peak {peak:.0f} TFLOP/s; batched path {achieved:.0f} TFLOP/s = {100 * achieved / peak:.1f}% of peak")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
