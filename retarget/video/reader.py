@@ -143,7 +143,16 @@ def _chunk(frames: np.ndarray, pts: list[int], indices: list[int], start_pts: in
     )
 
 
+#: A time within this many ticks of a tick is that tick: floats such as ``info.frame_times()[k]`` carry rounding
+#: error, and frame k's own time must select frame k.
+_TICK_TOLERANCE = Fraction(1, 10**6)
+
+
 def _ceil_ticks(seconds: float, time_base: Fraction) -> int:
-    """Smallest tick count whose time is >= ``seconds`` (exact rational arithmetic on the float's value)."""
+    """Smallest tick count whose time is >= ``seconds`` (exact rational arithmetic on the float's value), where a
+    time within :data:`_TICK_TOLERANCE` of a tick counts as that tick."""
     ticks = Fraction(seconds) / time_base
+    nearest = round(ticks)
+    if abs(ticks - nearest) <= _TICK_TOLERANCE:
+        return nearest
     return -((-ticks.numerator) // ticks.denominator)

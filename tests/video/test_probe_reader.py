@@ -131,3 +131,12 @@ def test_truncated_files_are_input_errors(tmp_path):
         reader = VideoReader(cut_fast)
         for _ in reader.iter_chunks(16):
             pass
+
+
+def test_a_frames_own_time_selects_that_frame(ntsc):
+    """``frame_times()[k]`` is a float with rounding error; as a start it must still select frame k."""
+    reader = VideoReader(ntsc)
+    times = reader.info.frame_times()
+    n = reader.info.frame_count
+    assert [reader.frame_range(float(t), None) for t in times] == [(k, n) for k in range(n)]
+    assert [reader.frame_range(None, float(t)) for t in times] == [(0, k) for k in range(n)]
