@@ -30,6 +30,10 @@ def _common_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     model.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None,
                        help="weights precision (default: bf16/fp16 on GPUs, fp32 on the CPU)")
+    model.add_argument("--vae-fp32", action="store_true",
+                       help="decode with the VAE in fp32 (avoids fp16 artefacts on older GPUs)")
+    model.add_argument("--compile", action="store_true",
+                       help="torch.compile the UNet (slow first batch, faster afterwards on GPUs)")
     sampling = common.add_argument_group("sampling")
     sampling.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     sampling.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance (default 3.0)")
@@ -45,15 +49,47 @@ def _common_parser() -> argparse.ArgumentParser:
     motion = common.add_argument_group("motion and faces")
     motion.add_argument("--smooth", choices=("kalman", "savgol", "one_euro", "none"), default="kalman",
                         help="smoothing of the expression track (default kalman: zero-lag Kalman/RTS)")
-    motion.add_argument("--face-index", type=int, default=0,
-                        help="which face to follow when there are several: 0 = largest in the first frame with a face")
+    motion.add_argument("--relative", action="store_true",
+                        help="transfer the changes from the driving motion's neutral frame onto the target's own "
+                             "expression (run: the identity photo's; edit: each frame's own) instead of the "
+                             "actor's absolute expression")
+    motion.add_argument("--neutral-frame", metavar="N|auto", type=_neutral_frame, default=None,
+                        help="(with --relative) frame number of the driving clip or expression source to use as "
+                             "the neutral face (default auto: the valid frame with the least expression)")
+    motion.add_argument("--expression-gain", type=float, default=1.0, metavar="G",
+                        help="multiplier of the 50 expression values (default 1.0)")
+    motion.add_argument("--eyelid-gain", type=float, default=1.0, metavar="G",
+                        help="multiplier of the 2 eyelid values (default 1.0)")
+    motion.add_argument("--jaw-gain", type=float, default=1.0, metavar="G",
+                        help="multiplier of the 3 jaw values (default 1.0)")
+    faces = motion.add_mutually_exclusive_group()
+    faces.add_argument("--face-index", type=int, default=0,
+                       help="which face to follow when there are several: 0 = largest in the first frame with a face")
+    faces.add_argument("--face-reference", metavar="PHOTO", default=None,
+                       help="follow the person in PHOTO (the face most similar to it by ArcFace) when there are "
+                            "several")
     output = common.add_argument_group("video output")
     output.add_argument("--codec", default="libx264", help="FFmpeg video encoder (default libx264)")
     output.add_argument("--crf", type=int, default=18, help="constant quality, lower is better (default 18)")
     output.add_argument("--preset", default="medium", help="encoder speed preset (default medium)")
-    output.add_argument("--pix-fmt", default="yuv420p", help="pixel format (default yuv420p)")
+    output.add_argument("--pix-fmt", default="yuv420p",
+                        help="pixel format (default yuv420p, which pads an odd width or height by one pixel; "
+                             "yuv444p keeps odd sizes exactly)")
     common.add_argument("--no-progress", action="store_true", help="no progress bars")
     return common
+
+
+def _neutral_frame(text: str) -> int | None:
+    """``--neutral-frame`` value: ``auto`` (None) or a frame number >= 0."""
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a frame number or auto, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"frame numbers start at 0, got {value}")
+    return value
 
 
 def _debug_parser() -> argparse.ArgumentParser:
@@ -79,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", metavar="OUT", required=True, help="output video (.mp4, .mkv, .mov)")
     run.add_argument("--no-reference", action="store_true", help="switch the reference adapter off")
     run.add_argument("--side-by-side", action="store_true", help="write driving | result")
+    run.add_argument("--start", type=float, default=None,
+                     help="render the driving clip from this time (seconds; the audio is cut to match)")
+    run.add_argument("--end", type=float, default=None, help="render the driving clip until this time (seconds)")
 
     edit = sub.add_parser("edit", parents=[common, debug], help="new expressions for a clip's own person",
                           description="Give the person in VIDEO the expressions of SOURCE (a photo, a video or a "
@@ -89,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("-o", "--output", metavar="OUT", required=True)
     edit.add_argument("--start", type=float, default=None, help="edit from this time (seconds)")
     edit.add_argument("--end", type=float, default=None, help="edit until this time (seconds)")
+    edit.add_argument("--side-by-side", action="store_true", help="write original | result")
 
     extract = sub.add_parser("extract", parents=[common, debug], help="a clip's expression track to a motion file",
                              description="Write the per-frame 55-d expression track (validity, timestamps, rate) "
@@ -116,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--identity", metavar="PHOTO", help="run: animate PHOTO with each video")
     target.add_argument("--expression", metavar="SOURCE", help="edit: give each video SOURCE's expressions")
     batch.add_argument("--no-reference", action="store_true", help="(with --identity) reference adapter off")
-    batch.add_argument("--side-by-side", action="store_true", help="(with --identity) write driving | result")
+    batch.add_argument("--side-by-side", action="store_true", help="write input | result")
 
     weights = sub.add_parser("weights", parents=[debug], help="manage the model files")
     weights_sub = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
@@ -139,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace):
     """A :class:`~retarget.jobs.options.JobOptions` from parsed common options (raises InputError on bad values)."""
     from retarget.jobs.options import JobOptions, default_models_dir
+    from retarget.motion.adjust import PartGains
     from retarget.video.encoding import EncoderSettings
 
     try:
@@ -161,7 +202,13 @@ def options_from_args(args: argparse.Namespace):
         device=args.device,
         dtype=args.dtype,
         smooth=args.smooth,
+        relative=args.relative,
+        neutral_frame=args.neutral_frame,
+        gains=PartGains(expression=args.expression_gain, eyelid=args.eyelid_gain, jaw=args.jaw_gain),
         face_index=args.face_index,
+        face_reference=Path(args.face_reference) if args.face_reference else None,
+        compile=args.compile,
+        vae_fp32=args.vae_fp32,
         encoder=encoder,
         progress=not args.no_progress,
     )
@@ -173,12 +220,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from retarget.jobs.run import run_job
 
         run_job(args.driving, args.identity, args.output, options_from_args(args),
-                reference=not args.no_reference, side_by_side=args.side_by_side)
+                reference=not args.no_reference, side_by_side=args.side_by_side, start=args.start, end=args.end)
         return 0
     if args.command == "edit":
         from retarget.jobs.edit import edit_job
 
-        edit_job(args.video, args.expression, args.output, options_from_args(args), start=args.start, end=args.end)
+        edit_job(args.video, args.expression, args.output, options_from_args(args), start=args.start, end=args.end,
+                 side_by_side=args.side_by_side)
         return 0
     if args.command == "extract":
         from retarget.jobs.extract import extract_job

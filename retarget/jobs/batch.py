@@ -30,7 +30,8 @@ FAILURES_NAME = "failures.jsonl"
 
 @dataclass(frozen=True)
 class BatchTarget:
-    """What to do with each video: ``identity`` (a photo, ``run``) or ``expression`` (a source, ``edit``)."""
+    """What to do with each video: ``identity`` (a photo, ``run``) or ``expression`` (a source, ``edit``);
+    ``reference`` (run only) and ``side_by_side`` (input | result) as for those commands."""
 
     identity: str | None = None
     expression: str | None = None

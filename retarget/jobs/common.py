@@ -1,4 +1,4 @@
-"""Small helpers the jobs share: output-path checks, job keys, timing arguments, motion preparation."""
+"""Small helpers the jobs share: output-path checks, time ranges, timing and audio arguments, motion preparation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from retarget.errors import InputError
 from retarget.motion.gaps import fill_gaps
 from retarget.motion.smoothing import smooth
 from retarget.motion.track import MotionTrack
+from retarget.video.audio import AudioSource
 from retarget.video.probe import VideoInfo
+from retarget.video.reader import VideoReader
 
 VIDEO_OUTPUT_SUFFIXES = (".mp4", ".mkv", ".mov")
 
@@ -28,12 +30,36 @@ def check_output(path, inputs=(), suffixes=VIDEO_OUTPUT_SUFFIXES) -> Path:
     return path
 
 
-def timing(info: VideoInfo) -> dict:
-    """Keyword arguments for :class:`~retarget.video.resume.ChunkedRender` that keep the input's timestamps:
-    none for constant-rate input (frame k at k / rate), the real timestamps for variable-rate input."""
+def timing(info: VideoInfo, first: int = 0, stop: int | None = None) -> dict:
+    """Keyword arguments for :class:`~retarget.video.resume.ChunkedRender` that keep the timestamps of the input's
+    frames ``[first, stop)``: none for constant-rate input (frame k at k / rate), the real timestamps for
+    variable-rate input."""
     if info.is_vfr:
-        return {"time_base": info.time_base, "pts": info.frame_pts}
+        return {"time_base": info.time_base, "pts": info.frame_pts[first:stop]}
     return {}
+
+
+def clip_range(reader: VideoReader, start: float | None, end: float | None) -> tuple[int, int]:
+    """Frame numbers ``[first, stop)`` of the frames with ``start <= t < end`` (seconds, ``None`` = open end);
+    :class:`InputError` for an empty or reversed range."""
+    if start is not None and end is not None and end <= start:
+        raise InputError(f"--end ({end}) must be after --start ({start})")
+    if (start is not None and start < 0) or (end is not None and end < 0):
+        raise InputError("--start and --end must be >= 0 seconds")
+    lo, hi = reader.frame_range(start, end)
+    if lo >= hi:
+        raise InputError(f"{reader.path}: no frames between {start or 0} s and "
+                         f"{end if end is not None else 'the end'}")
+    return lo, hi
+
+
+def audio_of_range(reader: VideoReader, first: int, stop: int) -> AudioSource:
+    """The input's audio under its frames ``[first, stop)``: from frame ``first``'s time to frame ``stop``'s (the
+    end of the file for the last frame)."""
+    times = reader.info.frame_times()
+    begin = None if first == 0 else float(times[first])
+    end = None if stop >= len(times) else float(times[stop])
+    return AudioSource(reader.path, start=begin, end=end)
 
 
 def prepared_motion(track: MotionTrack, method: str) -> MotionTrack:

@@ -3,8 +3,10 @@
 SOURCE is a photo (one expression for every frame), a video (its per-frame expressions, matched to the clip by
 time: source time 0 lines up with ``start``, so clips at different rates stay in step) or a motion ``.npz``.
 Each frame's aligned face is its own reference; the identity is the clip's robust mean ArcFace embedding. The
-result has the clip's size, frame count, timing and audio. Frames outside ``[start, end)``, frames without the
-followed face and frames past the end of the source's expressions pass through untouched.
+result has the clip's size, frame count, timing and audio (with ``side_by_side``: original | result, twice as
+wide). Frames outside ``[start, end)``, frames without the followed face and frames past the end of the source's
+expressions pass through untouched. Expressions: see :mod:`retarget.jobs.expressions`; in relative mode the
+target's own expression is each frame's own (smoothed) SMIRK values and the neutral frame is a frame of SOURCE.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 from retarget.errors import InputError
 from retarget.faces.alignment import ffhq_transform
 from retarget.faces.pasteback import paste_back
-from retarget.jobs.common import check_output, prepared_motion, timing
+from retarget.jobs.common import check_output, clip_range, prepared_motion, timing
+from retarget.jobs.expressions import neutral_values, rendered_expressions
 from retarget.jobs.frames import frames_of_span, photo_face, scan_clip
 from retarget.jobs.options import JobOptions
 from retarget.jobs.session import RenderSession
@@ -26,6 +29,7 @@ from retarget.motion.motion_file import load_motion
 from retarget.motion.resample import resample
 from retarget.motion.track import MotionTrack
 from retarget.video.audio import AudioSource
+from retarget.video.compose import side_by_side_chunk
 from retarget.video.reader import VideoReader
 from retarget.video.resume import ChunkedRender, file_identity
 
@@ -72,29 +76,36 @@ def read_expression_source(source, session: RenderSession) -> ExpressionSource:
 
 
 def edit_job(video, expression, output, options: JobOptions, *, start: float | None = None,
-             end: float | None = None, session: RenderSession | None = None,
+             end: float | None = None, side_by_side: bool = False, session: RenderSession | None = None,
              source: ExpressionSource | None = None) -> Path:
     """Give ``video``'s person the expressions of ``expression`` and write ``output``; returns the output path.
 
     ``session`` and ``source`` (already read, see :func:`read_expression_source`) let ``batch`` reuse them.
     """
-    output = check_output(output, inputs=(video, expression))
-    if start is not None and end is not None and end <= start:
-        raise InputError(f"--end ({end}) must be after --start ({start})")
+    output = check_output(output, inputs=(video, expression, options.face_reference))
     reader = VideoReader(video)
     info = reader.info
-    lo, hi = reader.frame_range(start, end)
-    if lo >= hi:
-        raise InputError(f"{video}: no frames between {start or 0} s and {end if end is not None else 'the end'}")
+    lo, hi = clip_range(reader, start, end)
     session = session or RenderSession(options)
     source = source if source is not None else read_expression_source(expression, session)
-    scan = scan_clip(reader, session.faces, options.face_index, expressions=False, identity=True,
-                     chunk_size=options.chunk_size, progress=options.progress)
+    if options.relative and source.track is None:
+        raise InputError(f"{source.path}: --relative needs a video or motion file as SOURCE, not a photo "
+                         "(a photo has no neutral frame)")
+    scan = scan_clip(reader, session.faces, options.face_index, expressions=options.relative, identity=True,
+                     chunk_size=options.chunk_size, progress=options.progress, reference=session.face_reference,
+                     frames=(lo, hi))
 
     times = scan.times
     values = np.zeros((info.frame_count, 55), np.float32)
     has_values = np.zeros(info.frame_count, bool)
-    values[lo:hi], has_values[lo:hi] = source.for_times(times[lo:hi] - times[lo], info.frame_rate)
+    source_values, source_valid = source.for_times(times[lo:hi] - times[lo], info.frame_rate)
+    driving = MotionTrack(source_values, source_valid, times[lo:hi] - times[lo], info.frame_rate)
+    own = neutral = None
+    if options.relative:
+        own = prepared_motion(scan.motion(frames=(lo, hi)), options.smooth).values
+        neutral = neutral_values(source.track, options.neutral_frame)
+    values[lo:hi] = rendered_expressions(driving, options, own=own, neutral=neutral)
+    has_values[lo:hi] = source_valid
     edited = scan.valid & has_values
     keypoints = scan.smoothed_keypoints()
 
@@ -102,7 +113,7 @@ def edit_job(video, expression, output, options: JobOptions, *, start: float | N
     size = pipe.image_size
     key = {
         "command": "edit", "video": file_identity(video), "expression": file_identity(source.path),
-        "range": [lo, hi], "options": options.render_key(),
+        "range": [lo, hi], "side_by_side": side_by_side, "options": options.render_key(),
     }
     job = ChunkedRender(output, key, info.frame_count, options.chunk_size, info.frame_rate,
                         settings=options.encoder, **timing(info))
@@ -112,6 +123,7 @@ def edit_job(video, expression, output, options: JobOptions, *, start: float | N
                disable=not options.progress)
     for span in job.pending_chunks():
         frames = frames_of_span(reader, span.start, span.stop)
+        original = frames.copy() if side_by_side else None
         rows = np.flatnonzero(edited[span.start:span.stop]) + span.start
         if len(rows):
             transforms = [ffhq_transform(keypoints[i], size) for i in rows]
@@ -119,7 +131,7 @@ def edit_job(video, expression, output, options: JobOptions, *, start: float | N
             faces = session.render(scan.identity, values[rows], rows, crops)
             for t, i, face in zip(transforms, rows, faces):
                 paste_back(frames[i - span.start], face, t, inplace=True)
-        job.save_chunk(span.index, frames)
+        job.save_chunk(span.index, frames if original is None else side_by_side_chunk(original, frames))
         bar.update(len(span))
     bar.close()
     return job.finalize(audio=AudioSource(Path(video)), progress=options.progress)

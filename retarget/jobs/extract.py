@@ -1,7 +1,7 @@
 """``retarget extract``: a clip's per-frame expression track to a motion file (no picture of the actor).
 
 The file holds the raw SMIRK values of the followed face (``--face-index``), validity (False where no face was
-found), timestamps and the exact rate; smoothing and gap filling are applied when the motion is used, so the
+found), timestamps and the exact rate (``--face-reference`` picks the person by a photo); smoothing and gap filling are applied when the motion is used, so the
 file stays a faithful record. See :mod:`retarget.motion.motion_file` for the format.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from retarget.jobs.common import check_output
-from retarget.jobs.frames import FaceModels, scan_clip
+from retarget.jobs.frames import FaceModels, face_reference, scan_clip
 from retarget.jobs.options import JobOptions
 from retarget.motion.motion_file import save_motion
 from retarget.video.reader import VideoReader
@@ -18,10 +18,15 @@ from retarget.video.reader import VideoReader
 
 def extract_job(video, output, options: JobOptions, faces: FaceModels | None = None) -> Path:
     """Write ``video``'s expression track to ``output`` (``.npz``, atomically); returns the output path."""
-    output = check_output(output, inputs=(video,), suffixes=(".npz",))
+    output = check_output(output, inputs=(video, options.face_reference), suffixes=(".npz",))
     reader = VideoReader(video)
     faces = faces or FaceModels(options.models, device=options.device, batch_size=max(8, options.batch_size))
-    scan = scan_clip(reader, faces, options.face_index, chunk_size=options.chunk_size, progress=options.progress)
-    metadata = {"source": Path(video).name, "face_index": str(options.face_index),
-                "frames": str(reader.info.frame_count)}
+    reference = face_reference(options.face_reference, faces) if options.face_reference is not None else None
+    scan = scan_clip(reader, faces, options.face_index, chunk_size=options.chunk_size, progress=options.progress,
+                     reference=reference)
+    metadata = {"source": Path(video).name, "frames": str(reader.info.frame_count)}
+    if reference is None:
+        metadata["face_index"] = str(options.face_index)
+    else:
+        metadata["face_reference"] = reference.path.name
     return save_motion(scan.motion(metadata), output)

@@ -78,11 +78,14 @@ class ClipScan:
     expressions: np.ndarray | None = None
     identity: np.ndarray | None = None
 
-    def motion(self, metadata: dict[str, str] | None = None) -> MotionTrack:
-        """The raw expression track (requires a scan with expressions)."""
+    def motion(self, metadata: dict[str, str] | None = None, frames: tuple[int, int] | None = None) -> MotionTrack:
+        """The raw expression track (requires a scan with expressions); with ``frames`` (``[first, stop)``) only
+        those frames, their times counted from the first of them."""
         if self.expressions is None:
             raise ValueError("this scan did not read expressions")
-        return MotionTrack(self.expressions, self.valid, self.times, self.rate, metadata=metadata or {})
+        lo, hi = frames if frames is not None else (0, len(self.valid))
+        return MotionTrack(self.expressions[lo:hi], self.valid[lo:hi], self.times[lo:hi] - self.times[lo],
+                           self.rate, metadata=metadata or {})
 
     def smoothed_keypoints(self, cutoff_hz: float = 3.0) -> np.ndarray:
         """Keypoints with zero-lag Kalman/RTS smoothing over time (steadier paste-back); invalid frames unchanged."""
@@ -93,10 +96,13 @@ class ClipScan:
 
 
 def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, expressions: bool = True,
-              identity: bool = False, chunk_size: int = 64, progress: bool = True) -> ClipScan:
+              identity: bool = False, chunk_size: int = 64, progress: bool = True,
+              reference: FaceReference | None = None, frames: tuple[int, int] | None = None) -> ClipScan:
     """Stream ``reader``'s clip once: follow one face, read its expressions (batched per chunk) and, with
     ``identity``, a robust mean ArcFace embedding over up to :data:`IDENTITY_SAMPLES` frames. The face is
-    followed with :class:`~retarget.faces.tracking.FaceTracker` (``face_index`` picks it among several).
+    followed with :class:`~retarget.faces.tracking.FaceTracker`: ``reference`` (a photo's embedding) picks the
+    person by ArcFace similarity, else ``face_index`` picks among several by size. ``frames`` (``[first, stop)``)
+    limits the scan to part of the clip; the arrays still cover the whole clip, invalid outside the part.
 
     Raises :class:`NoFaceError` when no frame has the face.
     """
@@ -106,30 +112,43 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
 
     info = reader.info
     n = info.frame_count
+    lo, hi = frames if frames is not None else (0, n)
+    times = info.frame_times()
     keypoints = np.zeros((n, 5, 2), np.float32)
     valid = np.zeros(n, bool)
     values = np.zeros((n, DIM), np.float32) if expressions else None
     embeddings: list[np.ndarray] = []
-    step = max(1, n // IDENTITY_SAMPLES)
-    follower = FaceTracker(face_index=face_index)
-    bar = tqdm(total=n, desc=f"faces {info.path.name}", unit="frame", disable=not progress, leave=False)
-    for chunk in reader.iter_chunks(chunk_size):
-        rows, frames = [], []
+    step = max(1, (hi - lo) // IDENTITY_SAMPLES)
+    follower = FaceTracker(face_index=face_index,
+                           reference=None if reference is None else reference.embedding)
+    bar = tqdm(total=hi - lo, desc=f"faces {info.path.name}", unit="frame", disable=not progress, leave=False)
+    start, end = _time_window(info, lo)[0], (None if hi >= n else float(times[hi]))
+    for chunk in reader.iter_chunks(chunk_size, None if lo == 0 else start, end):
+        rows, crops = [], []
         for frame, index in zip(chunk.frames, chunk.indices):
-            face = follower.update(models.detector.detect(frame))
+            detections = models.detector.detect(frame)
+            candidates = None
+            if reference is not None and detections:
+                candidates = models.identity.embed(frame, np.stack([d.keypoints for d in detections]))
+            face = follower.update(detections, candidates)
             if face is None:
                 continue
             keypoints[index], valid[index] = face.keypoints, True
             rows.append(int(index))
-            frames.append(frame)
-            if identity and index % step == 0:
+            crops.append(frame)
+            if identity and (index - lo) % step == 0:
                 embeddings.append(models.identity.embed(frame, face.keypoints))
         if expressions and rows:
-            values[rows] = models.expressions.extract(frames, keypoints[rows])
+            values[rows] = models.expressions.extract(crops, keypoints[rows])
         bar.update(len(chunk))
     bar.close()
     if not valid.any():
-        which = f"face number {face_index + 1} (--face-index {face_index})" if face_index else "a face"
+        if reference is not None:
+            which = f"the person in {reference.path.name} (--face-reference)"
+        elif face_index:
+            which = f"face number {face_index + 1} (--face-index {face_index})"
+        else:
+            which = "a face"
         raise NoFaceError(f"{info.path}: no frame shows {which}")
     if identity and not embeddings:
         first = int(np.flatnonzero(valid)[0])
@@ -137,6 +156,20 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
             embeddings.append(models.identity.embed(frame, keypoints[index]))
     mean_identity = robust_mean_embedding(np.stack(embeddings)) if identity else None
     return ClipScan(keypoints, valid, info.frame_times(), info.frame_rate, values, mean_identity)
+
+
+@dataclass(frozen=True)
+class FaceReference:
+    """The person to follow, from a photo: ``path`` and its largest face's ArcFace ``embedding`` ``[512]``."""
+
+    path: Path
+    embedding: np.ndarray
+
+
+def face_reference(path, models: FaceModels) -> FaceReference:
+    """Read a ``--face-reference`` photo (largest face); one-line errors for non-images and photos without a face."""
+    image, face = photo_face(path, models, 0)
+    return FaceReference(Path(path), models.identity.embed(image, face.keypoints))
 
 
 def _time_window(info, index: int) -> tuple[float, float | None]:

@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from retarget.errors import InputError
+from retarget.motion.adjust import PartGains
 from retarget.video.encoding import EncoderSettings
+from retarget.video.resume import file_identity
 
 SMOOTHING_METHODS = ("kalman", "savgol", "one_euro", "none")
 DTYPES = ("fp32", "fp16", "bf16")
@@ -36,8 +38,13 @@ class JobOptions:
     (default: the same initial noise for every frame, which keeps the clip stable).
     Throughput: ``batch_size`` frames per diffusion call, ``chunk_size`` frames per resumable chunk (a multiple of
     nothing in particular; memory holds one chunk of decoded frames at a time).
-    Motion: ``smooth`` (one of :data:`SMOOTHING_METHODS`). Faces: ``face_index`` (0 = largest face in the first
-    frame that has faces; that face is then followed through the clip). Output: ``encoder``.
+    Motion: ``smooth`` (one of :data:`SMOOTHING_METHODS`); ``relative`` (transfer the driving clip's changes from
+    its neutral frame onto the target's own expression, see :mod:`retarget.jobs.expressions`) with
+    ``neutral_frame`` (a frame number of the driving clip or expression source; ``None`` = the lowest-energy valid
+    frame); ``gains`` (per-part multipliers of the transferred motion).
+    Faces: ``face_index`` (0 = largest face in the first frame that has faces; that face is then followed through
+    the clip) or ``face_reference`` (a photo of the person to follow, matched by ArcFace similarity).
+    Pipeline: ``compile`` (``torch.compile`` the UNet), ``vae_fp32`` (VAE in fp32). Output: ``encoder``.
     """
 
     models: Path = field(default_factory=default_models_dir)
@@ -53,12 +60,20 @@ class JobOptions:
     device: str | None = None
     dtype: str | None = None
     smooth: str = "kalman"
+    relative: bool = False
+    neutral_frame: int | None = None
+    gains: PartGains = field(default_factory=PartGains)
     face_index: int = 0
+    face_reference: Path | None = None
+    compile: bool = False
+    vae_fp32: bool = False
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
     progress: bool = True
 
     def __post_init__(self):
         self.models = Path(self.models).expanduser()
+        if self.face_reference is not None:
+            self.face_reference = Path(self.face_reference).expanduser()
         if self.base_model is None:
             self.base_model = os.environ.get("RETARGET_BASE_MODEL") or None
         checks = [
@@ -67,6 +82,9 @@ class JobOptions:
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.chunk_size >= 1, f"--chunk-size must be >= 1, got {self.chunk_size}"),
             (self.face_index >= 0, f"--face-index must be >= 0, got {self.face_index}"),
+            (self.neutral_frame is None or self.neutral_frame >= 0,
+             f"--neutral-frame must be >= 0 or auto, got {self.neutral_frame}"),
+            (self.neutral_frame is None or self.relative, "--neutral-frame needs --relative"),
             (self.smooth in SMOOTHING_METHODS, f"--smooth must be one of {', '.join(SMOOTHING_METHODS)}"),
             (self.dtype is None or self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
         ]
@@ -77,8 +95,9 @@ class JobOptions:
     def render_key(self) -> dict:
         """The settings that change rendered pixels (a resumed render must match them), JSON-ready."""
         data = asdict(self)
-        for name in ("progress", "batch_size", "models", "encoder"):
+        for name in ("progress", "batch_size", "models", "encoder", "compile", "face_reference"):
             data.pop(name)
         data["models"] = str(self.models.resolve())
+        data["face_reference"] = None if self.face_reference is None else file_identity(self.face_reference)
         data["encoder"] = self.encoder.as_dict()
         return data

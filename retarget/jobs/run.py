@@ -2,7 +2,9 @@
 
 Output: the aligned face video at the model's resolution (``S x S``, 512 for the published model; with
 ``side_by_side`` the driving frame scaled to ``S`` rows, then the result), with the driving clip's frame count,
-frame rate (exact) or timestamps (variable rate) and audio. Frames of the driving clip without a face get
+frame rate (exact) or timestamps (variable rate) and audio; ``start``/``end`` render only the driving frames with
+``start <= t < end`` (seconds) and cut the audio to match. Expressions: see :mod:`retarget.jobs.expressions`
+(relative mode uses the photo's own expression). Frames of the driving clip without a face get
 expressions by gap filling (interpolated between the neighbouring faces, held at the ends), so they never stop
 the run. The render is chunked and resumable (see :mod:`retarget.video.resume`); the output appears atomically.
 """
@@ -16,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from retarget.faces.alignment import ffhq_transform
-from retarget.jobs.common import check_output, prepared_motion, timing
+from retarget.jobs.common import audio_of_range, check_output, clip_range, prepared_motion, timing
+from retarget.jobs.expressions import neutral_values, rendered_expressions
 from retarget.jobs.frames import frames_of_span, photo_face, scan_clip
 from retarget.jobs.options import JobOptions
 from retarget.jobs.session import RenderSession
-from retarget.video.audio import AudioSource
 from retarget.video.compose import side_by_side_chunk
 from retarget.video.reader import VideoReader
 from retarget.video.resume import ChunkedRender, file_identity
@@ -30,12 +32,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PhotoIdentity:
-    """An identity photo read once: the RGB image, its face's keypoints and ArcFace embedding ``[512]``."""
+    """An identity photo read once: the RGB image, its face's keypoints, ArcFace embedding ``[512]`` and SMIRK
+    expression ``[55]`` (the target's own expression in relative mode)."""
 
     path: Path
     image: np.ndarray
     keypoints: np.ndarray
     embedding: np.ndarray
+    expression: np.ndarray
 
     def aligned(self, size: int) -> np.ndarray:
         """The FFHQ-aligned ``size x size`` face (the reference image)."""
@@ -46,45 +50,50 @@ def identity_from_photo(path, session: RenderSession) -> PhotoIdentity:
     """Read and check an identity photo (largest face); one-line errors for non-images and photos without a face."""
     image, face = photo_face(path, session.faces, 0)
     embedding = session.faces.identity.embed(image, face.keypoints)
-    return PhotoIdentity(Path(path), image, face.keypoints, embedding)
+    expression = session.faces.expressions.extract([image], face.keypoints[None])[0]
+    return PhotoIdentity(Path(path), image, face.keypoints, embedding, expression)
 
 
 def run_job(driving, identity, output, options: JobOptions, *, reference: bool = True, side_by_side: bool = False,
-            session: RenderSession | None = None, photo: PhotoIdentity | None = None) -> Path:
+            start: float | None = None, end: float | None = None, session: RenderSession | None = None,
+            photo: PhotoIdentity | None = None) -> Path:
     """Render ``driving``'s performance on ``identity``'s person into ``output``; returns the output path.
 
-    ``session`` and ``photo`` (``identity`` already read, see :func:`identity_from_photo`) let ``batch`` reuse
-    what it loaded once.
+    ``start``/``end`` (seconds, ``None`` = open) limit the rendered part of ``driving``. ``session`` and
+    ``photo`` (``identity`` already read, see :func:`identity_from_photo`) let ``batch`` reuse what it loaded once.
     """
-    output = check_output(output, inputs=(driving, identity))
+    output = check_output(output, inputs=(driving, identity, options.face_reference))
     reader = VideoReader(driving)
     info = reader.info
+    lo, hi = clip_range(reader, start, end)
     session = session or RenderSession(options)
     photo = photo if photo is not None else identity_from_photo(identity, session)
     scan = scan_clip(reader, session.faces, options.face_index, chunk_size=options.chunk_size,
-                     progress=options.progress)
-    track = prepared_motion(scan.motion(), options.smooth)
+                     progress=options.progress, reference=session.face_reference, frames=(lo, hi))
+    track = prepared_motion(scan.motion(frames=(lo, hi)), options.smooth)
+    neutral = neutral_values(track, options.neutral_frame) if options.relative else None
+    expressions = rendered_expressions(track, options, own=photo.expression, neutral=neutral)
 
     pipe = session.pipeline
     size = pipe.image_size
     reference_image = photo.aligned(size) if reference else None
     key = {
         "command": "run", "driving": file_identity(driving), "identity": file_identity(photo.path),
-        "reference": reference, "side_by_side": side_by_side, "options": options.render_key(),
+        "reference": reference, "side_by_side": side_by_side, "range": [lo, hi], "options": options.render_key(),
     }
-    job = ChunkedRender(output, key, info.frame_count, options.chunk_size, info.frame_rate,
-                        settings=options.encoder, **timing(info))
+    job = ChunkedRender(output, key, hi - lo, options.chunk_size, info.frame_rate, settings=options.encoder,
+                        **timing(info, lo, hi))
     from tqdm.auto import tqdm
 
-    pending = job.pending_chunks()
-    bar = tqdm(total=info.frame_count, initial=job.done_frames(), desc=f"run {Path(driving).name}", unit="frame",
+    bar = tqdm(total=hi - lo, initial=job.done_frames(), desc=f"run {Path(driving).name}", unit="frame",
                disable=not options.progress)
-    for span in pending:
+    for span in job.pending_chunks():
         indices = np.arange(span.start, span.stop)
-        faces = session.render(photo.embedding, track.values[span.start:span.stop], indices, reference_image)
+        faces = session.render(photo.embedding, expressions[span.start:span.stop], indices, reference_image)
         if side_by_side:
-            faces = side_by_side_chunk(frames_of_span(reader, span.start, span.stop), faces, height=size)
+            driving_frames = frames_of_span(reader, lo + span.start, lo + span.stop)
+            faces = side_by_side_chunk(driving_frames, faces, height=size)
         job.save_chunk(span.index, faces)
         bar.update(len(span))
     bar.close()
-    return job.finalize(audio=AudioSource(Path(driving)), progress=options.progress)
+    return job.finalize(audio=audio_of_range(reader, lo, hi), progress=options.progress)

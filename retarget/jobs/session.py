@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retarget.jobs.frames import FaceModels
+from retarget.jobs.frames import FaceModels, FaceReference, face_reference
 from retarget.jobs.options import JobOptions
 
 log = logging.getLogger(__name__)
@@ -23,16 +23,31 @@ class RenderSession:
         self.options = options
         self.faces = FaceModels(options.models, device=options.device, batch_size=max(8, options.batch_size))
         self._pipeline = None
+        self._face_reference = None
 
     @property
     def pipeline(self):
+        """The pipeline, loaded on first use; ``options.vae_fp32`` upcasts its VAE and ``options.compile``
+        compiles its UNet."""
         if self._pipeline is None:
             from retarget.pipeline import ExpressionPipeline
 
             o = self.options
-            self._pipeline = ExpressionPipeline.from_pretrained(o.models, base_model=o.base_model, device=o.device,
-                                                                dtype=o.dtype)
+            pipe = ExpressionPipeline.from_pretrained(o.models, base_model=o.base_model, device=o.device,
+                                                      dtype=o.dtype)
+            if o.vae_fp32:
+                pipe.upcast_vae()
+            if o.compile:
+                pipe.compile()
+            self._pipeline = pipe
         return self._pipeline
+
+    @property
+    def face_reference(self) -> FaceReference | None:
+        """The ``--face-reference`` photo's person (read on first use), or None without that option."""
+        if self._face_reference is None and self.options.face_reference is not None:
+            self._face_reference = face_reference(self.options.face_reference, self.faces)
+        return self._face_reference
 
     def render(self, id_embeds: np.ndarray, expressions: np.ndarray, frame_indices: np.ndarray,
                reference: np.ndarray | Sequence[np.ndarray] | None, desc: str = "render") -> np.ndarray:
@@ -81,4 +96,4 @@ class RenderSession:
                                                  session=self, photo=identity)
         source = read_expression_source(target.expression, self)
         return lambda video, output: edit_job(video, target.expression, output, self.options, session=self,
-                                              source=source)
+                                              source=source, side_by_side=target.side_by_side)

@@ -45,26 +45,52 @@ def moving_face_frames(count: int, width: int = 160, height: int = 120, blank: t
     return frames
 
 
+def two_face_frames(count: int, width: int = 320, height: int = 160) -> np.ndarray:
+    """``count`` frames with two people: the astronaut small on the left, Tom Hanks large on the right (the largest
+    face, so ``--face-index 0`` picks him)."""
+    frames = np.full((count, height, width, 3), 96, np.uint8)
+    small, large = height * 3 // 4, height
+    left = np.asarray(Image.fromarray(face_photo()).resize((small, small), Image.BILINEAR))
+    right = np.asarray(Image.fromarray(second_face_photo()).resize((large, large), Image.BILINEAR))
+    top = (height - small) // 2
+    frames[:, top : top + small, 10 : 10 + small] = left
+    frames[:, :, width - large :] = right
+    return frames
+
+
 def write_clip(path: Path, frames: np.ndarray, rate: Fraction = Fraction(30000, 1001), audio: bool = True,
-               sample_rate: int = 44100) -> Path:
-    """Encode ``frames`` with libx264 at ``rate`` (exact) plus, with ``audio``, an AAC sine tone as long as the
-    video."""
+               sample_rate: int = 44100, *, pts: list[int] | None = None, time_base: Fraction | None = None,
+               rotation: int | None = None, pix_fmt: str = "yuv420p") -> Path:
+    """Encode ``frames`` (as displayed) with libx264 at ``rate`` (exact) plus, with ``audio``, an AAC sine tone as
+    long as the video. ``pts`` with ``time_base`` give variable timestamps; ``rotation`` (degrees
+    counter-clockwise, a multiple of 90) stores the pictures turned back and sets the display matrix, so a
+    reader that applies it sees ``frames``. Odd sizes need a ``pix_fmt`` without chroma subsampling (yuv444p)."""
+    turns = (rotation or 0) // 90
+    coded = np.stack([np.rot90(frame, -turns) for frame in frames]) if turns else frames
     container = av.open(str(path), mode="w")
     stream = container.add_stream("libx264", rate=rate)
-    stream.width, stream.height = frames.shape[2], frames.shape[1]
-    stream.pix_fmt = "yuv420p"
+    stream.width, stream.height = coded.shape[2], coded.shape[1]
+    stream.pix_fmt = pix_fmt
     stream.options = {"crf": "10", "preset": "ultrafast"}
+    tb = time_base if time_base is not None else 1 / rate
+    stream.codec_context.time_base = tb
+    if rotation is not None:
+        stream.set_display_rotation(rotation)
     audio_stream = None
     if audio:
         audio_stream = container.add_stream("aac", rate=sample_rate)
         audio_stream.layout = "mono"
-    for frame in frames:
-        for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+    for k, frame in enumerate(coded):
+        picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        picture.pts = pts[k] if pts is not None else k
+        picture.time_base = tb
+        for packet in stream.encode(picture):
             container.mux(packet)
     for packet in stream.encode(None):
         container.mux(packet)
     if audio_stream is not None:
-        total = int(round(len(frames) / rate * sample_rate))
+        end_ticks = pts[-1] + (pts[-1] - pts[-2]) if pts is not None else len(frames)
+        total = int(round(end_ticks * tb * sample_rate))
         t = np.arange(total) / sample_rate
         samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
         for start in range(0, total, 1024):

@@ -1,0 +1,50 @@
+"""The expressions a job renders: the driving motion, optionally made relative to a neutral frame and scaled per part.
+
+Absolute mode (default): the driving values themselves, times the per-part gains (unchanged when every gain is
+1). Relative mode transfers the driving clip's *changes* rather than the actor's absolute face::
+
+    rendered = clamp(own + gains * (driving - driving[neutral]))
+
+where ``own`` is the target's own expression (``run``: the identity photo's SMIRK values; ``edit``: each frame's
+own values) and ``neutral`` a frame of the driving track (a frame number, or the lowest-energy valid frame, see
+:func:`retarget.motion.neutral_frame`). ``clamp`` keeps the published ranges
+(:func:`retarget.motion.clamp_published`); this is :func:`retarget.motion.relative_motion` with the neutral
+given as values, so that ``edit`` can take it from the source before the source is resampled to the clip.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retarget.errors import InputError
+from retarget.jobs.options import JobOptions
+from retarget.motion.adjust import PartGains, apply_gains, neutral_frame
+from retarget.motion.track import MotionTrack, clamp_published
+
+
+def neutral_values(track: MotionTrack, frame: int | None) -> np.ndarray:
+    """float32 ``[55]``: the values of ``track`` at its neutral frame, ``frame`` (a frame number, checked: in range
+    and with a face) or, for ``None``, the lowest-energy valid frame. Raises :class:`InputError` for a bad frame."""
+    if frame is None:
+        return track.values[neutral_frame(track)].copy()
+    if not 0 <= frame < len(track):
+        raise InputError(f"--neutral-frame {frame} is out of range: the driving motion has {len(track)} frames")
+    if not track.valid[frame]:
+        raise InputError(f"--neutral-frame {frame}: no face was found in that frame")
+    return track.values[frame].copy()
+
+
+def rendered_expressions(driving: MotionTrack, options: JobOptions, own: np.ndarray | None = None,
+                         neutral: np.ndarray | None = None) -> np.ndarray:
+    """float32 ``[N, 55]`` to render for ``driving``'s ``N`` frames under ``options`` (see the module doc).
+
+    Relative mode (``options.relative``) needs ``own`` (``[55]`` or ``[N, 55]``) and ``neutral`` (``[55]``, from
+    :func:`neutral_values`); absolute mode ignores both.
+    """
+    gains: PartGains = options.gains
+    if not options.relative:
+        return driving.values if gains == PartGains() else apply_gains(driving, gains).values
+    if own is None or neutral is None:
+        raise ValueError("relative mode needs the target's own expression and the neutral values")
+    delta = driving.values - np.asarray(neutral, np.float32)
+    return clamp_published(np.asarray(own, np.float32) + gains.vector() * delta).astype(np.float32)
