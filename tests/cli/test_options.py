@@ -1,0 +1,168 @@
+"""Motion options (relative mode, neutral frame, per-part gains), face choice by photo, time ranges, side-by-side
+and pipeline switches, checked on what reaches the pipeline and on the outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retarget.cli import main
+from retarget.jobs import extract as extract_module
+from retarget.jobs.frames import FaceModels, photo_face
+from retarget.jobs.session import RenderSession
+from retarget.motion import PartGains, apply_gains, fill_gaps, load_motion, neutral_frame, relative_motion
+from retarget.video.probe import probe_video
+from tests.cli.conftest import BLANK, FRAMES, RATE
+from tests.cli.media import face_photo, two_face_frames, write_clip
+
+GAINS = ["--expression-gain", "0.5", "--eyelid-gain", "2.0", "--jaw-gain", "0.0"]
+PART_GAINS = PartGains(expression=0.5, eyelid=2.0, jaw=0.0)
+
+
+@pytest.fixture
+def rendered(monkeypatch):
+    """Records what reaches the pipeline: a list of (frame_indices, expressions) per render call."""
+    calls = []
+    original = RenderSession.render
+
+    def recording(self, id_embeds, expressions, frame_indices, reference, desc="render"):
+        calls.append((np.asarray(frame_indices).copy(), np.asarray(expressions).copy()))
+        return original(self, id_embeds, expressions, frame_indices, reference, desc)
+
+    monkeypatch.setattr(RenderSession, "render", recording)
+    return calls
+
+
+def expressions_of(calls) -> tuple[np.ndarray, np.ndarray]:
+    """(frame indices [M], expressions [M, 55]) over all recorded render calls."""
+    return np.concatenate([c[0] for c in calls]), np.concatenate([c[1] for c in calls])
+
+
+def clip_motion(clip, fast_args, tmp_path):
+    """The clip's raw track (via ``extract``) with every gap filled: the track ``--smooth none`` renders."""
+    motion = tmp_path / "clip.npz"
+    assert main(["extract", str(clip), "-o", str(motion), *fast_args]) == 0
+    return load_motion(motion), fill_gaps(load_motion(motion), max_gap_seconds=float("inf"))
+
+
+def photo_expression(photo, models_dir) -> np.ndarray:
+    faces = FaceModels(models_dir, device="cpu")
+    image, face = photo_face(photo, faces)
+    return faces.expressions.extract([image], face.keypoints[None])[0]
+
+
+def test_run_absolute_gains_reach_the_pipeline(media, fast_args, cli_models, tmp_path, rendered):
+    _, filled = clip_motion(media["clip"], fast_args, tmp_path)
+    out = tmp_path / "gains.mp4"
+    assert main(["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(out), "--smooth", "none",
+                 *GAINS, *fast_args]) == 0
+    indices, values = expressions_of(rendered)
+    assert indices.tolist() == list(range(FRAMES))
+    np.testing.assert_allclose(values, apply_gains(filled, PART_GAINS).values, atol=1e-5)
+    assert np.all(values[:, 52:55] == 0)  # jaw gain 0
+
+
+@pytest.mark.parametrize("neutral", ["auto", "2"])
+def test_run_relative_adds_the_photos_expression(neutral, media, fast_args, cli_models, tmp_path, rendered):
+    _, filled = clip_motion(media["clip"], fast_args, tmp_path)
+    own = photo_expression(media["photo"], cli_models[0])
+    out = tmp_path / "relative.mp4"
+    assert main(["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(out), "--smooth", "none",
+                 "--relative", "--neutral-frame", neutral, *GAINS, *fast_args]) == 0
+    index = neutral_frame(filled) if neutral == "auto" else int(neutral)
+    expected = relative_motion(filled, own, index, PART_GAINS).values
+    _, values = expressions_of(rendered)
+    np.testing.assert_allclose(values, expected, atol=1e-5)
+    np.testing.assert_allclose(values[index, :50], own[:50], atol=1e-5)  # the neutral frame gets the photo's face
+
+
+def test_edit_relative_adds_each_frames_own_expression(media, fast_args, tmp_path, rendered):
+    raw, filled = clip_motion(media["clip"], fast_args, tmp_path)
+    source = tmp_path / "source.npz"
+    assert main(["extract", str(media["clip"]), "-o", str(source), *fast_args]) == 0
+    out = tmp_path / "edited.mp4"
+    rendered.clear()
+    assert main(["edit", str(media["clip"]), "--expression", str(source), "-o", str(out), "--smooth", "none",
+                 "--relative", *GAINS, *fast_args]) == 0
+    # the source is the clip's own track: own + gains * (track - track[neutral])
+    expected = relative_motion(filled, filled.values, neutral_frame(filled), PART_GAINS).values
+    indices, values = expressions_of(rendered)
+    assert indices.tolist() == [k for k in range(FRAMES) if raw.valid[k]]
+    np.testing.assert_allclose(values, expected[indices], atol=1e-5)
+
+
+def test_relative_needs_a_motion_source_and_a_valid_neutral_frame(media, fast_args, tmp_path, capsys):
+    out = tmp_path / "out.mp4"
+    code = main(["edit", str(media["clip"]), "--expression", str(media["photo"]), "-o", str(out), "--relative",
+                 *fast_args])
+    assert code == 1 and "--relative needs a video or motion file" in capsys.readouterr().err
+    code = main(["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(out), "--relative",
+                 "--neutral-frame", "99", *fast_args])
+    assert code == 1 and "--neutral-frame 99 is out of range" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "out.mp4.retarget-work").exists()
+    with pytest.raises(SystemExit):
+        main(["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(out), "--neutral-frame",
+              "first", *fast_args])
+
+
+def test_face_reference_follows_the_person_in_the_photo(fast_args, tmp_path, monkeypatch):
+    clip = write_clip(tmp_path / "two.mp4", two_face_frames(4), RATE, audio=False)
+    followed = []
+    original = extract_module.scan_clip
+
+    def recording_scan(*args, **kwargs):
+        scan = original(*args, **kwargs)
+        followed.append(scan.keypoints[scan.valid][:, :, 0].mean())  # mean keypoint x of the followed face
+        return scan
+
+    monkeypatch.setattr(extract_module, "scan_clip", recording_scan)
+    from PIL import Image
+
+    Image.fromarray(face_photo()).save(tmp_path / "astronaut.png")
+    assert main(["extract", str(clip), "-o", str(tmp_path / "a.npz"), *fast_args]) == 0
+    assert main(["extract", str(clip), "-o", str(tmp_path / "b.npz"), "--face-reference",
+                 str(tmp_path / "astronaut.png"), *fast_args]) == 0
+    largest, by_photo = followed
+    assert largest > 160  # Tom Hanks, the largest face, on the right half
+    assert by_photo < 130  # the astronaut, on the left
+    assert load_motion(tmp_path / "b.npz").metadata["face_reference"] == "astronaut.png"
+
+
+def test_run_time_range_and_edit_side_by_side(media, fast_args, tmp_path, rendered):
+    out = tmp_path / "range.mp4"
+    assert main(["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(out), "--start", "0.1",
+                 "--end", "0.3", *fast_args]) == 0
+    info, source = probe_video(out), probe_video(media["clip"])
+    assert info.frame_count == 6 and info.frame_rate == RATE  # frames 3..8: 0.1001 s <= t < 0.3 s
+    assert abs(info.audio.duration - 6 * 1001 / 30000) < 0.03  # audio cut to the range (AAC frame granularity)
+    assert info.audio.duration < source.audio.duration / 1.5
+
+    sbs = tmp_path / "sbs.mp4"
+    assert main(["edit", str(media["clip"]), "--expression", str(media["photo"]), "-o", str(sbs),
+                 "--side-by-side", *fast_args]) == 0
+    info = probe_video(sbs)
+    assert (info.width, info.height) == (320, 120) and info.frame_count == FRAMES
+    from retarget.video.reader import VideoReader
+
+    frames = np.stack([f for f, _, _ in VideoReader(sbs).iter_frames()]).astype(int)
+    originals = np.stack([f for f, _, _ in VideoReader(media["clip"]).iter_frames()]).astype(int)
+    assert np.abs(frames[:, :, :160] - originals).mean() < 3  # left: the original
+    edited = [k for k in range(FRAMES) if k not in BLANK]
+    assert np.abs(frames[edited, :, 160:] - originals[edited]).mean() > 2  # right: the result
+
+
+def test_compile_and_vae_fp32_reach_the_pipeline(media, fast_args, tmp_path, monkeypatch):
+    from retarget.pipeline import ExpressionPipeline
+
+    called = []
+    monkeypatch.setattr(ExpressionPipeline, "compile", lambda self, **kw: called.append("compile"))
+    original_upcast = ExpressionPipeline.upcast_vae
+    monkeypatch.setattr(ExpressionPipeline, "upcast_vae",
+                        lambda self: (called.append("upcast_vae"), original_upcast(self))[1])
+    out = tmp_path / "switches.mp4"
+    assert main(["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(out), "--compile",
+                 "--vae-fp32", *fast_args]) == 0
+    assert sorted(called) == ["compile", "upcast_vae"]
+    assert probe_video(out).frame_count == FRAMES
