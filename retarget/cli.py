@@ -62,12 +62,11 @@ def _common_parser() -> argparse.ArgumentParser:
                         help="multiplier of the 2 eyelid values (default 1.0)")
     motion.add_argument("--jaw-gain", type=float, default=1.0, metavar="G",
                         help="multiplier of the 3 jaw values (default 1.0)")
-    faces = motion.add_mutually_exclusive_group()
-    faces.add_argument("--face-index", type=int, default=0,
-                       help="which face to follow when there are several: 0 = largest in the first frame with a face")
-    faces.add_argument("--face-reference", metavar="PHOTO", default=None,
-                       help="follow the person in PHOTO (the face most similar to it by ArcFace) when there are "
-                            "several")
+    motion.add_argument("--face-index", type=int, default=0,
+                        help="which face to follow when there are several: 0 = largest in the first frame with a face")
+    motion.add_argument("--face-reference", metavar="PHOTO", default=None,
+                        help="follow the person in PHOTO (the face most similar to it by ArcFace) when there are "
+                             "several; replaces --face-index")
     output = common.add_argument_group("video output")
     output.add_argument("--codec", default="libx264", help="FFmpeg video encoder (default libx264)")
     output.add_argument("--crf", type=int, default=18, help="constant quality, lower is better (default 18)")

@@ -85,6 +85,7 @@ class JobOptions:
             (self.neutral_frame is None or self.neutral_frame >= 0,
              f"--neutral-frame must be >= 0 or auto, got {self.neutral_frame}"),
             (self.neutral_frame is None or self.relative, "--neutral-frame needs --relative"),
+            (self.face_reference is None or self.face_index == 0, "use either --face-index or --face-reference"),
             (self.smooth in SMOOTHING_METHODS, f"--smooth must be one of {', '.join(SMOOTHING_METHODS)}"),
             (self.dtype is None or self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
         ]
