@@ -9,16 +9,14 @@ moving and zooming a little, with a few frames blanked (no face) to show that th
 
 from __future__ import annotations
 
-import sys
 from fractions import Fraction
 from pathlib import Path
 
 from PIL import Image
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+from retarget.testing.media import face_photo, moving_face_frames, second_face_photo, write_clip
 
-from tests.cli.media import face_photo, moving_face_frames, second_face_photo, write_clip  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:

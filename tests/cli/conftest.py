@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.cli.media import face_photo, moving_face_frames, write_clip
+from retarget.testing.media import face_photo, moving_face_frames, write_clip
 
 RATE = Fraction(30000, 1001)
 FRAMES = 12

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.media import moving_face_frames, write_clip
+from retarget.testing.media import moving_face_frames, write_clip
 
 SHORT, LONG = 10, 100
 ROOT = Path(__file__).resolve().parents[2]

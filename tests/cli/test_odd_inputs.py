@@ -11,7 +11,7 @@ import pytest
 
 from retarget.cli import main
 from retarget.video.probe import probe_video
-from tests.cli.media import moving_face_frames, write_clip
+from retarget.testing.media import moving_face_frames, write_clip
 
 VFR_STEPS = [3003, 3003, 6006, 1501, 4504, 3003, 9009, 3003]  # ticks of 1/90000 s between frames
 

@@ -15,7 +15,7 @@ from retarget.jobs.session import RenderSession
 from retarget.motion import PartGains, apply_gains, fill_gaps, load_motion, neutral_frame, relative_motion
 from retarget.video.probe import probe_video
 from tests.cli.conftest import BLANK, FRAMES, RATE
-from tests.cli.media import face_photo, two_face_frames, write_clip
+from retarget.testing.media import face_photo, two_face_frames, write_clip
 
 GAINS = ["--expression-gain", "0.5", "--eyelid-gain", "2.0", "--jaw-gain", "0.0"]
 PART_GAINS = PartGains(expression=0.5, eyelid=2.0, jaw=0.0)
