@@ -363,6 +363,7 @@ class ExpressionPipeline:
         ctx.expression_tokens, ctx.expression_scale = expression_tokens, float(expression_scale)
         ctx.reference = bank
         ctx.reference_rows = slice(batch, 2 * batch) if do_cfg else slice(0, batch)
+        ctx.cross_kv = {}  # prompts and expression tokens are fixed for this loop: project them once
 
         scheduler = self.scheduler()
         scheduler.set_timesteps(num_inference_steps, device=self.device)
@@ -382,7 +383,7 @@ class ExpressionPipeline:
                     noise = uncond + guidance_scale * (cond - uncond)
                 latents = scheduler.step(noise, t, latents, return_dict=False)[0]
         finally:
-            ctx.expression_tokens, ctx.reference, ctx.reference_rows = None, None, None
+            ctx.expression_tokens, ctx.reference, ctx.reference_rows, ctx.cross_kv = None, None, None, None
 
         images = self.decode(latents)
         if output_type == "pt":

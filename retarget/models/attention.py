@@ -71,6 +71,9 @@ class AttentionContext:
     ``reference``: the reference bank read by ``attn1`` layers, or None (no reference attention).
     ``reference_rows``: the slice of batch rows that attend to the reference (the conditional half).
     ``recording``: during a reference pass, the dict the ``attn1`` layers write their input into.
+    ``cross_kv``: when a dict, the ``attn2`` layers keep the keys/values of the prompt and expression tokens in it
+    by layer name. The pipeline sets it for one denoising loop, in which those inputs do not change from step to
+    step, so they are projected once per call instead of once per step; None (training) projects every time.
     """
 
     expression_tokens: torch.Tensor | None = None
@@ -78,6 +81,7 @@ class AttentionContext:
     reference: ReferenceBank | None = None
     reference_rows: slice | None = None
     recording: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    cross_kv: dict[str, tuple] | None = field(default=None, repr=False)
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -157,24 +161,34 @@ class ExpressionCrossAttnProcessor(nn.Module):
     ``to_k_ip``/``to_v_ip``: ``Linear(token_dim -> hidden_size, bias=False)``, the adapter's trained projections.
     """
 
-    def __init__(self, context: AttentionContext, hidden_size: int, token_dim: int):
+    def __init__(self, context: AttentionContext, hidden_size: int, token_dim: int, name: str = ""):
         super().__init__()
         self.context = context
+        self.name = name
         self.to_k_ip = nn.Linear(token_dim, hidden_size, bias=False)
         self.to_v_ip = nn.Linear(token_dim, hidden_size, bias=False)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         _check_plain(attn, attention_mask)
-        query = attn.to_q(hidden_states)
-        context_states = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        out = attention(query, attn.to_k(context_states), attn.to_v(context_states), attn.heads)
         ctx = self.context
-        tokens = ctx.expression_tokens
-        if tokens is not None and ctx.expression_scale != 0:
-            if tokens.shape[0] != hidden_states.shape[0]:
-                raise ValueError(f"{tokens.shape[0]} expression rows for a batch of {hidden_states.shape[0]}")
-            expression = attention(query, self.to_k_ip(tokens), self.to_v_ip(tokens), attn.heads)
-            out = out + ctx.expression_scale * expression
+        query = attn.to_q(hidden_states)
+        cache = ctx.cross_kv
+        if cache is not None and self.name in cache:
+            key, value, expression_kv = cache[self.name]
+        else:
+            context_states = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+            key, value = attn.to_k(context_states), attn.to_v(context_states)
+            tokens = ctx.expression_tokens
+            expression_kv = None
+            if tokens is not None and ctx.expression_scale != 0:
+                if tokens.shape[0] != hidden_states.shape[0]:
+                    raise ValueError(f"{tokens.shape[0]} expression rows for a batch of {hidden_states.shape[0]}")
+                expression_kv = (self.to_k_ip(tokens), self.to_v_ip(tokens))
+            if cache is not None:
+                cache[self.name] = (key, value, expression_kv)
+        out = attention(query, key, value, attn.heads)
+        if expression_kv is not None:
+            out = out + ctx.expression_scale * attention(query, *expression_kv, attn.heads)
         return _output(attn, out)
 
 
@@ -205,7 +219,7 @@ def install_processors(unet, context: AttentionContext, token_dim: int) -> dict[
             processors[name] = ReferenceSelfAttnProcessor(name, context)
         else:
             hidden = cross[name].to_k.out_features
-            expression[name] = ExpressionCrossAttnProcessor(context, hidden, token_dim)
+            expression[name] = ExpressionCrossAttnProcessor(context, hidden, token_dim, name)
             processors[name] = expression[name]
     unet.set_attn_processor(processors)
     return expression

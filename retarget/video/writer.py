@@ -8,7 +8,7 @@ Usage::
     # or, for variable-rate input: writer = VideoWriter(..., time_base=info.time_base); writer.write(frames, pts)
 
 The file appears at ``path`` only when :meth:`VideoWriter.close` completes (it is written to a hidden
-``.NAME.partial-XXXX.EXT`` beside it and renamed); on an exception inside the ``with`` block, or after
+``.NAME.partial-<random>.EXT`` beside it and renamed); on an exception inside the ``with`` block, or after
 :meth:`VideoWriter.abort`, the partial file is deleted and ``path`` is untouched.
 """
 

@@ -100,3 +100,25 @@ def test_recording_pass_stores_the_layer_input_and_attends_plainly():
     out = ReferenceSelfAttnProcessor("l", ctx)(attn, hidden)
     assert torch.equal(recording["l"], hidden)
     assert torch.allclose(out, AttnProcessor2_0()(attn, hidden), atol=1e-6)
+
+
+def test_cross_attention_keys_values_are_projected_once_per_loop():
+    attn = _attention(64, cross_dim=48)
+    tokens = torch.randn(2, 4, 48)
+    cached_ctx = AttentionContext(expression_tokens=tokens, expression_scale=0.9, cross_kv={})
+    fresh_ctx = AttentionContext(expression_tokens=tokens, expression_scale=0.9)
+    cached = ExpressionCrossAttnProcessor(cached_ctx, 64, 48, name="layer")
+    fresh = ExpressionCrossAttnProcessor(fresh_ctx, 64, 48, name="layer")
+    fresh.load_state_dict(cached.state_dict())
+    prompt = torch.randn(2, 7, 48)
+    calls = []
+    handle = attn.to_k.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        for step in range(3):  # the latents change every step, the prompt and expression tokens do not
+            hidden = torch.randn(2, 10, 64)
+            assert torch.allclose(cached(attn, hidden, encoder_hidden_states=prompt),
+                                  fresh(attn, hidden, encoder_hidden_states=prompt), atol=1e-6)
+    finally:
+        handle.remove()
+    assert len(calls) == 1 + 3  # cached: projected at the first step only; fresh: every step
+    assert set(cached_ctx.cross_kv) == {"layer"}
