@@ -61,15 +61,21 @@ def list_videos(folder: Path) -> list[Path]:
 
 
 def process_share() -> tuple[int, int]:
-    """(index, count) of this process among the launched ones: accelerate's PartialState when accelerate's launch
-    environment is set, else (0, 1)."""
-    launched = any(name in os.environ for name in ("ACCELERATE_MIXED_PRECISION", "LOCAL_RANK", "WORLD_SIZE"))
-    if not launched:
-        return 0, 1
-    from accelerate import PartialState
+    """(index, count) of this process among the launched ones, else (0, 1).
 
-    state = PartialState()
-    return int(state.process_index), int(state.num_processes)
+    ``accelerate launch`` and ``torchrun`` set the standard ``RANK``/``WORLD_SIZE`` variables (global over all
+    nodes); launchers that do not (MPI) are read through accelerate's ``PartialState``. No process group is
+    started: the split needs no communication.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        return int(os.environ.get("RANK", "0") or 0), world
+    if "ACCELERATE_MIXED_PRECISION" in os.environ or "PMI_SIZE" in os.environ or "OMPI_COMM_WORLD_SIZE" in os.environ:
+        from accelerate import PartialState
+
+        state = PartialState()
+        return int(state.process_index), int(state.num_processes)
+    return 0, 1
 
 
 def shard(files: list[Path], index: int, count: int) -> list[Path]:

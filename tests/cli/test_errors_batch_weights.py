@@ -111,9 +111,14 @@ def test_sharding_gives_every_file_exactly_one_process(tmp_path, monkeypatch):
     shares = [batch_module.shard(files, i, 3) for i in range(3)]
     assert sorted(f for share in shares for f in share) == files
     assert [len(s) for s in shares] == [4, 4, 3]
-    for name in ("ACCELERATE_MIXED_PRECISION", "LOCAL_RANK", "WORLD_SIZE"):
+    for name in ("ACCELERATE_MIXED_PRECISION", "LOCAL_RANK", "WORLD_SIZE", "RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
     assert batch_module.process_share() == (0, 1)
+    # accelerate launch / torchrun: global rank and world size over all nodes
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert batch_module.process_share() == (3, 4)
 
 
 def test_weights_download_layout_and_manual_steps(tmp_path, monkeypatch, capsys):
