@@ -135,7 +135,7 @@ class ExpressionPipeline:
         """
         device, dtype = default_device_dtype(device, dtype)
         files = ModelFiles.locate(models_dir, base_model)
-        unet = load_unet(files.unet_dir)
+        unet = load_unet(files.unet_dir, dtype)
         if unet.config.cross_attention_dim is None:
             raise WeightsError(f"{files.unet_dir}: the UNet has no cross-attention")
         context = AttentionContext()
@@ -143,19 +143,19 @@ class ExpressionPipeline:
         has_reference = files.reference_lora is not None
         if has_reference:
             load_reference_lora(unet, files.reference_lora)
-        text_encoder = load_identity_encoder_model(files.encoder_dir)
+        text_encoder = load_identity_encoder_model(files.encoder_dir, dtype)
         if text_encoder.config.hidden_size != unet.config.cross_attention_dim:
             raise WeightsError(
                 f"{files.encoder_dir}: the identity encoder is {text_encoder.config.hidden_size}-d, the UNet expects "
                 f"{unet.config.cross_attention_dim}-d prompt embeddings"
             )
-        vae = load_vae(files.base_dir / "vae")
+        vae = load_vae(files.base_dir / "vae", dtype)
         tokenizer = load_tokenizer(files.base_dir / "tokenizer")
         scheduler_config = load_scheduler_config(files.base_dir / "scheduler")
+        # The backbone weights were loaded in ``dtype``; the adapters' new layers follow. (nn.Module.to: diffusers'
+        # override warns about float32 modules on every dtype cast, even when the model has none.)
         for module in (unet, vae, text_encoder, projection):
-            first = next(module.parameters())
-            if first.dtype != dtype or first.device != device:
-                module.to(device=device, dtype=dtype)
+            torch.nn.Module.to(module, device=device, dtype=dtype)
         log.info("loaded %s on %s (%s)", models_dir, device, dtype)
         return cls(unet, vae, text_encoder, tokenizer, scheduler_config, projection, context, has_reference, device, dtype)
 

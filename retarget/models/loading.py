@@ -96,9 +96,12 @@ def _read_json(path: Path, what: str) -> dict:
         raise WeightsError(f"cannot read {path}: {exc}") from exc
 
 
-def _strict_load(model: torch.nn.Module, state: dict, path: Path, ignore=()) -> torch.nn.Module:
-    check_state_dict(model, state, path, ignore=ignore)
-    model.load_state_dict({k: v for k, v in state.items() if k not in ignore}, strict=True, assign=True)
+def _strict_load(model: torch.nn.Module, state: dict, path: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """Check ``state`` against ``model`` (names and shapes) and assign it, cast to ``dtype`` (floating tensors)."""
+    check_state_dict(model, state, path)
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
     return model
 
 
@@ -107,8 +110,9 @@ def _build_on_meta(factory):
         return factory()
 
 
-def load_unet(folder: Path):
-    """The Arc2Face UNet (``config.json`` + ``diffusion_pytorch_model.safetensors``), strictly."""
+def load_unet(folder: Path, dtype: torch.dtype | None = None):
+    """The Arc2Face UNet (``config.json`` + ``diffusion_pytorch_model.safetensors``), strictly; weights in ``dtype``
+    (default: as stored)."""
     from diffusers import UNet2DConditionModel
 
     config = _read_json(folder / "config.json", "Arc2Face UNet config")
@@ -116,21 +120,22 @@ def load_unet(folder: Path):
         folder, ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"), "Arc2Face UNet weights"
     )
     unet = _build_on_meta(lambda: UNet2DConditionModel.from_config(config))
-    return _strict_load(unet, state, path).eval().requires_grad_(False)
+    return _strict_load(unet, state, path, dtype).eval().requires_grad_(False)
 
 
-def load_vae(folder: Path):
-    """The SD1.5 VAE (``vae/``), strictly."""
+def load_vae(folder: Path, dtype: torch.dtype | None = None):
+    """The SD1.5 VAE (``vae/``), strictly; weights in ``dtype`` (default: as stored)."""
     from diffusers import AutoencoderKL
 
     config = _read_json(folder / "config.json", "VAE config")
     path, state = load_weights_file(folder, ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"), "VAE weights")
     vae = _build_on_meta(lambda: AutoencoderKL.from_config(config))
-    return _strict_load(vae, state, path).eval().requires_grad_(False)
+    return _strict_load(vae, state, path, dtype).eval().requires_grad_(False)
 
 
-def load_identity_encoder_model(folder: Path):
-    """The Arc2Face CLIP text encoder; published ``text_model.*`` keys are mapped for current transformers."""
+def load_identity_encoder_model(folder: Path, dtype: torch.dtype | None = None):
+    """The Arc2Face CLIP text encoder; published ``text_model.*`` keys are mapped for current transformers.
+    Weights in ``dtype`` (default: as stored)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     require_file(folder / "config.json", "identity encoder config")
@@ -144,7 +149,7 @@ def load_identity_encoder_model(folder: Path):
             length = module.position_ids.shape[-1]
             module.position_ids = torch.arange(length).expand(1, -1)
     state = map_encoder_keys(state, set(model.state_dict()))
-    return _strict_load(model, state, path).eval().requires_grad_(False)
+    return _strict_load(model, state, path, dtype).eval().requires_grad_(False)
 
 
 def load_tokenizer(folder: Path):

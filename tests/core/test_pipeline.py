@@ -178,3 +178,18 @@ def test_output_types_and_input_validation(pipe, inputs):
     a = pipe(inputs["ids"][0], inputs["expressions"][:1], latents=inputs["latents"][:1], num_inference_steps=2).images
     b = pipe(inputs["ids"][0] * 9.0, inputs["expressions"][:1], latents=inputs["latents"][:1], num_inference_steps=2).images
     assert np.abs(a - b).max() < 1e-5
+
+
+def test_low_precision_weights_track_fp32(tiny_checkpoint, pipe, inputs):
+    """bf16 (the GPU default) runs every component in one dtype and stays close to the fp32 result."""
+    from retarget import ExpressionPipeline
+
+    half = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu",
+                                              dtype="bf16")
+    dtypes = {p.dtype for m in (half.unet, half.vae, half.text_encoder, half.expression_projection) for p in m.parameters()}
+    assert dtypes == {torch.bfloat16}
+    kw = dict(reference_image=inputs["reference"], latents=inputs["latents"][:2], num_inference_steps=STEPS)
+    low = half(inputs["ids"][0], inputs["expressions"][:2], **kw).images
+    full = pipe(inputs["ids"][0], inputs["expressions"][:2], **kw).images
+    assert low.dtype == np.float32 and low.shape == full.shape
+    assert np.abs(low - full).mean() < 0.02
