@@ -124,6 +124,17 @@ class AudioMuxer:
         first_sample = int(round(self._origin * in_rate))
         stop_sample = None if self._stop is None else int(round(self._stop * in_rate))
         next_pts = 0
+
+        def encode(frame: av.AudioFrame | None) -> Iterator[tuple[Fraction, av.Packet]]:
+            # Resample (None flushes the resampler) and encode with contiguous sample timestamps.
+            nonlocal next_pts
+            for converted in resampler.resample(frame):
+                converted.pts = next_pts
+                converted.time_base = encoder_tb
+                next_pts += converted.samples
+                for out_packet in self.stream.encode(converted):
+                    yield out_packet.pts * encoder_tb, out_packet
+
         for packet in self._demux():
             try:
                 decoded = self._in_stream.decode(packet)
@@ -138,19 +149,8 @@ class AudioMuxer:
                     if stop_sample is not None and begin >= stop_sample:
                         break
                     continue
-                trimmed = frame if (lo, hi) == (0, count) else _slice_frame(frame, lo, hi)
-                for converted in resampler.resample(trimmed):
-                    converted.pts = next_pts
-                    converted.time_base = encoder_tb
-                    next_pts += converted.samples
-                    for out_packet in self.stream.encode(converted):
-                        yield out_packet.pts * encoder_tb, out_packet
-        for converted in resampler.resample(None):
-            converted.pts = next_pts
-            converted.time_base = encoder_tb
-            next_pts += converted.samples
-            for out_packet in self.stream.encode(converted):
-                yield out_packet.pts * encoder_tb, out_packet
+                yield from encode(frame if (lo, hi) == (0, count) else _slice_frame(frame, lo, hi))
+        yield from encode(None)
         for out_packet in self.stream.encode(None):
             yield (out_packet.pts or 0) * encoder_tb, out_packet
 
