@@ -67,6 +67,8 @@ def _common_parser() -> argparse.ArgumentParser:
     motion.add_argument("--face-reference", metavar="PHOTO", default=None,
                         help="follow the person in PHOTO (the face most similar to it by ArcFace) when there are "
                              "several; replaces --face-index")
+    motion.add_argument("--color-match", action="store_true",
+                        help="edit: match the generated face's colours to the original face before pasting it back")
     output = common.add_argument_group("video output")
     output.add_argument("--codec", default="libx264", help="FFmpeg video encoder (default libx264)")
     output.add_argument("--crf", type=int, default=18, help="constant quality, lower is better (default 18)")
@@ -208,6 +210,7 @@ def options_from_args(args: argparse.Namespace):
         face_reference=Path(args.face_reference) if args.face_reference else None,
         compile=args.compile,
         vae_fp32=args.vae_fp32,
+        color_match=args.color_match,
         encoder=encoder,
         progress=not args.no_progress,
     )

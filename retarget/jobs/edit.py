@@ -130,7 +130,7 @@ def edit_job(video, expression, output, options: JobOptions, *, start: float | N
             crops = [t.warp(frames[i - span.start]) for t, i in zip(transforms, rows)]
             faces = session.render(scan.identity, values[rows], rows, crops)
             for t, i, face in zip(transforms, rows, faces):
-                paste_back(frames[i - span.start], face, t, inplace=True)
+                paste_back(frames[i - span.start], face, t, color_match=options.color_match, inplace=True)
         job.save_chunk(span.index, frames if original is None else side_by_side_chunk(original, frames))
         bar.update(len(span))
     bar.close()

@@ -44,7 +44,8 @@ class JobOptions:
     frame); ``gains`` (per-part multipliers of the transferred motion).
     Faces: ``face_index`` (0 = largest face in the first frame that has faces; that face is then followed through
     the clip) or ``face_reference`` (a photo of the person to follow, matched by ArcFace similarity).
-    Pipeline: ``compile`` (``torch.compile`` the UNet), ``vae_fp32`` (VAE in fp32). Output: ``encoder``.
+    Pipeline: ``compile`` (``torch.compile`` the UNet), ``vae_fp32`` (VAE in fp32). Paste-back (``edit``):
+    ``color_match`` (match the generated face's colour statistics to the original face). Output: ``encoder``.
     """
 
     models: Path = field(default_factory=default_models_dir)
@@ -67,6 +68,7 @@ class JobOptions:
     face_reference: Path | None = None
     compile: bool = False
     vae_fp32: bool = False
+    color_match: bool = False
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
     progress: bool = True
 

@@ -166,3 +166,29 @@ def test_compile_and_vae_fp32_reach_the_pipeline(media, fast_args, tmp_path, mon
                  "--vae-fp32", *fast_args]) == 0
     assert sorted(called) == ["compile", "upcast_vae"]
     assert probe_video(out).frame_count == FRAMES
+
+
+def test_edit_color_match_reaches_paste_back(media, fast_args, tmp_path, monkeypatch):
+    import retarget.jobs.edit as edit_module
+    from retarget.video.reader import VideoReader
+
+    seen = []
+    original = edit_module.paste_back
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("color_match"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(edit_module, "paste_back", recording)
+    plain, matched = tmp_path / "plain.mp4", tmp_path / "matched.mp4"
+    base = ["edit", str(media["clip"]), "--expression", str(media["photo"]), "--crf", "0", *fast_args]
+    assert main([*base, "-o", str(plain)]) == 0
+    assert set(seen) == {False}
+    seen.clear()
+    assert main([*base, "-o", str(matched), "--color-match"]) == 0
+    assert set(seen) == {True} and len(seen) == FRAMES - len(BLANK)
+    a = np.stack([f for f, _, _ in VideoReader(plain).iter_frames()]).astype(int)
+    b = np.stack([f for f, _, _ in VideoReader(matched).iter_frames()]).astype(int)
+    edited = [k for k in range(FRAMES) if k not in BLANK]
+    assert np.abs(a[edited] - b[edited]).mean() > 0.05  # colour matching changes the pasted faces
+    assert np.array_equal(a[list(BLANK)], b[list(BLANK)])  # frames without a face are untouched either way
