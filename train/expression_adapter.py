@@ -75,14 +75,6 @@ class ExpressionAdapterTraining(nn.Module):
         names |= {n for n, _ in self.named_parameters() if n.endswith(("to_k_ip.weight", "to_v_ip.weight"))}
         return {n: p for n, p in self.named_parameters() if n in names}
 
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        params = self.trainable_state_dict()
-        if set(state) != set(params):
-            raise ValueError(f"checkpoint holds {len(state)} tensors, the adapter has {len(params)}")
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(state[name])
-
     def published_state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``(image_proj, ip_adapter)`` in the published key layout."""
         ip_adapter = {}

@@ -2,7 +2,7 @@
 
 A stage supplies a *training module*: an ``nn.Module`` whose ``forward(batch, generator=None)`` returns the
 scalar loss of one batch, whose trainable parameters are the only ones with ``requires_grad``, and which has
-``trainable_state_dict()`` / ``load_trainable_state_dict(state)`` for those parameters. The loop owns everything
+``trainable_state_dict()`` naming those parameters (checkpoints save and restore exactly them). The loop owns everything
 else: devices and mixed precision, data order, AdamW, gradient accumulation, clipping, checkpoints
 (``OUT/checkpoints/step-<N>``, trainable weights only), resume, loss logging, and the final export.
 
@@ -150,6 +150,16 @@ class TrainingResult:
     module: nn.Module | None = None
 
 
+def load_trainable(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy a checkpoint's tensors into ``module.trainable_state_dict()``; the names must match exactly."""
+    params = module.trainable_state_dict()
+    if set(state) != set(params):
+        raise InputError(f"{path} holds {len(state)} trained tensors, this stage trains {len(params)}")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(state[name])
+
+
 def _weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
 
@@ -203,7 +213,7 @@ def run_training(options: TrainingOptions, stage: str,
         info = json.loads((Path(folder) / PROGRESS_FILE).read_text())
         if info.get("stage") != stage:
             raise InputError(f"{folder} is a checkpoint of {info.get('stage')}, not of {stage}")
-        module.load_trainable_state_dict(load_file(str(Path(folder) / TRAINABLE_FILE)))
+        load_trainable(module, load_file(str(Path(folder) / TRAINABLE_FILE)), Path(folder) / TRAINABLE_FILE)
         progress["step"] = int(info["step"])
 
     accelerator.register_save_state_pre_hook(save_hook)

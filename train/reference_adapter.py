@@ -75,14 +75,6 @@ class ReferenceAdapterTraining(nn.Module):
         return {n: p for n, p in self.named_parameters()
                 if f"lora_A.{REFERENCE_ADAPTER_NAME}." in n or f"lora_B.{REFERENCE_ADAPTER_NAME}." in n}
 
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        params = self.trainable_state_dict()
-        if set(state) != set(params):
-            raise ValueError(f"checkpoint holds {len(state)} tensors, the LoRA has {len(params)}")
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(state[name])
-
     def lora_layers(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{module path: (down [r, in], up [out, r])}`` for the published file."""
         modules = dict(self.unet.named_modules())
