@@ -8,6 +8,7 @@ presentation timestamps), never pixels.
 
 from __future__ import annotations
 
+import enum
 import os
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -114,10 +115,16 @@ def _reason(error: BaseException) -> str:
 
 
 def display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
-    """The 9 int32 of a decoded frame's display matrix side data, or ``None``."""
-    for side_data in frame.side_data:
-        if side_data.type.name == "DISPLAYMATRIX":
-            return np.frombuffer(bytes(side_data), dtype="<i4")[:9].copy()
+    """The 9 int32 of a decoded frame's display matrix side data, or ``None``.
+
+    PyAV 18 iterates a frame's side data as ``SideData`` entries; PyAV 19 iterates it as a mapping whose keys are
+    the ``Type`` enum members. Both are read here.
+    """
+    container = frame.side_data
+    for item in container:
+        entry = container[item] if isinstance(item, enum.Enum) else item
+        if entry.type.name == "DISPLAYMATRIX":
+            return np.frombuffer(bytes(entry), dtype="<i4")[:9].copy()
     return None
 
 
