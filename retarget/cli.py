@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "are found).")
     verify.add_argument("file", metavar="FILE", help="video to check")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
-    verify.add_argument("--max-frames", type=int, default=120, metavar="N",
+    verify.add_argument("--max-frames", type=int, default=None, metavar="N",
                         help="frames to read for the watermark, spread over the clip (default 120)")
 
     weights = sub.add_parser("weights", parents=[debug], help="manage the model files")
@@ -266,7 +266,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         from retarget.provenance.verify import format_report, verify_file
 
-        report = verify_file(args.file, max_frames=args.max_frames)
+        report = verify_file(args.file) if args.max_frames is None else verify_file(args.file, args.max_frames)
         print(json.dumps(report, indent=1) if args.json else format_report(report))
         return 0
     if args.command == "weights":

@@ -30,7 +30,8 @@ coefficient modulo ``STEP`` is spread evenly), flat areas give 0s (coefficient 0
 (:func:`false_positive_rate`).
 
 Capacity: a frame of H x W pixels has ``(H // 16) * (W // 16)`` blocks, two carrying coefficients each; a frame with
-fewer than 48 carrying coefficients (e.g. under 64x112) is left unmarked and cannot be read (:func:`can_carry`).
+fewer than 48 carrying coefficients (fewer than 24 blocks, e.g. 64x64) is left unmarked and cannot be read
+(:func:`can_carry`).
 Small frames repeat each bit only a few times, so their marks are weaker under strong compression.
 """
 

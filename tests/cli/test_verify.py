@@ -46,7 +46,7 @@ def test_run_output_carries_both_marks(media, fast_args, large_models, tmp_path,
     record = report["metadata"]["record"]
     assert report["metadata"]["found"] and record["synthetic"] is True and record["command"] == "run"
     assert record["settings"]["steps"] == 2 and record["settings"]["watermark"] is True
-    assert len(record["models_fingerprint"]) == 64 and record["watermark"]["payload"] == "52547379 6e2a".replace(" ", "")
+    assert len(record["models_fingerprint"]) == 64 and record["watermark"]["payload"] == b"RTsyn*".hex()
     assert str(tmp_path) not in json.dumps(record) and "clip.mp4" not in json.dumps(record)  # no local paths
     mark = report["watermark"]
     assert mark["found"] and mark["frames"] == 6 and mark["matching_bits"] >= 46  # frames 0-5 (0.2 s)
@@ -66,12 +66,14 @@ def test_no_watermark_keeps_the_metadata_only(media, fast_args, tmp_path, capsys
     assert report["watermark"]["matching_bits"] <= 34
 
 
-def test_edit_output_is_marked_over_the_whole_frame(media, fast_args, tmp_path, capsys):
+def test_edit_side_by_side_is_marked_over_the_whole_frame(media, fast_args, tmp_path, capsys):
     out = tmp_path / "edit.mp4"
-    assert main(["edit", str(media["clip"]), "--expression", str(media["photo"]), "-o", str(out), *fast_args]) == 0
+    assert main(["edit", str(media["clip"]), "--expression", str(media["photo"]), "-o", str(out), "--side-by-side",
+                 *fast_args]) == 0
     report = verify_json(out, capsys)
     record = report["metadata"]["record"]
     assert record["command"] == "edit" and record["settings"]["edited_frames"] == FRAMES - 2  # two faceless frames
+    assert record["settings"]["side_by_side"] is True
     assert report["watermark"]["found"] and report["watermark"]["frames"] == FRAMES
 
 

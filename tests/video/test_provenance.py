@@ -172,3 +172,13 @@ def test_parse_record_rejects_other_comments():
     assert metadata.parse_record("made with my phone") is None
     assert metadata.parse_record(json.dumps({"tool": "other", "synthetic": True})) is None
     assert metadata.parse_record(json.dumps({"tool": "retarget", "synthetic": True}))["tool"] == "retarget"
+
+
+def test_watermark_setting_is_part_of_the_render_key():
+    from retarget.jobs.options import JobOptions
+
+    marked, plain = JobOptions(models="m"), JobOptions(models="m", watermark=False)
+    assert marked.watermark is True and marked.render_key()["watermark"] is True
+    assert plain.render_key()["watermark"] is False
+    assert {k: v for k, v in marked.render_key().items() if k != "watermark"} == \
+        {k: v for k, v in plain.render_key().items() if k != "watermark"}
