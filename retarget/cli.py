@@ -76,6 +76,9 @@ def _common_parser() -> argparse.ArgumentParser:
     output.add_argument("--pix-fmt", default="yuv420p",
                         help="pixel format (default yuv420p, which pads an odd width or height by one pixel; "
                              "yuv444p keeps odd sizes exactly)")
+    output.add_argument("--no-watermark", action="store_true",
+                        help="leave out the invisible watermark that marks the frames as synthetic (the container "
+                             "metadata still says so); see `retarget verify`")
     common.add_argument("--no-progress", action="store_true", help="no progress bars")
     return common
 
@@ -159,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--no-reference", action="store_true", help="(with --identity) reference adapter off")
     batch.add_argument("--side-by-side", action="store_true", help="write input | result")
 
+    verify = sub.add_parser("verify", parents=[debug], help="check a video for retarget's provenance marks",
+                            description="Report the provenance metadata record and the invisible watermark that "
+                                        "retarget puts in every rendered video (exit status 0 whether or not they "
+                                        "are found).")
+    verify.add_argument("file", metavar="FILE", help="video to check")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--max-frames", type=int, default=None, metavar="N",
+                        help="frames to read for the watermark, spread over the clip (default 120)")
+
     weights = sub.add_parser("weights", parents=[debug], help="manage the model files")
     weights_sub = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
     download = weights_sub.add_parser("download", parents=[debug], help="fetch the published files from the hub",
@@ -212,6 +224,7 @@ def options_from_args(args: argparse.Namespace):
         vae_fp32=args.vae_fp32,
         color_match=args.color_match,
         encoder=encoder,
+        watermark=not args.no_watermark,
         progress=not args.no_progress,
     )
 
@@ -248,6 +261,14 @@ def _dispatch(args: argparse.Namespace) -> int:
                              reference=not args.no_reference, side_by_side=args.side_by_side)
         report = batch_job(args.input_dir, args.output, target, options_from_args(args))
         return 0 if report.failed == 0 else 1
+    if args.command == "verify":
+        import json
+
+        from retarget.provenance.verify import format_report, verify_file
+
+        report = verify_file(args.file) if args.max_frames is None else verify_file(args.file, args.max_frames)
+        print(json.dumps(report, indent=1) if args.json else format_report(report))
+        return 0
     if args.command == "weights":
         from retarget.jobs.options import default_models_dir
         from retarget.jobs.weights import download_weights

@@ -25,6 +25,7 @@ from retarget.jobs.expressions import neutral_values, rendered_expressions
 from retarget.jobs.frames import frames_of_span, photo_face, scan_clip
 from retarget.jobs.options import JobOptions
 from retarget.jobs.session import RenderSession
+from retarget.provenance.metadata import job_tags
 from retarget.motion.motion_file import load_motion
 from retarget.motion.resample import resample
 from retarget.motion.track import MotionTrack
@@ -131,7 +132,10 @@ def edit_job(video, expression, output, options: JobOptions, *, start: float | N
             faces = session.render(scan.identity, values[rows], rows, crops)
             for t, i, face in zip(transforms, rows, faces):
                 paste_back(frames[i - span.start], face, t, color_match=options.color_match, inplace=True)
-        job.save_chunk(span.index, frames if original is None else side_by_side_chunk(original, frames))
+        job.save_chunk(span.index, frames if original is None else side_by_side_chunk(original, frames),
+                       watermark=options.watermark)
         bar.update(len(span))
     bar.close()
-    return job.finalize(audio=AudioSource(Path(video)), progress=options.progress)
+    tags = job_tags("edit", options, side_by_side=side_by_side, edited_range=[lo, hi],
+                    edited_frames=int(np.count_nonzero(edited)))
+    return job.finalize(audio=AudioSource(Path(video)), progress=options.progress, metadata=tags)

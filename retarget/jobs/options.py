@@ -45,7 +45,8 @@ class JobOptions:
     Faces: ``face_index`` (0 = largest face in the first frame that has faces; that face is then followed through
     the clip) or ``face_reference`` (a photo of the person to follow, matched by ArcFace similarity).
     Pipeline: ``compile`` (``torch.compile`` the UNet), ``vae_fp32`` (VAE in fp32). Paste-back (``edit``):
-    ``color_match`` (match the generated face's colour statistics to the original face). Output: ``encoder``.
+    ``color_match`` (match the generated face's colour statistics to the original face). Output: ``encoder``;
+    ``watermark`` (embed the invisible provenance mark in every output frame, see :mod:`retarget.provenance`).
     """
 
     models: Path = field(default_factory=default_models_dir)
@@ -70,6 +71,7 @@ class JobOptions:
     vae_fp32: bool = False
     color_match: bool = False
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    watermark: bool = True
     progress: bool = True
 
     def __post_init__(self):

@@ -23,6 +23,7 @@ from retarget.jobs.expressions import neutral_values, rendered_expressions
 from retarget.jobs.frames import frames_of_span, photo_face, scan_clip
 from retarget.jobs.options import JobOptions
 from retarget.jobs.session import RenderSession
+from retarget.provenance.metadata import job_tags
 from retarget.video.compose import side_by_side_chunk
 from retarget.video.reader import VideoReader
 from retarget.video.resume import ChunkedRender, file_identity
@@ -93,7 +94,8 @@ def run_job(driving, identity, output, options: JobOptions, *, reference: bool =
         if side_by_side:
             driving_frames = frames_of_span(reader, lo + span.start, lo + span.stop)
             faces = side_by_side_chunk(driving_frames, faces, height=size)
-        job.save_chunk(span.index, faces)
+        job.save_chunk(span.index, faces, watermark=options.watermark)
         bar.update(len(span))
     bar.close()
-    return job.finalize(audio=audio_of_range(reader, lo, hi), progress=options.progress)
+    tags = job_tags("run", options, reference=reference, side_by_side=side_by_side, driving_frames=[lo, hi])
+    return job.finalize(audio=audio_of_range(reader, lo, hi), progress=options.progress, metadata=tags)

@@ -193,12 +193,20 @@ class ChunkedRender:
         """Number of frames already rendered (for progress bars)."""
         return sum(len(self.span(int(i))) for i in self._manifest["chunks"])
 
-    def save_chunk(self, index: int, frames: np.ndarray) -> None:
-        """Encode and store chunk ``index``: uint8 RGB ``[len(span), H, W, 3]``, the same H, W for every chunk."""
+    def save_chunk(self, index: int, frames: np.ndarray, *, watermark: bool = False) -> None:
+        """Encode and store chunk ``index``: uint8 RGB ``[len(span), H, W, 3]``, the same H, W for every chunk.
+
+        ``watermark``: embed the invisible provenance mark (:mod:`retarget.provenance.watermark`) in every frame
+        before encoding; the job key must then include this setting, so that resumed chunks agree.
+        """
         span = self.span(index)
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[0] != len(span):
             raise ValueError(f"chunk {index} needs {len(span)} frames [n, H, W, 3], got {frames.shape}")
+        if watermark:
+            from retarget.provenance.watermark import embed_frames
+
+            frames = embed_frames(frames)
         size = [int(frames.shape[2]), int(frames.shape[1])]
         if self._manifest["size"] is not None and self._manifest["size"] != size:
             raise ValueError(f"chunk {index} is {size[0]}x{size[1]}, earlier chunks are "
@@ -211,8 +219,10 @@ class ChunkedRender:
         self._manifest["chunks"][str(index)] = {"frames": len(span), "bytes": path.stat().st_size}
         self._write_manifest()
 
-    def finalize(self, audio: AudioSource | None = None, progress: bool = True) -> Path:
-        """Join all chunks into ``out_path`` (atomically, with ``audio`` if given) and delete the work folder.
+    def finalize(self, audio: AudioSource | None = None, progress: bool = True,
+                 metadata: Mapping[str, str] | None = None) -> Path:
+        """Join all chunks into ``out_path`` (atomically, with ``audio`` if given, and the container ``metadata``
+        tags, e.g. :func:`retarget.provenance.metadata.container_tags`) and delete the work folder.
 
         Raises ``RuntimeError`` if chunks are missing.
         """
@@ -222,7 +232,7 @@ class ChunkedRender:
                                f"(first: {missing[0]})")
         temporary = partial_path(self.out_path)
         try:
-            self._concatenate(temporary, audio, progress)
+            self._concatenate(temporary, audio, progress, metadata)
             commit(temporary, self.out_path)
         except BaseException:
             discard(temporary)
@@ -230,8 +240,10 @@ class ChunkedRender:
         shutil.rmtree(self.work_dir, ignore_errors=True)
         return self.out_path
 
-    def _concatenate(self, target: Path, audio: AudioSource | None, progress: bool) -> None:
+    def _concatenate(self, target: Path, audio: AudioSource | None, progress: bool,
+                     metadata: Mapping[str, str] | None = None) -> None:
         output = av.open(str(target), mode="w")
+        output.metadata.update({str(key): str(value) for key, value in (metadata or {}).items()})
         muxer = None
         try:
             first = av.open(str(self._chunk_path(0)))
