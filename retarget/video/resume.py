@@ -136,7 +136,10 @@ class ChunkedRender:
         return ChunkSpan(index, start, min(start + self.chunk_size, self.total_frames))
 
     def _chunk_path(self, index: int) -> Path:
-        return self.work_dir / f"chunk_{index:06d}{self.out_path.suffix or '.mp4'}"
+        """Chunk files are MP4 (MOV for a .mov output): their packets carry decode timestamps, which joining
+        needs; Matroska stores none for B-frames, so a .mkv output is joined from MP4 chunks."""
+        suffix = ".mov" if self.out_path.suffix.lower() == ".mov" else ".mp4"
+        return self.work_dir / f"chunk_{index:06d}{suffix}"
 
     def _fresh_manifest(self) -> dict:
         return {"format": _MANIFEST_FORMAT, "version": _MANIFEST_VERSION, "key": self.key, "size": None,

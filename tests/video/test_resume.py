@@ -95,3 +95,22 @@ def test_variable_rate_job_keeps_timestamps(tmp_path):
     assert video_pts_seconds(out) == [Fraction(int(p), 90000) for p in pts]
     frames = np.concatenate([c.frames for c in VideoReader(out).iter_chunks(16)])
     assert [read_code(f) for f in frames] == list(range(len(pts)))
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mov"])
+def test_other_containers_join_every_frame_with_exact_times(tmp_path, suffix):
+    """Matroska keeps no decode timestamps for B-frames, so chunks are MP4 files whatever the output container;
+    the joined .mkv / .mov holds every frame, in order, at the exact rate, with the audio."""
+    source = make_video(tmp_path / "driving.mp4", 30, audio="aac")
+    info = probe_video(source)
+    out = tmp_path / f"out{suffix}"
+    job = ChunkedRender(out, {"seed": 1}, info.frame_count, 8, info.frame_rate, settings=FAST)
+    render(job, [])
+    job.finalize(audio=AudioSource(source), progress=False)
+    result = probe_video(out)
+    assert result.frame_count == 30 and result.frame_rate == Fraction(30000, 1001)
+    assert result.audio is not None
+    frames = np.concatenate([c.frames for c in VideoReader(out).iter_chunks(16)])
+    assert [read_code(f) for f in frames] == list(range(30))
+    times = result.frame_times()
+    assert np.allclose(times, np.arange(30) * 1001 / 30000, atol=1e-3)  # Matroska's time base is 1 ms
