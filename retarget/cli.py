@@ -162,9 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     weights = sub.add_parser("weights", parents=[debug], help="manage the model files")
     weights_sub = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
     download = weights_sub.add_parser("download", parents=[debug], help="fetch the published files from the hub",
-                                      description="Download the published files into the published layout "
-                                                  "(resumable) and print the manual steps for the files that are "
-                                                  "not on the hub.")
+                                      description="Download every file of the published layout from the hub "
+                                                  "(resumable; files already in place are kept), check each with "
+                                                  "its loader, and print the manual step for any file that could "
+                                                  "not be downloaded.")
     download.add_argument("--models", metavar="DIR", default=None, help="target folder (default $RETARGET_MODELS or ./models)")
     download.add_argument("--base-model", metavar="DIR|ID", default=None,
                           help="also fetch this SD1.5 repository's vae/tokenizer/scheduler (default: the public one)")
