@@ -67,6 +67,9 @@ def _common_parser() -> argparse.ArgumentParser:
     motion.add_argument("--face-reference", metavar="PHOTO", default=None,
                         help="follow the person in PHOTO (the face most similar to it by ArcFace) when there are "
                              "several; replaces --face-index")
+    motion.add_argument("--smirk-channels", choices=("rgb", "bgr"), default="rgb",
+                        help="channel order of the SMIRK crop: rgb (SMIRK's own convention, default) or bgr (what "
+                             "the published expression demo feeds); changes the expressions read from faces")
     motion.add_argument("--color-match", action="store_true",
                         help="edit: match the generated face's colours to the original face before pasting it back")
     output = common.add_argument_group("video output")
@@ -209,6 +212,7 @@ def options_from_args(args: argparse.Namespace):
         gains=PartGains(expression=args.expression_gain, eyelid=args.eyelid_gain, jaw=args.jaw_gain),
         face_index=args.face_index,
         face_reference=Path(args.face_reference) if args.face_reference else None,
+        smirk_channels=args.smirk_channels,
         compile=args.compile,
         vae_fp32=args.vae_fp32,
         color_match=args.color_match,
@@ -282,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("retarget.faces").setLevel(logging.DEBUG if debug else logging.INFO)  # names the face models
     if not debug:
         import warnings
 
