@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import shutil
 import sys
@@ -270,6 +271,15 @@ def environment_checks() -> list[Check]:
             checks.append(Check(module, True, version))
         except Exception as error:  # a broken install shows as one failed line, whatever it raises
             checks.append(Check(module, False, f"cannot import ({type(error).__name__}: {error})"))
+    if importlib.util.find_spec("mediapipe") is None:
+        checks.append(Check("mediapipe", None, "not installed: the SMIRK crop comes from the detector's keypoints "
+                                               "(pip install 'retarget[mediapipe]' for the published crop)"))
+    else:
+        try:
+            version = importlib.metadata.version("mediapipe")
+        except importlib.metadata.PackageNotFoundError:
+            version = "installed"
+        checks.append(Check("mediapipe", True, f"{version} (published SMIRK crop with smirk/face_landmarker.task)"))
     try:
         import torch
 
