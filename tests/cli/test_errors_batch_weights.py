@@ -1,4 +1,4 @@
-"""Bad inputs (one line, non-zero exit, no output), batch skip/failure/sharding, weights download and doctor."""
+"""Bad inputs (one line, non-zero exit, no output), batch skip/failure/sharding, and doctor."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 from retarget.cli import main
 from retarget.jobs import batch as batch_module
-from retarget.jobs import weights as weights_module
 from retarget.video.probe import probe_video
 from tests.cli.conftest import FRAMES, copy_to
 
