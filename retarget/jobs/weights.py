@@ -154,7 +154,8 @@ def _hub_name(item: WeightFile, names: list[str]) -> str:
     suffix = Path(base).suffix
     shown = sorted(moved) or sorted(name for name in names if suffix and name.endswith(suffix)) or sorted(names)
     more = f" and {len(shown) - 12} more" if len(shown) > 12 else ""
-    raise _Unavailable(f"{item.hub_repo} has no {item.hub_filename} (it has {', '.join(shown[:12]) or 'no files'}{more})")
+    listing = ", ".join(shown[:12]) or "no files"
+    raise _Unavailable(f"{item.hub_repo} has no {item.hub_filename} (it has {listing}{more})")
 
 
 def _usable(item: WeightFile, path: Path) -> bool:

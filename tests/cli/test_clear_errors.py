@@ -75,7 +75,8 @@ def test_unusable_neutral_frames_are_input_errors():
     np.testing.assert_array_equal(neutral_values(track, 3), values[3])
     for frame, message in [(5, "--neutral-frame 5 is out of range: the driving motion has 5 frames (0 to 4)"),
                            (-1, "--neutral-frame -1 is out of range: the driving motion has 5 frames (0 to 4)"),
-                           (1, "--neutral-frame 1 is not a valid frame of the driving motion (no face was found in it)")]:
+                           (1, "--neutral-frame 1 is not a valid frame of the driving motion "
+                               "(no face was found in it)")]:
         with pytest.raises(InputError) as caught:
             neutral_values(track, frame)
         assert str(caught.value) == message

@@ -107,7 +107,8 @@ def test_wrong_shaped_smirk_download_is_refused_with_one_line(tmp_path, monkeypa
     assert main(["weights", "download", "--models", str(models), "--skip-base-model"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("retarget: error: smirk/SMIRK_em1.pt: "), err
-    assert "Skywork/SkyReels-A1" in err[0] and "2 with wrong shapes (e.g. expression_layers.0.bias: (10,) vs (55,))" in err[0]
+    assert "Skywork/SkyReels-A1" in err[0]
+    assert "2 with wrong shapes (e.g. expression_layers.0.bias: (10,) vs (55,))" in err[0]
     assert not (models / "smirk" / "SMIRK_em1.pt").exists()
     assert not list((models / weights_module.STAGING_FOLDER).rglob("SMIRK_em1.pt"))  # the bad copy is deleted
 

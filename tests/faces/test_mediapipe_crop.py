@@ -40,21 +40,25 @@ def test_landmarks_give_the_crop_when_mediapipe_and_the_task_file_are_there(mode
             return points
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(smirk_crop.importlib.util, "find_spec", lambda name, *a: object() if name == "mediapipe" else real(name, *a))
+    monkeypatch.setattr(smirk_crop.importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "mediapipe" else real(name, *a))
     monkeypatch.setattr(expressions_module, "MediaPipeLandmarker", FakeLandmarker)
     with caplog.at_level(logging.INFO, logger="retarget.faces.expressions"):
         extractor = ExpressionExtractor.from_models_dir(models, device="cpu", channel_order="bgr")
     assert created == [models / "smirk" / "face_landmarker.task"] and extractor.channel_order == "bgr"
-    assert f"SMIRK crop: from MediaPipe landmarks ({models / 'smirk' / 'face_landmarker.task'}), BGR input" in caplog.text
+    task = models / "smirk" / "face_landmarker.task"
+    assert f"SMIRK crop: from MediaPipe landmarks ({task}), BGR input" in caplog.text
     keypoints = np.array([[230, 110], [270, 110], [250, 135], [235, 160], [265, 160]], np.float32)
     expected = np.floor(landmark_crop_transform(points).warp(astronaut, dtype=np.float32)) / 255.0
     np.testing.assert_array_equal(extractor.crop(astronaut, keypoints), expected)
-    assert not np.array_equal(expected, np.floor(keypoint_crop_transform(keypoints).warp(astronaut, dtype=np.float32)) / 255.0)
+    from_keypoints = np.floor(keypoint_crop_transform(keypoints).warp(astronaut, dtype=np.float32)) / 255.0
+    assert not np.array_equal(expected, from_keypoints)
 
 
 def test_without_mediapipe_the_keypoint_crop_is_used_and_the_log_says_why(models, monkeypatch, caplog):
     real = importlib.util.find_spec
-    monkeypatch.setattr(smirk_crop.importlib.util, "find_spec", lambda name, *a: None if name == "mediapipe" else real(name, *a))
+    monkeypatch.setattr(smirk_crop.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mediapipe" else real(name, *a))
     with caplog.at_level(logging.INFO, logger="retarget.faces.expressions"):
         extractor = ExpressionExtractor.from_models_dir(models, device="cpu")
     assert extractor.landmarker is None
@@ -67,5 +71,6 @@ def test_a_broken_task_file_is_one_weights_error_line(models):
     with pytest.raises(WeightsError) as caught:
         MediaPipeLandmarker(models / "smirk" / "face_landmarker.task")
     message = str(caught.value)
-    assert message.startswith(f"cannot load the MediaPipe face landmarker {models / 'smirk' / 'face_landmarker.task'} (")
+    task = models / "smirk" / "face_landmarker.task"
+    assert message.startswith(f"cannot load the MediaPipe face landmarker {task} (")
     assert "\n" not in message
