@@ -67,6 +67,9 @@ def _common_parser() -> argparse.ArgumentParser:
     motion.add_argument("--face-reference", metavar="PHOTO", default=None,
                         help="follow the person in PHOTO (the face most similar to it by ArcFace) when there are "
                              "several; replaces --face-index")
+    motion.add_argument("--smirk-channels", choices=("rgb", "bgr"), default="rgb",
+                        help="channel order of the SMIRK crop: rgb (SMIRK's own convention, default) or bgr (what "
+                             "the published expression demo feeds); changes the expressions read from faces")
     motion.add_argument("--color-match", action="store_true",
                         help="edit: match the generated face's colours to the original face before pasting it back")
     output = common.add_argument_group("video output")
@@ -174,9 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     weights = sub.add_parser("weights", parents=[debug], help="manage the model files")
     weights_sub = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
     download = weights_sub.add_parser("download", parents=[debug], help="fetch the published files from the hub",
-                                      description="Download the published files into the published layout "
-                                                  "(resumable) and print the manual steps for the files that are "
-                                                  "not on the hub.")
+                                      description="Download every file of the published layout from the hub "
+                                                  "(resumable; files already in place are kept), check each with "
+                                                  "its loader, and print the manual step for any file that could "
+                                                  "not be downloaded.")
     download.add_argument("--models", metavar="DIR", default=None, help="target folder (default $RETARGET_MODELS or ./models)")
     download.add_argument("--base-model", metavar="DIR|ID", default=None,
                           help="also fetch this SD1.5 repository's vae/tokenizer/scheduler (default: the public one)")
@@ -220,6 +224,7 @@ def options_from_args(args: argparse.Namespace):
         gains=PartGains(expression=args.expression_gain, eyelid=args.eyelid_gain, jaw=args.jaw_gain),
         face_index=args.face_index,
         face_reference=Path(args.face_reference) if args.face_reference else None,
+        smirk_channels=args.smirk_channels,
         compile=args.compile,
         vae_fp32=args.vae_fp32,
         color_match=args.color_match,
@@ -302,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("retarget.faces").setLevel(logging.DEBUG if debug else logging.INFO)  # names the face models
     if not debug:
         import warnings
 

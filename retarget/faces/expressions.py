@@ -167,16 +167,22 @@ class ExpressionExtractor:
 
     @classmethod
     def from_models_dir(cls, models_dir: str | os.PathLike, device: str | None = None, **kwargs) -> "ExpressionExtractor":
-        """Load ``<models_dir>/smirk/SMIRK_em1.pt``, plus MediaPipe when ``face_landmarker.task`` and the package exist."""
+        """Load ``<models_dir>/smirk/SMIRK_em1.pt``, plus MediaPipe when ``face_landmarker.task`` and the package exist
+        (the published crop); ``kwargs`` go to the constructor. Logs (INFO, logger ``retarget.faces.expressions``)
+        one line naming the crop and channel order used."""
         models_dir = Path(models_dir)
         encoder = load_smirk_encoder(models_dir / "smirk" / SMIRK_FILENAME, device=device)
-        landmarker = None
-        if MediaPipeLandmarker.available(models_dir):
-            landmarker = MediaPipeLandmarker(models_dir / "smirk" / LANDMARKER_FILENAME)
-            logger.info("SMIRK crop: MediaPipe FaceLandmarker from %s", models_dir / "smirk" / LANDMARKER_FILENAME)
+        task = models_dir / "smirk" / LANDMARKER_FILENAME
+        landmarker = MediaPipeLandmarker(task) if MediaPipeLandmarker.available(models_dir) else None
+        extractor = cls(encoder, landmarker, **kwargs)
+        if landmarker is not None:
+            crop = f"MediaPipe landmarks ({task})"
+        elif task.is_file():
+            crop = "the detector's keypoints (mediapipe is not installed: pip install mediapipe)"
         else:
-            logger.info("SMIRK crop: from the detector's five keypoints (MediaPipe landmarker not available)")
-        return cls(encoder, landmarker, **kwargs)
+            crop = f"the detector's keypoints ({task} not found)"
+        logger.info("SMIRK crop: from %s, %s input", crop, extractor.channel_order.upper())
+        return extractor
 
     def crop(self, image: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
         """The SMIRK crop of one face: float32 [224, 224, 3], RGB values in [0, 1] (multiples of 1/255).

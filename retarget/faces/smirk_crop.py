@@ -20,14 +20,17 @@ The geometric data below is derived from MediaPipe's ``canonical_face_model.obj`
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
+import weakref
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..errors import WeightsError
 from .alignment import AlignTransform, estimate_similarity
 
 __all__ = [
@@ -106,24 +109,42 @@ class MediaPipeLandmarker:
     The ``mediapipe`` package is imported only when one is created. Settings follow the published use (detection
     and presence confidence 0.1); several faces are searched and the one nearest the tracked keypoints is used.
 
+    MediaPipe's native log lines while the graph is built (TFLite delegate notices, written straight to the
+    process's stderr) are discarded unless this module's logger is enabled for DEBUG (``retarget --debug``).
+
     Args:
         task_path: the ``face_landmarker.task`` file.
         num_faces: faces searched per image.
+
+    Raises:
+        WeightsError: ``mediapipe`` lacks the Tasks FaceLandmarker API or cannot read the file.
     """
 
     def __init__(self, task_path: str | os.PathLike, num_faces: int = 4) -> None:
-        from mediapipe import Image, ImageFormat
-        from mediapipe.tasks.python import BaseOptions, vision
+        try:
+            from mediapipe import Image, ImageFormat
+            from mediapipe.tasks.python import BaseOptions, vision
 
-        self._image_type, self._format = Image, ImageFormat.SRGB
-        options = vision.FaceLandmarkerOptions(
-            base_options=BaseOptions(model_asset_path=str(task_path)),
-            num_faces=int(num_faces),
-            min_face_detection_confidence=0.1,
-            min_face_presence_confidence=0.1,
-        )
-        self._landmarker = vision.FaceLandmarker.create_from_options(options)
+            self._image_type, self._format = Image, ImageFormat.SRGB
+            options = vision.FaceLandmarkerOptions(
+                base_options=BaseOptions(model_asset_path=str(task_path)),
+                num_faces=int(num_faces),
+                min_face_detection_confidence=0.1,
+                min_face_presence_confidence=0.1,
+            )
+            with _quiet_native_stderr(enabled=not logger.isEnabledFor(logging.DEBUG)):
+                self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        except Exception as error:  # an incompatible mediapipe or a broken .task file: one line, not a traceback
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise WeightsError(f"cannot load the MediaPipe face landmarker {task_path} ({reason}); remove the file "
+                               "to use the keypoint crop") from error
         self.task_path = task_path
+        # Close while the interpreter is intact: mediapipe 1.2's own __del__ fails during interpreter shutdown.
+        self._finalizer = weakref.finalize(self, self._landmarker.close)
+
+    def close(self) -> None:
+        """Release the native landmarker (also done when this object is collected or the process exits)."""
+        self._finalizer()
 
     @staticmethod
     def available(models_dir: str | os.PathLike | None) -> bool:
@@ -158,3 +179,24 @@ class MediaPipeLandmarker:
         if not inside:
             return None
         return min(inside, key=lambda points: float(np.linalg.norm(points.mean(axis=0) - center)))
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr(enabled: bool = True):
+    """Send file descriptor 2 to the null device for the duration (native libraries log there directly, past
+    Python's ``sys.stderr``); a no-op when ``enabled`` is False or stderr has no file descriptor."""
+    try:
+        saved = os.dup(2) if enabled else None
+    except OSError:
+        saved = None
+    if saved is None:
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)

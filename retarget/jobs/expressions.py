@@ -16,22 +16,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from retarget.errors import InputError
 from retarget.jobs.options import JobOptions
-from retarget.motion.adjust import PartGains, apply_gains, neutral_frame
+from retarget.motion.adjust import PartGains, apply_gains, checked_neutral, neutral_frame
 from retarget.motion.track import MotionTrack, clamp_published
 
 
 def neutral_values(track: MotionTrack, frame: int | None) -> np.ndarray:
     """float32 ``[55]``: the values of ``track`` at its neutral frame, ``frame`` (a frame number, checked: in range
-    and with a face) or, for ``None``, the lowest-energy valid frame. Raises :class:`InputError` for a bad frame."""
-    if frame is None:
-        return track.values[neutral_frame(track)].copy()
-    if not 0 <= frame < len(track):
-        raise InputError(f"--neutral-frame {frame} is out of range: the driving motion has {len(track)} frames")
-    if not track.valid[frame]:
-        raise InputError(f"--neutral-frame {frame}: no face was found in that frame")
-    return track.values[frame].copy()
+    and with a face) or, for ``None``, the lowest-energy valid frame. A bad frame, or a track without any face,
+    raises :class:`~retarget.motion.adjust.NeutralFrameError` (an :class:`~retarget.errors.InputError`)."""
+    index = neutral_frame(track) if frame is None else checked_neutral(track, frame, name="--neutral-frame")
+    return track.values[index].copy()
 
 
 def rendered_expressions(driving: MotionTrack, options: JobOptions, own: np.ndarray | None = None,

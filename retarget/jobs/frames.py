@@ -29,13 +29,15 @@ IDENTITY_SAMPLES = 32
 
 class FaceModels:
     """The face models of one session, each loaded on first use: ``detector`` (SCRFD when the models folder has
-    it, else the bundled MTCNN), ``identity`` (``antelopev2/arcface.onnx``), ``expressions`` (``smirk/SMIRK_em1.pt``).
+    it, else the bundled MTCNN), ``identity`` (``antelopev2/arcface.onnx``), ``expressions`` (``smirk/SMIRK_em1.pt``,
+    fed ``channel_order`` "rgb" or "bgr", see :class:`~retarget.faces.expressions.ExpressionExtractor`).
     Missing or broken files raise :class:`~retarget.errors.WeightsError` when first needed."""
 
-    def __init__(self, models_dir: Path, device: str | None = None, batch_size: int = 32):
+    def __init__(self, models_dir: Path, device: str | None = None, batch_size: int = 32, channel_order: str = "rgb"):
         self.models_dir = Path(models_dir)
         self.device = device
         self.batch_size = batch_size
+        self.channel_order = channel_order
         self._detector = self._identity = self._expressions = None
 
     @property
@@ -58,7 +60,8 @@ class FaceModels:
             from retarget.faces.expressions import ExpressionExtractor
 
             self._expressions = ExpressionExtractor.from_models_dir(self.models_dir, device=self.device,
-                                                                    batch_size=self.batch_size)
+                                                                    batch_size=self.batch_size,
+                                                                    channel_order=self.channel_order)
         return self._expressions
 
 

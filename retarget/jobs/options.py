@@ -20,6 +20,7 @@ from retarget.video.encoding import EncoderSettings
 from retarget.video.resume import file_identity
 
 SMOOTHING_METHODS = ("kalman", "savgol", "one_euro", "none")
+SMIRK_CHANNELS = ("rgb", "bgr")
 DTYPES = ("fp32", "fp16", "bf16")
 
 
@@ -43,7 +44,9 @@ class JobOptions:
     ``neutral_frame`` (a frame number of the driving clip or expression source; ``None`` = the lowest-energy valid
     frame); ``gains`` (per-part multipliers of the transferred motion).
     Faces: ``face_index`` (0 = largest face in the first frame that has faces; that face is then followed through
-    the clip) or ``face_reference`` (a photo of the person to follow, matched by ArcFace similarity).
+    the clip) or ``face_reference`` (a photo of the person to follow, matched by ArcFace similarity);
+    ``smirk_channels`` (:data:`SMIRK_CHANNELS`: the channel order of SMIRK's input crop, "rgb" as SMIRK expects or
+    "bgr" as the published demo feeds it; it changes the expressions read, so it is part of the render key).
     Pipeline: ``compile`` (``torch.compile`` the UNet), ``vae_fp32`` (VAE in fp32). Paste-back (``edit``):
     ``color_match`` (match the generated face's colour statistics to the original face). Output: ``encoder``;
     ``watermark`` (embed the invisible provenance mark in every output frame, see :mod:`retarget.provenance`).
@@ -67,6 +70,7 @@ class JobOptions:
     gains: PartGains = field(default_factory=PartGains)
     face_index: int = 0
     face_reference: Path | None = None
+    smirk_channels: str = "rgb"
     compile: bool = False
     vae_fp32: bool = False
     color_match: bool = False
@@ -92,6 +96,7 @@ class JobOptions:
             (self.face_reference is None or self.face_index == 0, "use either --face-index or --face-reference"),
             (self.smooth in SMOOTHING_METHODS, f"--smooth must be one of {', '.join(SMOOTHING_METHODS)}"),
             (self.dtype is None or self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
+            (self.smirk_channels in SMIRK_CHANNELS, f"--smirk-channels must be one of {', '.join(SMIRK_CHANNELS)}"),
         ]
         for ok, message in checks:
             if not ok:

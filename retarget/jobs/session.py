@@ -21,7 +21,8 @@ class RenderSession:
 
     def __init__(self, options: JobOptions):
         self.options = options
-        self.faces = FaceModels(options.models, device=options.device, batch_size=max(8, options.batch_size))
+        self.faces = FaceModels(options.models, device=options.device, batch_size=max(8, options.batch_size),
+                                channel_order=options.smirk_channels)
         self._pipeline = None
         self._face_reference = None
 

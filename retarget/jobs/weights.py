@@ -1,46 +1,96 @@
-"""The model files: download from the hub into the published layout, manual steps, and ``doctor`` checks.
+"""The model files: download from the hub into the published layout, manual fallbacks, and ``doctor`` checks.
 
-Published layout (``--models DIR``)::
+Published layout (``--models DIR``) and where ``retarget weights download`` fetches each file (hub repository,
+file in it)::
 
-    arc2face/config.json, arc2face/diffusion_pytorch_model.safetensors   hub: FoivosPar/Arc2Face
-    encoder/config.json, encoder/pytorch_model.bin                       hub: FoivosPar/Arc2Face
-    exp_adapter/exp_adapter.bin                                          hub: FoivosPar/Arc2Face
-    ref_adapter/pytorch_lora_weights.safetensors                         hub: FoivosPar/Arc2Face
-    antelopev2/arcface.onnx                                              hub: FoivosPar/Arc2Face (file arcface.onnx)
-    antelopev2/scrfd_10g_bnkps.onnx      manual (insightface antelopev2 package); MTCNN is used without it
-    smirk/SMIRK_em1.pt                   manual (SMIRK release, Google Drive)
-    smirk/face_landmarker.task           manual (MediaPipe model storage)
+    arc2face/config.json, arc2face/diffusion_pytorch_model.safetensors   FoivosPar/Arc2Face (same paths)
+    encoder/config.json, encoder/pytorch_model.bin                       FoivosPar/Arc2Face (same paths)
+    exp_adapter/exp_adapter.bin                                          FoivosPar/Arc2Face (same path)
+    ref_adapter/pytorch_lora_weights.safetensors                         FoivosPar/Arc2Face (same path)
+    antelopev2/arcface.onnx                                              FoivosPar/Arc2Face, arcface.onnx
+    antelopev2/scrfd_10g_bnkps.onnx      optional  DIAMONIK7777/antelopev2, scrfd_10g_bnkps.onnx (MTCNN without it)
+    smirk/SMIRK_em1.pt                             Skywork/SkyReels-A1, extra_models/smirk/SMIRK_em1.pt
+    smirk/face_landmarker.task           optional  Skywork/SkyReels-A1, extra_models/mediapipe/face_landmarker.task
 
 plus the SD1.5 base folders ``vae/``, ``tokenizer/``, ``scheduler/`` (hub: stable-diffusion-v1-5/stable-diffusion-v1-5),
 kept in the huggingface_hub cache and found again by ``--base-model`` / ``$RETARGET_BASE_MODEL``.
+
+SMIRK's own release is a Google Drive file and MediaPipe's model lives on Google storage; the copies fetched here
+are the ones other public model repositories ship (SkyReels-A1 keeps SMIRK and MediaPipe in ``extra_models/``;
+the antelopev2 mirror is insightface's detector pack). Every file fetched from them is checked with the loader that
+uses it (SMIRK: every key and shape of the expression encoder; ONNX models: their inputs and outputs; the
+``.task`` bundle: its model members) before it is moved into the layout.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import shutil
 import sys
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from retarget.errors import WeightsError
 
 HUB_REPO = "FoivosPar/Arc2Face"
+SKYREELS_REPO = "Skywork/SkyReels-A1"
+ANTELOPE_REPO = "DIAMONIK7777/antelopev2"
+STAGING_FOLDER = ".download"
+"""Folder inside the models folder where the hub files land before they are checked and moved into the layout
+(huggingface_hub keeps its resume data there; removed once every file is in place)."""
+
+LANDMARKER_MEMBERS = ("face_detector.tflite", "face_landmarks_detector.tflite")
+"""Members every MediaPipe ``face_landmarker.task`` bundle (a zip archive) has."""
+
+
+def _check_arcface(path: Path) -> None:
+    from retarget.faces.identity import IdentityEncoder
+
+    IdentityEncoder(path, device="cpu")
+
+
+def _check_scrfd(path: Path) -> None:
+    from retarget.faces.scrfd import ScrfdDetector
+
+    ScrfdDetector(path, device="cpu")
+
+
+def _check_smirk(path: Path) -> None:
+    from retarget.faces.expressions import load_smirk_encoder
+
+    load_smirk_encoder(path, device="cpu")
+
+
+def _check_landmarker(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as bundle:
+            names = {Path(name).name for name in bundle.namelist()}
+    except (zipfile.BadZipFile, OSError) as error:
+        raise WeightsError(f"{path} is not a MediaPipe .task bundle ({error})") from error
+    lacking = [name for name in LANDMARKER_MEMBERS if name not in names]
+    if lacking:
+        raise WeightsError(f"{path} is not a MediaPipe face landmarker bundle (no {', '.join(lacking)})")
 
 
 @dataclass(frozen=True)
 class WeightFile:
     """One file of the published layout: where it goes (``path``, relative to the models folder), where it comes
-    from (``hub_filename`` in :data:`HUB_REPO`, or ``None`` for a manual step described by ``manual``), and whether
-    rendering needs it (``required``)."""
+    from (``hub_filename`` in the hub repository ``hub_repo``), how to get it by hand when the download fails
+    (``manual``, with ``{models}`` for the models folder), whether rendering needs it (``required``) and the
+    loader that checks a downloaded copy (``check``: raises :class:`WeightsError` for an unusable file)."""
 
     path: str
     what: str
-    hub_filename: str | None = None
+    hub_filename: str
     manual: str = ""
     required: bool = True
+    hub_repo: str = HUB_REPO
+    check: Callable[[Path], None] | None = None
 
 
 WEIGHT_FILES = (
@@ -50,24 +100,25 @@ WEIGHT_FILES = (
     WeightFile("encoder/pytorch_model.bin", "identity encoder", "encoder/pytorch_model.bin"),
     WeightFile("exp_adapter/exp_adapter.bin", "expression adapter", "exp_adapter/exp_adapter.bin"),
     WeightFile("ref_adapter/pytorch_lora_weights.safetensors", "reference adapter", "ref_adapter/pytorch_lora_weights.safetensors"),
-    WeightFile("antelopev2/arcface.onnx", "ArcFace recognition model", "arcface.onnx"),
+    WeightFile("antelopev2/arcface.onnx", "ArcFace recognition model", "arcface.onnx", check=_check_arcface),
     WeightFile(
-        "antelopev2/scrfd_10g_bnkps.onnx", "SCRFD face detector", None,
+        "antelopev2/scrfd_10g_bnkps.onnx", "SCRFD face detector", "scrfd_10g_bnkps.onnx",
         "download the insightface 'antelopev2' package (https://github.com/deepinsight/insightface/tree/master/"
         "python-package#model-zoo) and copy scrfd_10g_bnkps.onnx into {models}/antelopev2/ (without it the "
         "bundled MTCNN detector is used)",
-        required=False,
+        required=False, hub_repo=ANTELOPE_REPO, check=_check_scrfd,
     ),
     WeightFile(
-        "smirk/SMIRK_em1.pt", "SMIRK expression encoder", None,
+        "smirk/SMIRK_em1.pt", "SMIRK expression encoder", "extra_models/smirk/SMIRK_em1.pt",
         "download SMIRK_em1.pt from the SMIRK release (https://github.com/georgeretsi/smirk, Google Drive id "
         "1T65uEd9dVLHgVw5KiUYL66NUee-MCzoE, e.g. `gdown --id 1T65uEd9dVLHgVw5KiUYL66NUee-MCzoE -O {models}/smirk/`)",
+        hub_repo=SKYREELS_REPO, check=_check_smirk,
     ),
     WeightFile(
-        "smirk/face_landmarker.task", "MediaPipe face landmarker", None,
+        "smirk/face_landmarker.task", "MediaPipe face landmarker", "extra_models/mediapipe/face_landmarker.task",
         "download https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/latest/"
-        "face_landmarker.task into {models}/smirk/",
-        required=False,
+        "face_landmarker.task into {models}/smirk/ (without it the SMIRK crop comes from the detector's keypoints)",
+        required=False, hub_repo=SKYREELS_REPO, check=_check_landmarker,
     ),
 )
 
@@ -82,45 +133,114 @@ def missing_files(models: Path, required_only: bool = True) -> list[WeightFile]:
     return out
 
 
-def manual_steps(models: Path) -> list[str]:
-    """One line per file that is not on the hub and not yet in ``models``."""
-    return [f"{item.path}: {item.manual.format(models=models)}"
-            for item in WEIGHT_FILES if item.hub_filename is None and not (models / item.path).is_file()]
+class _Unavailable(Exception):
+    """A hub file that could not be fetched (network, missing from the repository); the message says why."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _hub_name(item: WeightFile, names: list[str]) -> str:
+    """The file of ``names`` (a repository listing) to fetch for ``item``: ``item.hub_filename``, else the one
+    file with the same name elsewhere in the repository; raises :class:`_Unavailable` listing what it has."""
+    if item.hub_filename in names:
+        return item.hub_filename
+    base = Path(item.hub_filename).name
+    moved = [name for name in names if Path(name).name == base]
+    if len(moved) == 1:
+        return moved[0]
+    suffix = Path(base).suffix
+    shown = sorted(moved) or sorted(name for name in names if suffix and name.endswith(suffix)) or sorted(names)
+    more = f" and {len(shown) - 12} more" if len(shown) > 12 else ""
+    listing = ", ".join(shown[:12]) or "no files"
+    raise _Unavailable(f"{item.hub_repo} has no {item.hub_filename} (it has {listing}{more})")
+
+
+def _usable(item: WeightFile, path: Path) -> bool:
+    """True when ``path`` exists, is not empty and passes ``item``'s check."""
+    if not (path.is_file() and path.stat().st_size > 0):
+        return False
+    if item.check is not None:
+        try:
+            item.check(path)
+        except WeightsError:
+            return False
+    return True
 
 
 def download_weights(models: Path, base_model: str | None = "", out=None) -> Path:
-    """Download every hub file of :data:`WEIGHT_FILES` into ``models`` (published layout) and, unless
-    ``base_model`` is ``None``, the SD1.5 base files (``""`` = the default repository). huggingface_hub shows
-    progress, resumes interrupted downloads and skips files already complete. Prints the manual steps for the
-    other files. Raises :class:`WeightsError` (one line) when the hub cannot be reached."""
-    from huggingface_hub import hf_hub_download
+    """Download every file of :data:`WEIGHT_FILES` into ``models`` (published layout) and, unless ``base_model``
+    is ``None``, the SD1.5 base files (``""`` = the default repository).
+
+    Files already in place (and passing their check) are kept. Each file is fetched alone with
+    ``hf_hub_download`` (progress, resumable) after the repository's file listing confirms its name (a file that
+    moved inside its repository is found by name), checked with its loader, and only then moved into the layout.
+    A file that cannot be fetched is reported with its manual step; the download goes on with the others.
+
+    Raises:
+        WeightsError (one line): a downloaded file fails its check (it is deleted), or a required file could not
+        be downloaded (after the others were fetched and the manual steps printed; the base model is then not
+        fetched).
+    """
+    import huggingface_hub
 
     out = out or sys.stdout
     models = Path(models)
     models.mkdir(parents=True, exist_ok=True)
+    staging = models / STAGING_FOLDER
+    listings: dict[str, list[str] | _Unavailable] = {}
+    failed: list[tuple[WeightFile, str]] = []
     for item in WEIGHT_FILES:
-        if item.hub_filename is None:
-            continue
         target = models / item.path
-        print(f"{item.path} ({item.what})", file=out)
+        if _usable(item, target):
+            print(f"{item.path} ({item.what}): already in place", file=out)
+            continue
+        print(f"{item.path} ({item.what}) from {item.hub_repo}", file=out)
         try:
-            fetched = Path(hf_hub_download(HUB_REPO, item.hub_filename, local_dir=str(target.parent if item.hub_filename != item.path else models)))
-        except Exception as error:
-            raise WeightsError(f"cannot download {item.hub_filename} from {HUB_REPO} ({type(error).__name__}: "
-                               f"{str(error).splitlines()[0] if str(error) else ''})") from error
-        if fetched.resolve() != target.resolve():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(fetched), target)
+            if item.hub_repo not in listings:
+                try:
+                    listings[item.hub_repo] = list(huggingface_hub.HfApi().list_repo_files(item.hub_repo))
+                except Exception as error:  # network, authentication, unknown repository: all mean "not now"
+                    listings[item.hub_repo] = _Unavailable(f"cannot list {item.hub_repo} ({_first_line(error)})")
+            listing = listings[item.hub_repo]
+            if isinstance(listing, _Unavailable):
+                raise listing
+            name = _hub_name(item, listing)
+            try:
+                fetched = Path(huggingface_hub.hf_hub_download(
+                    repo_id=item.hub_repo, filename=name, local_dir=str(staging / item.hub_repo.replace("/", "--"))))
+            except Exception as error:
+                raise _Unavailable(f"cannot download {name} from {item.hub_repo} ({_first_line(error)})") from error
+        except _Unavailable as reason:
+            print(f"  not downloaded: {reason}", file=out)
+            failed.append((item, str(reason)))
+            continue
+        if item.check is not None:
+            try:
+                item.check(fetched)
+            except WeightsError as error:
+                fetched.unlink(missing_ok=True)
+                raise WeightsError(f"{item.path}: the file downloaded from {item.hub_repo} ({name}) is not usable: "
+                                   f"{str(error).strip().splitlines()[0]}") from error
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(fetched), target)
+    if not failed:
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        print("files that could not be downloaded (get them by hand):", file=out)
+        for item, reason in failed:
+            print(f"  {item.path}: {item.manual.format(models=models) if item.manual else reason}", file=out)
+    lacking = [(item, reason) for item, reason in failed if item.required]
+    if lacking:
+        names = ", ".join(item.path for item, _ in lacking)
+        raise WeightsError(f"could not download {names}: {lacking[0][1]} (the manual steps are printed above)")
     if base_model is not None:
         from retarget.models.loading import resolve_base_model
 
         base = resolve_base_model(base_model or None)
         print(f"base model files: {base}", file=out)
-    steps = manual_steps(models)
-    if steps:
-        print("files that are not on the hub (download them by hand):", file=out)
-        for line in steps:
-            print(f"  {line}", file=out)
     return models
 
 
@@ -152,6 +272,15 @@ def environment_checks() -> list[Check]:
             checks.append(Check(module, True, version))
         except Exception as error:  # a broken install shows as one failed line, whatever it raises
             checks.append(Check(module, False, f"cannot import ({type(error).__name__}: {error})"))
+    if importlib.util.find_spec("mediapipe") is None:
+        checks.append(Check("mediapipe", None, "not installed: the SMIRK crop comes from the detector's keypoints "
+                                               "(pip install 'retarget[mediapipe]' for the published crop)"))
+    else:
+        try:
+            version = importlib.metadata.version("mediapipe")
+        except importlib.metadata.PackageNotFoundError:
+            version = "installed"
+        checks.append(Check("mediapipe", True, f"{version} (published SMIRK crop with smirk/face_landmarker.task)"))
     try:
         import torch
 
@@ -182,7 +311,9 @@ def weight_checks(models: Path, base_model: str | None, load: bool = False) -> l
         if path.is_file() and path.stat().st_size > 0:
             checks.append(Check(item.path, True, f"{path.stat().st_size / 1e6:.1f} MB"))
         else:
-            how = "run `retarget weights download`" if item.hub_filename else item.manual.format(models=models)
+            how = "run `retarget weights download`"
+            if item.manual:
+                how += f" or {item.manual.format(models=models)}"
             checks.append(Check(item.path, False if item.required else None, f"missing; {how}"))
     base = base_model or os.environ.get("RETARGET_BASE_MODEL")
     if base and Path(base).expanduser().is_dir():

@@ -4,6 +4,10 @@ Relative mode transfers the actor's *changes* of expression rather than their ab
 clip's neutral frame is subtracted and the target's own expression added,
 ``out = target + gains * (driving - driving[neutral])``. Absolute mode with gains is ``out = gains * driving``.
 Both clamp to the published ranges (eyelid [0, 1], jaw[0] >= 0, jaw[1:3] in [-0.2, 0.2]).
+
+A neutral frame that cannot be used (out of range, without a face, or a track with no face at all) raises
+:class:`NeutralFrameError`: an :class:`~retarget.errors.InputError` (one line on the command line) that is also a
+``ValueError``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from retarget.errors import InputError
 from retarget.motion.track import DIM, EXPRESSION, EYELID, JAW, MotionTrack, clamp_published
 
 
@@ -37,15 +42,31 @@ def expression_energy(values: np.ndarray) -> np.ndarray:
     return np.sum(values[:, EXPRESSION] ** 2, axis=1) + values[:, 52] ** 2
 
 
+class NeutralFrameError(InputError, ValueError):
+    """A neutral frame that cannot be used: out of range, without a face, or no valid frame to choose from."""
+
+
+def checked_neutral(track: MotionTrack, index: int, name: str = "neutral frame") -> int:
+    """``index`` if it is a frame of ``track`` with a face, else :class:`NeutralFrameError` (``name`` is how the
+    message calls the frame, e.g. ``--neutral-frame``)."""
+    if not 0 <= index < len(track):
+        raise NeutralFrameError(f"{name} {index} is out of range: the driving motion has {len(track)} frames "
+                                f"(0 to {len(track) - 1})")
+    if not track.valid[index]:
+        raise NeutralFrameError(f"{name} {index} is not a valid frame of the driving motion (no face was found in it)")
+    return int(index)
+
+
 def neutral_frame(track: MotionTrack, method: Literal["lowest_energy", "median"] = "lowest_energy") -> int:
     """Index of the valid frame to use as the actor's neutral face.
 
     ``lowest_energy``: the frame with the smallest :func:`expression_energy`. ``median``: the frame closest
     (Euclidean, all 55 values) to the per-value median over valid frames, i.e. the actor's most typical face.
+    Raises :class:`NeutralFrameError` when no frame is valid.
     """
     candidates = np.flatnonzero(track.valid)
     if candidates.size == 0:
-        raise ValueError("the track has no valid frame to take a neutral face from")
+        raise NeutralFrameError("the driving motion has no frame with a face to take a neutral face from")
     values = track.values[candidates].astype(np.float64)
     if method == "lowest_energy":
         score = expression_energy(values)
@@ -65,15 +86,13 @@ def relative_motion(
     """``target + gains * (driving - driving[neutral])``, clamped.
 
     ``target``: float ``[55]`` (one expression, e.g. from the identity photo) or ``[N, 55]`` aligned with
-    ``driving`` (each target frame's own expression). ``neutral``: a frame index (must be valid) or a method of
-    :func:`neutral_frame`. Validity is the driving track's.
+    ``driving`` (each target frame's own expression). ``neutral``: a frame index (must be valid, else
+    :class:`NeutralFrameError`) or a method of :func:`neutral_frame`. Validity is the driving track's.
     """
     target = np.asarray(target, dtype=np.float32)
     if target.shape not in ((DIM,), (len(driving), DIM)):
         raise ValueError(f"target expression must be [{DIM}] or [{len(driving)}, {DIM}], got {target.shape}")
-    index = neutral_frame(driving, neutral) if isinstance(neutral, str) else int(neutral)
-    if not 0 <= index < len(driving) or not driving.valid[index]:
-        raise ValueError(f"neutral frame {index} is not a valid frame of the driving track")
+    index = neutral_frame(driving, neutral) if isinstance(neutral, str) else checked_neutral(driving, int(neutral))
     delta = driving.values - driving.values[index]
     return driving.with_values(clamp_published(target + gains.vector() * delta))
 

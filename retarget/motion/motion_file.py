@@ -49,7 +49,8 @@ def save_motion(track: MotionTrack, path: str | os.PathLike) -> Path:
 
 
 def load_motion(path: str | os.PathLike) -> MotionTrack:
-    """Read and validate a motion file; anything else raises :class:`InputError` with one line naming the file."""
+    """Read and validate a motion file; anything else, or a file without a single valid frame (nothing to
+    transfer), raises :class:`InputError` with one line naming the file."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such motion file")
@@ -87,6 +88,9 @@ def _validate(path: Path, arrays: dict[str, np.ndarray]) -> MotionTrack:
         raise InputError(f"{path}: 'times' must be float64 [{n}], found {times.dtype} {times.shape}")
     if not np.all(np.isfinite(times)) or (n > 1 and not np.all(np.diff(times) > 0)):
         raise InputError(f"{path}: motion timestamps are not finite and strictly increasing")
+    if not valid.any():
+        raise InputError(f"{path}: the motion file has no frame with a face ({n} frames, none valid)" if n
+                         else f"{path}: the motion file has no frames")
     if not np.all(np.isfinite(values[valid])):
         raise InputError(f"{path}: motion values contain NaN or infinity in valid frames")
     if rate.dtype.kind not in "iu" or rate.shape != (2,) or rate[0] <= 0 or rate[1] <= 0:

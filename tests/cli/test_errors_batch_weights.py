@@ -1,4 +1,4 @@
-"""Bad inputs (one line, non-zero exit, no output), batch skip/failure/sharding, weights download and doctor."""
+"""Bad inputs (one line, non-zero exit, no output), batch skip/failure/sharding, and doctor."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 from retarget.cli import main
 from retarget.jobs import batch as batch_module
-from retarget.jobs import weights as weights_module
 from retarget.video.probe import probe_video
 from tests.cli.conftest import FRAMES, copy_to
 
@@ -119,31 +118,6 @@ def test_sharding_gives_every_file_exactly_one_process(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert batch_module.process_share() == (3, 4)
-
-
-def test_weights_download_layout_and_manual_steps(tmp_path, monkeypatch, capsys):
-    fetched = []
-
-    def fake_download(repo_id, filename, local_dir):
-        fetched.append((repo_id, filename))
-        path = Path(local_dir) / filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"x")
-        return str(path)
-
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    models = tmp_path / "models"
-    assert main(["weights", "download", "--models", str(models), "--skip-base-model"]) == 0
-    out = capsys.readouterr().out
-    hub_paths = [w.path for w in weights_module.WEIGHT_FILES if w.hub_filename]
-    assert all((models / p).is_file() for p in hub_paths) and len(fetched) == len(hub_paths) == 7
-    assert ("FoivosPar/Arc2Face", "arcface.onnx") in fetched and (models / "antelopev2" / "arcface.onnx").is_file()
-    assert "smirk/SMIRK_em1.pt" in out and "face_landmarker.task" in out
-    # the required SMIRK file is still missing: doctor fails and says how to get it
-    assert main(["doctor", "--models", str(models)]) == 1
-    assert "[FAIL] smirk/SMIRK_em1.pt" in capsys.readouterr().out
 
 
 def test_doctor_passes_on_complete_folder(cli_models, capsys):

@@ -1,0 +1,170 @@
+"""Clear errors and reporting: motion files without a face, unusable neutral frames, the face-models line on
+stderr, and the SMIRK channel order option."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retarget.cli import build_parser, main, options_from_args
+from retarget.errors import InputError
+from retarget.jobs.expressions import neutral_values
+from retarget.jobs.options import JobOptions
+from retarget.motion import MotionTrack, load_motion, neutral_frame, relative_motion, save_motion
+from retarget.motion.adjust import NeutralFrameError
+from tests.cli.conftest import BLANK, FRAMES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def assert_one_line_error(code, err, *fragments):
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("retarget: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def faceless_motion(path: Path, frames: int = 6) -> Path:
+    track = MotionTrack.constant_rate(np.zeros((frames, 55), np.float32), np.zeros(frames, bool), Fraction(25))
+    return save_motion(track, path)
+
+
+def motion_with_faces(path: Path, frames: int = 6) -> Path:
+    values = np.random.default_rng(0).normal(0, 0.3, (frames, 55)).astype(np.float32)
+    values[:, 50:] = 0.1
+    valid = np.ones(frames, bool)
+    valid[2] = False
+    return save_motion(MotionTrack.constant_rate(values, valid, Fraction(25)), path)
+
+
+# --- motion files without a single face ---------------------------------------------------------------------
+
+def test_motion_file_without_a_valid_frame_is_an_input_error(tmp_path):
+    path = faceless_motion(tmp_path / "empty.npz")
+    with pytest.raises(InputError) as caught:
+        load_motion(path)
+    assert str(caught.value) == f"{path}: the motion file has no frame with a face (6 frames, none valid)"
+    zero = faceless_motion(tmp_path / "zero.npz", frames=0)
+    with pytest.raises(InputError, match="zero.npz: the motion file has no frames"):
+        load_motion(zero)
+
+
+def test_edit_and_plot_refuse_a_faceless_motion_file(media, fast_args, tmp_path, capsys):
+    source = faceless_motion(tmp_path / "empty.npz")
+    out = tmp_path / "out.mp4"
+    code = main(["edit", str(media["clip"]), "--expression", str(source), "-o", str(out), *fast_args])
+    assert_one_line_error(code, capsys.readouterr().err, "empty.npz: the motion file has no frame with a face")
+    code = main(["plot", str(source), "-o", str(tmp_path / "curves.png")])
+    assert_one_line_error(code, capsys.readouterr().err, "empty.npz: the motion file has no frame with a face")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.npz"]  # nothing written
+
+
+# --- neutral frames ----------------------------------------------------------------------------------------
+
+def test_unusable_neutral_frames_are_input_errors():
+    values = np.random.default_rng(1).normal(size=(5, 55)).astype(np.float32)
+    valid = np.array([True, False, True, True, True])
+    track = MotionTrack.constant_rate(values, valid, Fraction(25))
+    np.testing.assert_array_equal(neutral_values(track, 3), values[3])
+    for frame, message in [(5, "--neutral-frame 5 is out of range: the driving motion has 5 frames (0 to 4)"),
+                           (-1, "--neutral-frame -1 is out of range: the driving motion has 5 frames (0 to 4)"),
+                           (1, "--neutral-frame 1 is not a valid frame of the driving motion "
+                               "(no face was found in it)")]:
+        with pytest.raises(InputError) as caught:
+            neutral_values(track, frame)
+        assert str(caught.value) == message
+    with pytest.raises(InputError, match="neutral frame 9 is out of range"):
+        relative_motion(track, np.zeros(55, np.float32), neutral=9)
+    faceless = MotionTrack.constant_rate(values, np.zeros(5, bool), Fraction(25))
+    for call in (lambda: neutral_frame(faceless), lambda: neutral_values(faceless, None)):
+        with pytest.raises(NeutralFrameError, match="no frame with a face to take a neutral face from"):
+            call()
+    assert issubclass(NeutralFrameError, ValueError)  # library callers catching ValueError still do
+
+
+def test_edit_neutral_frame_out_of_range_is_one_line(media, fast_args, tmp_path, capsys):
+    source = motion_with_faces(tmp_path / "m.npz")
+    out = tmp_path / "out.mp4"
+    code = main(["edit", str(media["clip"]), "--expression", str(source), "-o", str(out), "--relative",
+                 "--neutral-frame", "40", *fast_args])
+    assert_one_line_error(code, capsys.readouterr().err,
+                          "--neutral-frame 40 is out of range: the driving motion has 6 frames (0 to 5)")
+    assert not out.exists() and not (tmp_path / "out.mp4.retarget-work").exists()
+
+
+# --- which face models run, on stderr without --debug ---------------------------------------------------------
+
+def _cli(argv, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RETARGET_MODELS="")
+    return subprocess.run([sys.executable, "-m", "retarget.cli", *map(str, argv)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_stderr_names_the_face_models_once_they_loaded(media, cli_models, tmp_path):
+    models, _ = cli_models
+    done = _cli(["extract", media["clip"], "-o", tmp_path / "m.npz", "--models", models, "--device", "cpu",
+                 "--no-progress"])
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"retarget.faces.detection: face detector: MTCNN (bundled; {models / 'antelopev2' / 'scrfd_10g_bnkps.onnx'} "
+        "not found)",
+        f"retarget.faces.expressions: SMIRK crop: from the detector's keypoints "
+        f"({models / 'smirk' / 'face_landmarker.task'} not found), RGB input",
+    ]
+    # a failure before any face model loaded: the error line alone
+    failed = _cli(["extract", tmp_path / "absent.mp4", "-o", tmp_path / "n.npz", "--models", models])
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines() == [f"retarget: error: {tmp_path / 'absent.mp4'}: no such file"]
+
+
+# --- --smirk-channels -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["run", "edit", "extract", "batch"])
+def test_smirk_channels_reaches_the_job_options(command, tmp_path):
+    target = {"run": ["--identity", "p.png"], "edit": ["--expression", "m.npz"], "extract": [],
+              "batch": ["--identity", "p.png"]}[command]
+    args = build_parser().parse_args([command, "in", "-o", "out", *target, "--smirk-channels", "bgr"])
+    assert options_from_args(args).smirk_channels == "bgr"
+    default = build_parser().parse_args([command, "in", "-o", "out", *target])
+    assert options_from_args(default).smirk_channels == "rgb"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "in", "-o", "out", *target, "--smirk-channels", "grb"])
+
+
+def test_smirk_channels_is_part_of_the_resume_key(tmp_path):
+    rgb, bgr = JobOptions(models=tmp_path), JobOptions(models=tmp_path, smirk_channels="bgr")
+    assert rgb.render_key()["smirk_channels"] == "rgb" and bgr.render_key()["smirk_channels"] == "bgr"
+    assert rgb.render_key() != bgr.render_key()
+    with pytest.raises(InputError, match="--smirk-channels must be one of rgb, bgr"):
+        JobOptions(models=tmp_path, smirk_channels="grb")
+
+
+def test_extract_with_bgr_feeds_the_encoder_reversed_channels(media, cli_models, tmp_path):
+    from retarget.faces.detection import load_detector
+    from retarget.faces.expressions import ExpressionExtractor, load_smirk_encoder
+    from retarget.video.reader import VideoReader
+
+    models, _ = cli_models
+    args = ["--models", str(models), "--device", "cpu", "--no-progress", "--smirk-channels", "bgr"]
+    assert main(["extract", str(media["clip"]), "-o", str(tmp_path / "bgr.npz"), *args]) == 0
+    bgr = load_motion(tmp_path / "bgr.npz")
+    assert bgr.valid.sum() == FRAMES - len(BLANK)
+    # independent reference: the encoder applied directly to the channel-reversed crops of the detected face
+    detector, encoder = load_detector(None, device="cpu"), load_smirk_encoder(models / "smirk" / "SMIRK_em1.pt", "cpu")
+    cropper = ExpressionExtractor(encoder)
+    for frame, _, index in VideoReader(media["clip"]).iter_frames():
+        if not bgr.valid[index]:
+            continue
+        crop = cropper.crop(frame, detector.detect(frame)[0].keypoints)
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.ascontiguousarray(np.stack([crop, crop[..., ::-1]]).transpose(0, 3, 1, 2)))
+            as_rgb, as_bgr = encoder(batch).numpy()
+        np.testing.assert_allclose(bgr.values[index], as_bgr, atol=1e-5)
+        assert np.abs(as_rgb - as_bgr).max() > 1e-3  # the order matters

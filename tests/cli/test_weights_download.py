@@ -1,0 +1,154 @@
+"""`retarget weights download` against a fake hub: every file lands in the layout, downloaded files are checked
+with their loaders, and a file the hub does not have gives its manual step."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from retarget.cli import main
+from retarget.faces.expressions import load_smirk_encoder
+from retarget.jobs import weights as weights_module
+from retarget.testing.face_models import write_random_arcface_onnx, write_random_scrfd_onnx, write_random_smirk
+
+
+def write_landmarker(path: Path) -> Path:
+    """A zip with the members of a MediaPipe face_landmarker.task bundle (contents are not read here)."""
+    with zipfile.ZipFile(path, "w") as bundle:
+        for name in ("face_detector.tflite", "face_landmarks_detector.tflite", "face_blendshapes.tflite"):
+            bundle.writestr(name, b"tflite")
+    return path
+
+
+def write_small_smirk(path: Path) -> Path:
+    """A SMIRK file whose head is Linear(960, 10) instead of (960, 55): right keys, one wrong shape."""
+    write_random_smirk(path, seed=1)
+    state = torch.load(path, weights_only=True)
+    prefix = "smirk_encoder.expression_encoder.expression_layers.0."
+    state[prefix + "weight"], state[prefix + "bias"] = torch.zeros(10, 960), torch.zeros(10)
+    torch.save(state, path)
+    return path
+
+
+WRITERS = {
+    "arcface.onnx": write_random_arcface_onnx,
+    "scrfd_10g_bnkps.onnx": write_random_scrfd_onnx,
+    "SMIRK_em1.pt": write_random_smirk,
+    "face_landmarker.task": write_landmarker,
+}
+
+
+class FakeHub:
+    """Repositories as ``{repo: {filename: writer}}``; installs itself as huggingface_hub's listing and download."""
+
+    def __init__(self, monkeypatch, repos):
+        import huggingface_hub
+
+        self.repos, self.fetched, hub = repos, [], self
+
+        class Api:
+            def list_repo_files(self, repo_id):
+                return list(hub.repos[repo_id])
+
+        def download(repo_id, filename, local_dir):
+            self.fetched.append((repo_id, filename))
+            path = Path(local_dir) / filename
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.repos[repo_id][filename](path)
+            return str(path)
+
+        monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+
+
+def published_repos():
+    """The hub as published: each file of WEIGHT_FILES at its repository path, written in its real format, plus
+    other files those repositories hold."""
+    repos = {}
+    for item in weights_module.WEIGHT_FILES:
+        writer = WRITERS.get(Path(item.hub_filename).name, lambda path: path.write_bytes(b"weights"))
+        repos.setdefault(item.hub_repo, {})[item.hub_filename] = writer
+    repos["Skywork/SkyReels-A1"]["extra_models/smirk/l_eyelid.npy"] = lambda path: path.write_bytes(b"npy")
+    repos["Skywork/SkyReels-A1"]["SkyReels-A1-5B/transformer/config.json"] = lambda path: path.write_bytes(b"{}")
+    return repos
+
+
+def test_download_fetches_every_file_into_the_layout(tmp_path, monkeypatch, capsys):
+    hub = FakeHub(monkeypatch, published_repos())
+    models = tmp_path / "models"
+    assert main(["weights", "download", "--models", str(models), "--skip-base-model"]) == 0
+    assert sorted(hub.fetched) == sorted((w.hub_repo, w.hub_filename) for w in weights_module.WEIGHT_FILES)
+    assert len(hub.fetched) == 10
+    assert ("Skywork/SkyReels-A1", "extra_models/smirk/SMIRK_em1.pt") in hub.fetched
+    assert ("Skywork/SkyReels-A1", "extra_models/mediapipe/face_landmarker.task") in hub.fetched
+    assert ("DIAMONIK7777/antelopev2", "scrfd_10g_bnkps.onnx") in hub.fetched
+    files = sorted(str(p.relative_to(models)) for p in models.rglob("*") if p.is_file())
+    assert files == sorted(w.path for w in weights_module.WEIGHT_FILES)  # no staging folder or hub paths left
+    encoder = load_smirk_encoder(models / "smirk" / "SMIRK_em1.pt", device="cpu")
+    assert encoder.expression_layers[0].weight.shape == (55, 960)
+    assert "get them by hand" not in capsys.readouterr().out
+    assert main(["doctor", "--models", str(models)]) in (0, 1)
+    report = capsys.readouterr().out
+    assert all(f"[ok  ] {w.path}:" in report for w in weights_module.WEIGHT_FILES), report
+    # a second run finds everything in place and fetches nothing
+    hub.fetched.clear()
+    assert main(["weights", "download", "--models", str(models), "--skip-base-model"]) == 0
+    assert hub.fetched == [] and capsys.readouterr().out.count("already in place") == 10
+
+
+def test_wrong_shaped_smirk_download_is_refused_with_one_line(tmp_path, monkeypatch, capsys):
+    repos = published_repos()
+    repos["Skywork/SkyReels-A1"]["extra_models/smirk/SMIRK_em1.pt"] = write_small_smirk
+    FakeHub(monkeypatch, repos)
+    models = tmp_path / "models"
+    assert main(["weights", "download", "--models", str(models), "--skip-base-model"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("retarget: error: smirk/SMIRK_em1.pt: "), err
+    assert "Skywork/SkyReels-A1" in err[0]
+    assert "2 with wrong shapes (e.g. expression_layers.0.bias: (10,) vs (55,))" in err[0]
+    assert not (models / "smirk" / "SMIRK_em1.pt").exists()
+    assert not list((models / weights_module.STAGING_FOLDER).rglob("SMIRK_em1.pt"))  # the bad copy is deleted
+
+
+def test_missing_hub_file_gives_its_manual_step_and_the_repo_listing(tmp_path, monkeypatch, capsys):
+    repos = published_repos()
+    del repos["Skywork/SkyReels-A1"]["extra_models/smirk/SMIRK_em1.pt"]
+    del repos["Skywork/SkyReels-A1"]["extra_models/mediapipe/face_landmarker.task"]
+    hub = FakeHub(monkeypatch, repos)
+    models = tmp_path / "models"
+    assert main(["weights", "download", "--models", str(models), "--skip-base-model"]) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "could not download smirk/SMIRK_em1.pt:" in err[0], err
+    assert "Skywork/SkyReels-A1 has no extra_models/smirk/SMIRK_em1.pt" in err[0]
+    assert "face_landmarker" not in err[0]  # optional: reported, not fatal
+    out = captured.out
+    assert "gdown --id 1T65uEd9dVLHgVw5KiUYL66NUee-MCzoE" in out and str(models / "smirk") in out
+    assert "storage.googleapis.com/mediapipe-models" in out
+    # every other file was still fetched
+    assert len(hub.fetched) == 8 and (models / "antelopev2" / "scrfd_10g_bnkps.onnx").is_file()
+
+
+def test_moved_file_is_found_by_name_and_listing_names_the_candidates():
+    item = next(w for w in weights_module.WEIGHT_FILES if w.path == "smirk/SMIRK_em1.pt")
+    assert weights_module._hub_name(item, ["README.md", "models/smirk/SMIRK_em1.pt"]) == "models/smirk/SMIRK_em1.pt"
+    with pytest.raises(weights_module._Unavailable) as caught:
+        weights_module._hub_name(item, ["README.md", "a/SMIRK_em2.pt", "b/flame.pt"])
+    assert str(caught.value) == ("Skywork/SkyReels-A1 has no extra_models/smirk/SMIRK_em1.pt "
+                                 "(it has a/SMIRK_em2.pt, b/flame.pt)")
+
+
+def test_unreachable_hub_is_one_line(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    class Offline:
+        def list_repo_files(self, repo_id):
+            raise ConnectionError("Failed to resolve 'huggingface.co'\nmore detail")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Offline)
+    assert main(["weights", "download", "--models", str(tmp_path / "models"), "--skip-base-model"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot list FoivosPar/Arc2Face (ConnectionError: Failed to resolve" in err[0], err
