@@ -3,8 +3,8 @@
 Every file of the published layout (:data:`~retarget.jobs.weights.WEIGHT_FILES`) and of a local base-model
 folder (``vae/``, ``tokenizer/``, ``scheduler/``) is recorded by size and modification time; the two adapter files
 (the ones most often swapped for retrained versions, possibly with the same size and a preserved timestamp) are
-also hashed in full. Hashes are cached per process by (path, size, modification time, inode), so a ``batch``
-hashes each adapter once.
+also hashed in full. Hashes are cached per process by (path, size, modification and change times, inode), so a
+``batch`` hashes each adapter once.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ def _stat_entry(path: Path) -> dict | None:
 
 
 def file_sha256(path: Path, block: int = 1 << 22) -> str:
-    """SHA-256 (hex) of the whole file, cached while its path, size, modification time and inode stay the same."""
+    """SHA-256 (hex) of the whole file, cached while its path, size, modification and change times and inode stay
+    the same (the change time moves on every write, even one that restores the modification time)."""
     stat = path.stat()
-    cache_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    cache_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
     if cache_key not in _hash_cache:
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
