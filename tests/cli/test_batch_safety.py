@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from retarget.cli import main
 from retarget.jobs import edit as edit_module
 from retarget.jobs import run as run_module
 from retarget.jobs.batch import output_names
