@@ -21,7 +21,7 @@ class RenderSession:
     """Holds what a job loads once: ``pipeline`` (:class:`~retarget.pipeline.ExpressionPipeline`) and ``faces``
     (:class:`~retarget.jobs.frames.FaceModels`), all on ``device`` (``options.device`` resolved by
     :func:`~retarget.devices.resolve_device`: under ``accelerate launch`` / ``torchrun`` each process gets its own
-    GPU). Jobs call :meth:`load` first, so missing or broken weights fail before any video is read; the
+    GPU). Jobs call :meth:`load` first, so missing or broken weights fail before any face scan or clip; the
     properties also load on first use."""
 
     def __init__(self, options: JobOptions):
