@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import resolve_device
 from ..errors import WeightsError
 from .smirk_crop import (
     LANDMARKER_FILENAME,
@@ -93,7 +94,8 @@ def load_smirk_encoder(path: str | os.PathLike, device: str | torch.device | Non
 
     Args:
         path: the checkpoint.
-        device: torch device; ``None`` picks CUDA when available.
+        device: torch device; ``None`` = :func:`retarget.devices.resolve_device` (the launcher's GPU, else CUDA
+            when available, else the CPU).
 
     Returns:
         The encoder in eval mode on ``device``.
@@ -134,9 +136,7 @@ def load_smirk_encoder(path: str | os.PathLike, device: str | torch.device | Non
             f"'{SMIRK_KEY_PREFIX}': " + "; ".join(details)
         )
     encoder.load_state_dict(state, strict=True)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return encoder.to(device).eval()
+    return encoder.to(resolve_device(None) if device is None else device).eval()
 
 
 class ExpressionExtractor:

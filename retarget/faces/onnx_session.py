@@ -6,7 +6,8 @@ import logging
 import os
 from pathlib import Path
 
-from ..errors import WeightsError
+from ..devices import cuda_device_index, resolve_device
+from ..errors import InputError, WeightsError
 
 __all__ = ["execution_providers", "open_onnx_session"]
 
@@ -18,9 +19,12 @@ def execution_providers(device: str | None = None) -> list:
 
     Args:
         device: ``None`` (CUDA when onnxruntime has it, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+            ``None`` and ``"cuda"`` pick the GPU as :func:`retarget.devices.resolve_device` does (the launcher's
+            local rank under ``accelerate launch`` / ``torchrun``, else 0).
 
     Returns:
-        A providers list for :class:`onnxruntime.InferenceSession`; always ends with the CPU provider.
+        A providers list for :class:`onnxruntime.InferenceSession`; always ends with the CPU provider. The CUDA
+        provider comes with its options: ``("CUDAExecutionProvider", {"device_id": N})``.
     """
     import onnxruntime
 
@@ -28,11 +32,14 @@ def execution_providers(device: str | None = None) -> list:
     wants_cpu = device is not None and str(device).startswith("cpu")
     if wants_cpu or "CUDAExecutionProvider" not in available:
         return ["CPUExecutionProvider"]
-    index = 0
     text = str(device) if device is not None else ""
-    if text.startswith("cuda:"):
-        index = int(text.split(":", 1)[1])
-    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    if text in ("", "cuda"):
+        try:
+            text = resolve_device(device)
+        except InputError:  # torch without CUDA next to onnxruntime with it
+            text = "cuda"
+    index = cuda_device_index(text)
+    return [("CUDAExecutionProvider", {"device_id": index if index is not None else 0}), "CPUExecutionProvider"]
 
 
 def open_onnx_session(path: str | os.PathLike, what: str, device: str | None = None):

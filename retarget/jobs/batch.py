@@ -1,13 +1,17 @@
 """``retarget batch``: every video of a folder through ``run`` or ``edit``.
 
-Contract: outputs go to ``OUT_DIR/<input stem>.mp4``; an output that already exists is finished (outputs appear
-atomically, so a file there is complete) and is skipped; a file that fails is appended to
-``OUT_DIR/failures.jsonl`` (one JSON object per line: ``file``, ``error``, ``type``, ``time``) and the others go
-on. The model is loaded once per process and shared by every file.
+Contract: outputs go to ``OUT_DIR/<input stem>.mp4`` (inputs sharing a stem, such as ``a.mp4`` and ``a.mov``, get
+``a.mp4.mp4`` and ``a.mov.mp4``, see :func:`output_names`); ``OUT_DIR`` must not be the input folder or inside
+it. An output that already exists is finished (outputs appear atomically, so a file there is complete) and is
+skipped; a file that fails is appended to ``OUT_DIR/failures.jsonl`` (one JSON object per line: ``file``,
+``error``, ``type``, ``time``) and the others go on. The model is loaded once per process and shared by every
+file.
 
 Sharding: under ``accelerate launch`` (or any launcher that sets accelerate's environment) the sorted file list is
 split by accelerate's ``PartialState``: process ``i`` of ``n`` takes files ``i, i + n, i + 2n, ...``, so no file
-is done twice and each has exactly one owner. Each process renders on its own device.
+is done twice and each has exactly one owner. Each process renders on its own GPU (the launcher's local rank, see
+:func:`retarget.devices.resolve_device`). The model files are loaded and checked once, before any clip: bad
+weights stop the batch with one error instead of failing every clip.
 """
 
 from __future__ import annotations
@@ -85,9 +89,39 @@ def shard(files: list[Path], index: int, count: int) -> list[Path]:
     return files[index::count]
 
 
-def output_path(video: Path, out_dir: Path) -> Path:
-    """Where ``video``'s result goes."""
-    return out_dir / f"{video.stem}.mp4"
+def output_names(videos: list[Path]) -> dict[Path, str]:
+    """The output file name of each of ``videos`` (the whole sorted list of the input folder), all distinct.
+
+    A video whose stem no other video shares gets ``<stem>.mp4``; videos sharing a stem (compared without case,
+    for case-insensitive file systems) get ``<name>.mp4`` with their own extension kept (``a.mov`` ->
+    ``a.mov.mp4``, ``a.mp4`` -> ``a.mp4.mp4``); a name still taken gets ``-2``, ``-3``, ... before ``.mp4``
+    (first come in sorted order). The names depend only on the list, so every process of a launch and every
+    rerun on the same folder agree on them.
+    """
+    stems: dict[str, int] = {}
+    for video in videos:
+        stems[video.stem.casefold()] = stems.get(video.stem.casefold(), 0) + 1
+    wanted = {v: (v.stem if stems[v.stem.casefold()] == 1 else v.name) for v in videos}
+    taken = {base.casefold() + ".mp4" for v, base in wanted.items() if stems[v.stem.casefold()] == 1}
+    names = {}
+    for video in videos:
+        base = wanted[video]
+        name = f"{base}.mp4"
+        if stems[video.stem.casefold()] > 1:
+            number = 2
+            while name.casefold() in taken:
+                name, number = f"{base}-{number}.mp4", number + 1
+            taken.add(name.casefold())
+        names[video] = name
+    return names
+
+
+def check_folders(input_dir: Path, out_dir: Path) -> None:
+    """Refuse an output folder that is the input folder or inside it (outputs would mix with the inputs, and a
+    result named like an input would stand for it)."""
+    inputs, outputs = input_dir.resolve(), out_dir.resolve()
+    if outputs == inputs or inputs in outputs.parents:
+        raise InputError(f"{out_dir}: the output folder must not be the input folder {input_dir} or inside it")
 
 
 def append_failure(out_dir: Path, video: Path, error: BaseException) -> None:
@@ -118,10 +152,12 @@ def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
     videos = list_videos(input_dir)
     if not videos:
         raise InputError(f"{input_dir}: no video files ({', '.join(VIDEO_SUFFIXES)})")
+    check_folders(input_dir, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {video: out_dir / name for video, name in output_names(videos).items()}
     index, count = share if share is not None else process_share()
     mine = shard(videos, index, count)
-    todo = [v for v in mine if not output_path(v, out_dir).exists()]
+    todo = [v for v in mine if not outputs[v].exists()]
     report = BatchReport(skipped=len(mine) - len(todo))
     if not todo:
         return report
@@ -130,7 +166,7 @@ def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
     for video in tqdm(todo, desc=f"batch {index + 1}/{count}" if count > 1 else "batch", unit="clip",
                       disable=not options.progress):
         try:
-            prepared(video, output_path(video, out_dir))
+            prepared(video, outputs[video])
             report.done += 1
         except KeyboardInterrupt:
             raise

@@ -58,6 +58,12 @@ class ExpressionSource:
         return aligned.values, aligned.valid
 
 
+def needs_expressions(source, options: JobOptions) -> bool:
+    """Whether an ``edit`` with SOURCE reads expressions with SMIRK: always, except from a motion file without
+    ``relative`` (the motion file already holds them)."""
+    return options.relative or Path(source).suffix.lower() != ".npz"
+
+
 def read_expression_source(source, session: RenderSession) -> ExpressionSource:
     """Read SOURCE by kind: ``.npz`` motion file, image (by extension) or video. One-line errors for each."""
     path = Path(source)
@@ -87,7 +93,7 @@ def edit_job(video, expression, output, options: JobOptions, *, start: float | N
     reader = VideoReader(video)
     info = reader.info
     lo, hi = clip_range(reader, start, end)
-    session = session or RenderSession(options)
+    session = (session or RenderSession(options)).load(expressions=needs_expressions(expression, options))
     source = source if source is not None else read_expression_source(expression, session)
     if options.relative and source.track is None:
         raise InputError(f"{source.path}: --relative needs a video or motion file as SOURCE, not a photo "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from retarget.devices import resolve_device
 from retarget.jobs.common import check_output
 from retarget.jobs.frames import FaceModels, face_reference, scan_clip
 from retarget.jobs.options import JobOptions
@@ -20,8 +21,8 @@ def extract_job(video, output, options: JobOptions, faces: FaceModels | None = N
     """Write ``video``'s expression track to ``output`` (``.npz``, atomically); returns the output path."""
     output = check_output(output, inputs=(video, options.face_reference), suffixes=(".npz",))
     reader = VideoReader(video)
-    faces = faces or FaceModels(options.models, device=options.device, batch_size=max(8, options.batch_size),
-                                channel_order=options.smirk_channels)
+    faces = faces or FaceModels(options.models, device=resolve_device(options.device),
+                                batch_size=max(8, options.batch_size), channel_order=options.smirk_channels)
     reference = face_reference(options.face_reference, faces) if options.face_reference is not None else None
     scan = scan_clip(reader, faces, options.face_index, chunk_size=options.chunk_size, progress=options.progress,
                      reference=reference)

@@ -103,11 +103,16 @@ class JobOptions:
                 raise InputError(message)
 
     def render_key(self) -> dict:
-        """The settings that change rendered pixels (a resumed render must match them), JSON-ready."""
+        """The settings that change rendered pixels (a resumed render must match them), JSON-ready; with the
+        identity of the model files (``model_files``, see :func:`~retarget.jobs.model_files.model_files_identity`),
+        so changed weights start a render over."""
+        from retarget.jobs.model_files import model_files_identity
+
         data = asdict(self)
         for name in ("progress", "batch_size", "models", "encoder", "compile", "face_reference"):
             data.pop(name)
         data["models"] = str(self.models.resolve())
         data["face_reference"] = None if self.face_reference is None else file_identity(self.face_reference)
         data["encoder"] = self.encoder.as_dict()
+        data["model_files"] = model_files_identity(self.models, self.base_model)
         return data

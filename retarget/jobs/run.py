@@ -67,7 +67,7 @@ def run_job(driving, identity, output, options: JobOptions, *, reference: bool =
     reader = VideoReader(driving)
     info = reader.info
     lo, hi = clip_range(reader, start, end)
-    session = session or RenderSession(options)
+    session = (session or RenderSession(options)).load()
     photo = photo if photo is not None else identity_from_photo(identity, session)
     scan = scan_clip(reader, session.faces, options.face_index, chunk_size=options.chunk_size,
                      progress=options.progress, reference=session.face_reference, frames=(lo, hi))

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retarget.devices import resolve_device, use_device
+from retarget.errors import WeightsError
 from retarget.jobs.frames import FaceModels, FaceReference, face_reference
 from retarget.jobs.options import JobOptions
 
@@ -16,15 +18,34 @@ log = logging.getLogger(__name__)
 
 
 class RenderSession:
-    """Holds what a job loads once: ``pipeline`` (:class:`~retarget.pipeline.ExpressionPipeline`, loaded on first
-    use) and ``faces`` (:class:`~retarget.jobs.frames.FaceModels`)."""
+    """Holds what a job loads once: ``pipeline`` (:class:`~retarget.pipeline.ExpressionPipeline`) and ``faces``
+    (:class:`~retarget.jobs.frames.FaceModels`), all on ``device`` (``options.device`` resolved by
+    :func:`~retarget.devices.resolve_device`: under ``accelerate launch`` / ``torchrun`` each process gets its own
+    GPU). Jobs call :meth:`load` first, so missing or broken weights fail before any face scan or clip; the
+    properties also load on first use."""
 
     def __init__(self, options: JobOptions):
         self.options = options
-        self.faces = FaceModels(options.models, device=options.device, batch_size=max(8, options.batch_size),
+        self.device = resolve_device(options.device)
+        use_device(self.device)
+        self.faces = FaceModels(options.models, device=self.device, batch_size=max(8, options.batch_size),
                                 channel_order=options.smirk_channels)
         self._pipeline = None
         self._face_reference = None
+
+    def load(self, expressions: bool = True) -> "RenderSession":
+        """Load and check every model file the job needs now: the face detector, ArcFace, SMIRK (unless
+        ``expressions`` is False: a job that reads no expressions) and the diffusion pipeline. Returns ``self``.
+
+        Raises :class:`~retarget.errors.WeightsError` (one line) for a missing models folder or a missing or
+        broken file.
+        """
+        if not self.options.models.is_dir():
+            raise WeightsError(f"models folder not found: {self.options.models}")
+        for name in ("detector", "identity") + (("expressions",) if expressions else ()):
+            getattr(self.faces, name)  # each property loads and checks its file
+        _ = self.pipeline
+        return self
 
     @property
     def pipeline(self):
@@ -34,7 +55,7 @@ class RenderSession:
             from retarget.pipeline import ExpressionPipeline
 
             o = self.options
-            pipe = ExpressionPipeline.from_pretrained(o.models, base_model=o.base_model, device=o.device,
+            pipe = ExpressionPipeline.from_pretrained(o.models, base_model=o.base_model, device=self.device,
                                                       dtype=o.dtype)
             if o.vae_fp32:
                 pipe.upcast_vae()
@@ -84,12 +105,13 @@ class RenderSession:
     def prepare_batch(self, target) -> Callable[[Path, Path], Path]:
         """A function ``(video, output) -> output`` that processes one clip of a batch with this session.
 
-        The shared input (identity photo or expression source) is checked now, so a bad one stops the batch
-        before any clip is tried.
+        The model files (see :meth:`load`) and the shared input (identity photo or expression source) are checked
+        now, so bad ones stop the batch once, before any clip is tried.
         """
-        from retarget.jobs.edit import edit_job, read_expression_source
+        from retarget.jobs.edit import edit_job, needs_expressions, read_expression_source
         from retarget.jobs.run import identity_from_photo, run_job
 
+        self.load(expressions=target.identity is not None or needs_expressions(target.expression, self.options))
         if target.identity is not None:
             identity = identity_from_photo(target.identity, self)
             return lambda video, output: run_job(video, target.identity, output, self.options,

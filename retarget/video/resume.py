@@ -7,7 +7,9 @@ atomically). The manifest is keyed by a SHA-256 of the job (the caller's setting
 count, chunk size, rate, timestamps and encoder settings): a rerun of the same job renders only the chunks not yet
 on disk; a changed job discards the old chunks. :meth:`ChunkedRender.finalize` joins the chunks without
 re-encoding (packets are copied, timestamps offset), adds the audio, writes the output atomically and removes the
-work folder. Disk use is about the size of the final file.
+work folder. Disk use is about the size of the final file. The work folder is locked while a ChunkedRender
+holds it (see :mod:`retarget.video.work_lock`): a second process rendering the same output fails at once instead
+of discarding the first one's chunks.
 
 Usage::
 
@@ -36,6 +38,7 @@ from tqdm.auto import tqdm
 from retarget.video.atomic import atomic_output, commit, discard, partial_path
 from retarget.video.audio import AudioMuxer, AudioSource
 from retarget.video.encoding import EncoderSettings
+from retarget.video.work_lock import FolderLock
 from retarget.video.writer import VideoWriter
 
 WORK_SUFFIX = ".retarget-work"
@@ -109,7 +112,31 @@ class ChunkedRender:
             if self.pts.shape != (self.total_frames,) or np.any(np.diff(self.pts) <= 0):
                 raise ValueError(f"pts must be {self.total_frames} increasing integers")
         self.key = self._hash(job_key)
-        self._manifest = self._load_or_reset()
+        self._lock = FolderLock(self.work_dir, str(self.out_path))  # before anything in the folder is touched
+        try:
+            self._manifest = self._load_or_reset()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def close(self) -> None:
+        """Release the work folder's lock (removing the folder if nothing was saved in it); the chunks stay for a
+        later resume. :meth:`finalize` closes; so does leaving a ``with`` block or dropping the object."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+
+    def __enter__(self) -> "ChunkedRender":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the operating system drops the lock anyway
+            pass
 
     def _hash(self, job_key: Mapping) -> str:
         payload = {
@@ -241,6 +268,7 @@ class ChunkedRender:
             discard(temporary)
             raise
         shutil.rmtree(self.work_dir, ignore_errors=True)
+        self.close()
         return self.out_path
 
     def _concatenate(self, target: Path, audio: AudioSource | None, progress: bool,

@@ -1,0 +1,139 @@
+"""``batch`` safety: distinct output names agreed on by every process, no output folder inside the input folder,
+and model files checked once before any clip (and before the face scan of ``run`` / ``edit``)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from retarget.jobs import edit as edit_module
+from retarget.jobs import run as run_module
+from retarget.jobs.batch import output_names
+from retarget.testing.media import moving_face_frames, write_clip
+from retarget.video.probe import probe_video
+from tests.cli.conftest import FRAMES, RATE, copy_to
+from tests.cli.test_errors_batch_weights import assert_one_line_error, run_cli
+
+SHORT = 8
+
+
+def test_output_names_are_distinct_and_depend_only_on_the_list():
+    names = ["B.mp4", "a.mov", "a.mov.mkv", "a.mp4", "b.mkv", "c.MP4", "d.mov"]
+    videos = sorted(Path("in") / n for n in names)
+    got = output_names(videos)
+    assert got == {
+        Path("in/B.mp4"): "B.mp4.mp4", Path("in/b.mkv"): "b.mkv.mp4",  # same stem up to case
+        Path("in/a.mov"): "a.mov-2.mp4",  # a.mov.mp4 is a.mov.mkv's own name
+        Path("in/a.mov.mkv"): "a.mov.mp4", Path("in/a.mp4"): "a.mp4.mp4",
+        Path("in/c.MP4"): "c.mp4", Path("in/d.mov"): "d.mp4",
+    }
+    assert len({n.casefold() for n in got.values()}) == len(videos)
+    assert output_names(sorted(reversed(videos))) == got
+
+
+@pytest.fixture
+def launcher(monkeypatch):
+    """``process(i, n)``: set torchrun / accelerate's variables for process ``i`` of ``n``."""
+    for name in ("ACCELERATE_MIXED_PRECISION", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+
+    def process(index: int, count: int) -> None:
+        monkeypatch.setenv("WORLD_SIZE", str(count))
+        monkeypatch.setenv("RANK", str(index))
+        monkeypatch.setenv("LOCAL_RANK", str(index))
+
+    return process
+
+
+def test_same_stem_clips_get_their_own_outputs_across_processes(media, fast_args, tmp_path, capsys, launcher,
+                                                                monkeypatch):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    copy_to(media["clip"], inputs, "a.mp4")
+    write_clip(inputs / "a.mov", moving_face_frames(SHORT), RATE)  # a shorter clip, so the outputs tell them apart
+    argv = ["batch", inputs, "-o", outputs, "--identity", media["photo"], *fast_args]
+    for index in (1, 0):  # two processes of one launch, each with its share of the sorted list
+        launcher(index, 2)
+        code, err = run_cli(argv, capsys)
+        assert code == 0, err
+    assert sorted(p.name for p in outputs.iterdir()) == ["a.mov.mp4", "a.mp4.mp4"]
+    assert probe_video(outputs / "a.mov.mp4").frame_count == SHORT
+    assert probe_video(outputs / "a.mp4.mp4").frame_count == FRAMES
+
+    tried = []
+    monkeypatch.setattr(run_module, "run_job", lambda video, *a, **k: tried.append(video))
+    for index in (0, 1):  # a rerun finds both finished under the same names
+        launcher(index, 2)
+        assert run_cli(argv, capsys)[0] == 0
+    launcher(0, 1)
+    assert run_cli(argv, capsys)[0] == 0
+    assert tried == []
+
+
+@pytest.mark.parametrize("where", ["same", "inside"])
+def test_output_folder_in_the_input_folder_is_refused(media, fast_args, tmp_path, capsys, where):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    copy_to(media["clip"], inputs, "a.mp4")
+    out = inputs if where == "same" else inputs / "results"
+    code, err = run_cli(["batch", inputs, "-o", out, "--identity", media["photo"], *fast_args], capsys)
+    assert_one_line_error(code, err, "must not be the input folder")
+    assert sorted(p.name for p in inputs.iterdir()) == ["a.mp4"]
+
+
+@pytest.fixture
+def broken_models(cli_models, tmp_path):
+    """``broken(relative path)``: a copy of the test models with that file replaced by junk; returns the folder."""
+    models, _ = cli_models
+
+    def broken(name: str) -> Path:
+        copy = tmp_path / "models"
+        shutil.copytree(models, copy)
+        (copy / name).write_bytes(b"not a weights file\n" * 10)
+        return copy
+
+    return broken
+
+
+BROKEN = ["exp_adapter/exp_adapter.bin", "ref_adapter/pytorch_lora_weights.safetensors", "smirk/SMIRK_em1.pt",
+          "antelopev2/arcface.onnx"]
+
+
+def with_models(args: list, models: Path) -> list:
+    args = list(args)
+    args[args.index("--models") + 1] = str(models)
+    return args
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_batch_with_bad_weights_fails_once_before_any_clip(name, broken_models, media, fast_args, tmp_path, capsys,
+                                                           monkeypatch):
+    models = broken_models(name)
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for clip in ("a.mp4", "b.mp4", "c.mp4"):
+        copy_to(media["clip"], inputs, clip)
+    tried = []
+    monkeypatch.setattr(run_module, "run_job", lambda video, *a, **k: tried.append(video))
+    code, err = run_cli(["batch", inputs, "-o", outputs, "--identity", media["photo"],
+                         *with_models(fast_args, models)], capsys)
+    assert_one_line_error(code, err, Path(name).name)
+    assert tried == [] and list(outputs.iterdir()) == []  # no clip tried, no failures.jsonl
+
+
+@pytest.mark.parametrize("command", ["run", "edit"])
+@pytest.mark.parametrize("name", BROKEN)
+def test_run_and_edit_check_weights_before_the_face_scan(command, name, broken_models, media, fast_args, tmp_path,
+                                                         capsys, monkeypatch):
+    models = broken_models(name)
+    scanned = []
+    module = run_module if command == "run" else edit_module
+    monkeypatch.setattr(module, "scan_clip", lambda *a, **k: scanned.append(a) or pytest.fail("scanned"))
+    out = tmp_path / "out.mp4"
+    source = ["--identity", media["photo"]] if command == "run" else ["--expression", media["photo"]]
+    code, err = run_cli([command, media["clip"], *source, "-o", out, *with_models(fast_args, models)], capsys)
+    assert_one_line_error(code, err, Path(name).name)
+    assert scanned == [] and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
