@@ -37,20 +37,22 @@ DESCRIPTION = f"Synthetic video: face generated or edited by {TOOL} (AI facial-p
 
 
 def models_fingerprint(models_dir: str | os.PathLike) -> str | None:
-    """SHA-256 (hex) of the models folder's listing: each file's relative path, size and modification time, sorted.
+    """SHA-256 (hex) that identifies the weights in a models folder, the same on every machine.
 
-    Cheap (no file is read) and changes when any file is replaced, added or removed; it identifies a folder on one
-    machine, not the weights' contents (a copy with new modification times hashes differently). ``None`` when the
-    folder does not exist.
+    Built from :func:`retarget.jobs.model_files.model_files_identity` (the one description of the model files,
+    also used by resume keys): the size of every published file (None where absent) and the content hash of the
+    adapter files; modification times are left out, so a copy of the same weights elsewhere gives the same
+    fingerprint. ``None`` when the folder does not exist.
     """
+    from retarget.jobs.model_files import model_files_identity
+
     root = Path(models_dir)
     if not root.is_dir():
         return None
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+    identity = model_files_identity(root)
+    sizes = {name: None if entry is None else entry["size"] for name, entry in identity["files"].items()}
+    payload = json.dumps({"sizes": sizes, "sha256": identity["sha256"]}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def watermark_record(enabled: bool) -> dict | None:

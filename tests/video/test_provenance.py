@@ -119,17 +119,21 @@ def test_unmarked_clips_read_as_chance():
     assert watermark.detect(flat)["matching_bits"] == 24  # flat areas read 0 everywhere
 
 
-def test_models_fingerprint_follows_size_and_time(tmp_path):
+def test_models_fingerprint_follows_sizes_and_adapter_contents_not_times(tmp_path):
     assert metadata.models_fingerprint(tmp_path / "missing") is None
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "w.bin").write_bytes(b"1234")
+    adapter = tmp_path / "exp_adapter" / "exp_adapter.bin"
+    adapter.parent.mkdir()
+    adapter.write_bytes(b"1234")
     first = metadata.models_fingerprint(tmp_path)
     assert first == metadata.models_fingerprint(tmp_path) and len(first) == 64
-    os.utime(tmp_path / "a" / "w.bin", ns=(1, 2))
+    os.utime(adapter, ns=(1, 2))
+    assert metadata.models_fingerprint(tmp_path) == first  # same weights, other time: same fingerprint
+    adapter.write_bytes(b"1235")  # same size, other content
     second = metadata.models_fingerprint(tmp_path)
     assert second != first
-    (tmp_path / "a" / "w.bin").write_bytes(b"12345")
-    os.utime(tmp_path / "a" / "w.bin", ns=(1, 2))
+    onnx = tmp_path / "antelopev2" / "arcface.onnx"
+    onnx.parent.mkdir()
+    onnx.write_bytes(b"x" * 10)
     assert metadata.models_fingerprint(tmp_path) not in (first, second)
 
 
