@@ -27,7 +27,8 @@ def _common_parser() -> argparse.ArgumentParser:
     model.add_argument("--base-model", metavar="DIR|ID", default=None,
                        help="SD1.5 folder or hub id for vae/tokenizer/scheduler (default: $RETARGET_BASE_MODEL "
                             "or stable-diffusion-v1-5/stable-diffusion-v1-5)")
-    model.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    model.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the launcher's GPU cuda:LOCAL_RANK under accelerate "
+                            "launch/torchrun, else cuda:0 when available, else cpu)")
     model.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None,
                        help="weights precision (default: bf16/fp16 on GPUs, fp32 on the CPU)")
     model.add_argument("--vae-fp32", action="store_true",
