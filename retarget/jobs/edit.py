@@ -24,7 +24,8 @@ import numpy as np
 from retarget.errors import InputError
 from retarget.faces.alignment import ffhq_transform
 from retarget.faces.pasteback import paste_back
-from retarget.jobs.common import check_output, chunk_frames, clip_range, edit_frame_bytes, prepared_motion, timing
+from retarget.jobs.common import (check_output, chunk_frames, clip_range, edit_frame_bytes, picture_bytes,
+                                  prepared_motion, timing)
 from retarget.jobs.expressions import neutral_values, rendered_expressions
 from retarget.jobs.frames import frames_of_span, photo_face, scan_clip
 from retarget.jobs.options import JobOptions
@@ -120,7 +121,7 @@ def edit_job(video, expression, output, options: JobOptions, *, start: float | N
         "range": [lo, hi], "side_by_side": side_by_side, "options": options.render_key(),
     }
     chunk = chunk_frames(edit_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
-                         options.memory_budget)
+                         options.memory_budget, picture_bytes(info.width, info.height))
     job = ChunkedRender(output, key, info.frame_count, chunk, info.frame_rate, settings=options.encoder,
                         **timing(info))
     from tqdm.auto import tqdm

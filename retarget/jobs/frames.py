@@ -159,7 +159,8 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
                            max_gap=MAX_FILLED_GAP)
     bar = tqdm(total=hi - lo, desc=f"faces {info.path.name}", unit="frame", disable=not progress, leave=False)
     start, end = _time_window(info, lo)[0], (None if hi >= n else float(times[hi]))
-    chunk_size = chunk_frames(picture_bytes(info.width, info.height), chunk_size, memory_budget)
+    picture = picture_bytes(info.width, info.height)
+    chunk_size = chunk_frames(picture, chunk_size, memory_budget, picture)
     for chunk in reader.iter_chunks(chunk_size, None if lo == 0 else start, end):
         rows, crops = [], []
         for frame, index in zip(chunk.frames, chunk.indices):

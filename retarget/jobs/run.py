@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from retarget.faces.alignment import ffhq_transform
-from retarget.jobs.common import (audio_of_range, check_output, chunk_frames, clip_range, prepared_motion,
-                                  run_frame_bytes, timing)
+from retarget.jobs.common import (audio_of_range, check_output, chunk_frames, clip_range, picture_bytes,
+                                  prepared_motion, run_frame_bytes, timing)
 from retarget.jobs.expressions import neutral_values, rendered_expressions
 from retarget.jobs.frames import frames_of_span, photo_face, scan_clip
 from retarget.jobs.options import JobOptions
@@ -87,7 +87,7 @@ def run_job(driving, identity, output, options: JobOptions, *, reference: bool =
         "reference": reference, "side_by_side": side_by_side, "range": [lo, hi], "options": options.render_key(),
     }
     chunk = chunk_frames(run_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
-                         options.memory_budget)
+                         options.memory_budget, picture_bytes(info.width, info.height))
     job = ChunkedRender(output, key, hi - lo, chunk, info.frame_rate, settings=options.encoder,
                         **timing(info, lo, hi))
     from tqdm.auto import tqdm

@@ -1,5 +1,6 @@
 """Host memory by bytes: the chunk length adapts to the picture size so a chunk's frames, with every copy a job
-makes of them, fit ``memory_budget`` GiB (``--chunk-size`` stays the upper bound).
+makes of them, plus a reserve for the work on single frames, fit ``memory_budget`` GiB (``--chunk-size`` stays the
+upper bound).
 
 The planner's arithmetic is checked against sizes worked out by hand; an ``edit --side-by-side`` run under a tiny
 budget is checked by its peak of traced allocations (numpy's frame buffers are traced by ``tracemalloc``; the
@@ -14,7 +15,9 @@ import numpy as np
 import pytest
 
 from retarget.jobs import edit as edit_module
-from retarget.jobs.common import MEMORY_BUDGET_GIB, chunk_frames, edit_frame_bytes, picture_bytes, run_frame_bytes
+from retarget.errors import InputError
+from retarget.jobs.common import (MEMORY_BUDGET_GIB, WORKING_PICTURES, chunk_frames, edit_frame_bytes, picture_bytes,
+                                  run_frame_bytes)
 from retarget.jobs.edit import edit_job, read_expression_source
 from retarget.jobs.options import JobOptions
 from retarget.jobs.session import RenderSession
@@ -26,6 +29,7 @@ from retarget.video.resume import ChunkedRender
 GIB = 1024**3
 UHD = 3840 * 2160 * 3  # bytes of one 3840x2160 RGB picture
 FACE = 512 * 512 * 3
+COUNT = 16
 
 
 def test_frame_bytes_count_every_copy():
@@ -39,30 +43,36 @@ def test_frame_bytes_count_every_copy():
 
 
 @pytest.mark.parametrize("width, height, side_by_side, expected", [
-    (3840, 2160, True, 21),    # 4K edit --side-by-side: 96.4 MiB per frame
-    (3840, 2160, False, 64),   # 4K edit: 25.2 MiB per frame, 81 would fit, --chunk-size caps
-    (7680, 4320, True, 5),     # 8K edit --side-by-side: 381 MiB per frame
-    (7680, 4320, False, 21),
-    (1920, 1080, True, 64),
+    (3840, 2160, True, 14),    # 4K edit --side-by-side: 96.4 MiB per frame after 664 MiB of working memory
+    (3840, 2160, False, 54),   # 4K edit: 25.2 MiB per frame
+    (7680, 4320, True, 1),     # 8K: the working memory alone exceeds 2 GiB; one frame at a time
+    (1920, 1080, True, 64),    # HD: --chunk-size caps
 ])
 def test_chunk_length_fits_the_default_budget(width, height, side_by_side, expected):
     per_frame = edit_frame_bytes(width, height, 512, side_by_side)
-    frames = chunk_frames(per_frame, 64, MEMORY_BUDGET_GIB)
+    budget = MEMORY_BUDGET_GIB * GIB - WORKING_PICTURES * picture_bytes(width, height)
+    frames = chunk_frames(per_frame, 64, MEMORY_BUDGET_GIB, picture_bytes(width, height))
     assert frames == expected
-    assert frames * per_frame <= MEMORY_BUDGET_GIB * GIB
-    assert frames == 64 or (frames + 1) * per_frame > MEMORY_BUDGET_GIB * GIB
+    assert frames == 1 or frames * per_frame <= budget
+    assert frames == 64 or (frames + 1) * per_frame > budget
 
 
 def test_chunk_length_bounds():
     assert chunk_frames(UHD, 8, 100.0) == 8  # --chunk-size is the upper bound
     assert chunk_frames(UHD, 64, 0.001) == 1  # a frame larger than the budget is still processed, alone
     assert chunk_frames(10 * 2**20, 64, 0.05) == 5  # 51.2 MiB / 10 MiB
+    assert chunk_frames(10 * 2**20, 64, 0.05, 2**20) == 2  # less the working memory of 28 pictures of 1 MiB
 
 
-def edit_peak(clip, photo, options, tmp_path, name, monkeypatch):
-    """(effective chunk length, peak traced bytes) of ``edit --side-by-side`` with models loaded before tracing."""
-    session = RenderSession(options)
-    session.pipeline, session.faces.detector, session.faces.identity, session.faces.expressions  # load now
+def test_budget_must_be_positive():
+    with pytest.raises(InputError, match="--memory-budget must be > 0"):
+        JobOptions(memory_budget=0)
+
+
+def edit_peak(clip, photo, options, session, tmp_path, name, monkeypatch):
+    """(effective chunk length, peak traced bytes) of ``edit --side-by-side`` with ``session``'s models loaded
+    before tracing."""
+    session.options = options
     source = read_expression_source(photo, session)
     lengths = []
 
@@ -79,28 +89,30 @@ def edit_peak(clip, photo, options, tmp_path, name, monkeypatch):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert VideoReader(output).info.frame_count == 24
+    assert VideoReader(output).info.frame_count == COUNT
     return lengths[0], peak
 
 
 def test_edit_side_by_side_peak_stays_within_the_budget(cli_models, media, tmp_path, monkeypatch):
     models, base = cli_models
-    width, height, count = 320, 240, 24
-    clip = write_clip(tmp_path / "clip.mp4", moving_face_frames(count, width=width, height=height), Fraction(25),
+    width, height = 320, 240
+    clip = write_clip(tmp_path / "clip.mp4", moving_face_frames(COUNT, width=width, height=height), Fraction(25),
                       audio=False)
     picture = picture_bytes(width, height)
     common = dict(models=models, base_model=base, steps=1, guidance=1.0, batch_size=8, device="cpu",
                   progress=False, encoder=EncoderSettings(preset="ultrafast"))
-    # Budget for two frames of edit --side-by-side on the tiny model (64 x 64 faces).
-    budget_bytes = 2 * edit_frame_bytes(width, height, 64, True)
+    # Budget for two frames of edit --side-by-side on the tiny model (64 x 64 faces) and the working memory.
+    budget_bytes = 2 * edit_frame_bytes(width, height, 64, True) + WORKING_PICTURES * picture
     small = JobOptions(**common, memory_budget=budget_bytes / GIB)
-    chunk, peak = edit_peak(clip, media["photo"], small, tmp_path, "small", monkeypatch)
-    whole, whole_peak = edit_peak(clip, media["photo"], JobOptions(**common), tmp_path, "whole", monkeypatch)
+    session = RenderSession(small)
+    session.pipeline, session.faces.detector, session.faces.identity, session.faces.expressions  # load now
+    chunk, peak = edit_peak(clip, media["photo"], small, session, tmp_path, "small", monkeypatch)
+    whole, whole_peak = edit_peak(clip, media["photo"], JobOptions(**common), session, tmp_path, "whole",
+                                  monkeypatch)
     print(f"picture {picture / 2**20:.2f} MiB; budget {budget_bytes / 2**20:.1f} MiB: chunk {chunk}, peak "
           f"{peak / 2**20:.1f} MiB; default budget: chunk {whole}, peak {whole_peak / 2**20:.1f} MiB")
-    assert chunk == 2 and whole >= count  # the default: the whole clip in one chunk
-    # Within the budget plus per-frame working memory (decoding, paste-back, composing: a few pictures) and 1 MiB
-    # of bookkeeping (per-frame numbers, Python objects).
-    assert peak <= budget_bytes + 8 * picture + 2**20
+    assert chunk == 2 and whole >= COUNT  # the default: the whole clip in one chunk
+    # The traced allocations (numpy's frame buffers and Python objects) stay within the budget.
+    assert peak <= budget_bytes
     # The whole clip in one chunk holds four pictures per frame, as counted.
-    assert whole_peak >= 4 * count * picture
+    assert whole_peak >= 4 * COUNT * picture
