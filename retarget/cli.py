@@ -47,8 +47,8 @@ def _common_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--chunk-size", type=int, default=64,
                           help="most frames per resumable chunk; host memory holds one chunk (default 64)")
     sampling.add_argument("--memory-budget", type=float, default=None, metavar="GIB",
-                          help="host memory for the frames of one chunk, in GiB; caps the chunk length at large "
-                               "picture sizes (default 2)")
+                          help="host memory beyond the models for one chunk of frames and the work on single "
+                               "frames, in GiB; shortens chunks of large pictures (default 2)")
     motion = common.add_argument_group("motion and faces")
     motion.add_argument("--smooth", choices=("kalman", "savgol", "one_euro", "none"), default="kalman",
                         help="smoothing of the expression track (default kalman: zero-lag Kalman/RTS)")

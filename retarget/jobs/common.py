@@ -72,9 +72,10 @@ def prepared_motion(track: MotionTrack, method: str) -> MotionTrack:
 MEMORY_BUDGET_GIB = 2.0
 
 #: Per-frame working memory beyond a chunk's frames, in pictures of the clip's size (decoding with threads, face
-#: detection, paste-back's float arithmetic over the face region, encoding): measured at about 24 at 3840x2160
-#: (``edit --side-by-side``, peak RSS with a short chunk minus the chunk's frames); reserved with a margin.
-WORKING_PICTURES = 28
+#: detection, paste-back's float arithmetic over the face region, encoding): measured at 25 to 31 at 3840x2160
+#: (``edit --side-by-side`` on CPU, peak RSS beyond the models minus the chunk's frames, 5- and 14-frame chunks);
+#: reserved with a margin.
+WORKING_PICTURES = 36
 
 
 def picture_bytes(width: int, height: int) -> int:

@@ -125,9 +125,8 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
               memory_budget: float = MEMORY_BUDGET_GIB) -> ClipScan:
     """Stream ``reader``'s clip once, one chunk of decoded frames at a time (``chunk_size`` frames, fewer where
     that many would exceed ``memory_budget`` GiB, see :func:`~retarget.jobs.common.chunk_frames`): follow one
-    face, read its
-    expressions (batched per chunk) and, with ``identity``, a robust mean ArcFace embedding over up to
-    :data:`IDENTITY_SAMPLES` detected frames. The face is followed with
+    face, read its expressions (batched per chunk) and, with ``identity``, a robust mean ArcFace embedding over
+    up to :data:`IDENTITY_SAMPLES` detected frames. The face is followed with
     :class:`~retarget.faces.tracking.FaceTracker`: ``reference`` (a photo's embedding) picks the person by ArcFace
     similarity, else ``face_index`` picks among several by size. ``frames`` (``[first, stop)``) limits the scan to
     part of the clip; the arrays still cover the whole clip, invalid outside the part.

@@ -11,13 +11,12 @@ from __future__ import annotations
 import tracemalloc
 from fractions import Fraction
 
-import numpy as np
 import pytest
 
-from retarget.jobs import edit as edit_module
 from retarget.errors import InputError
-from retarget.jobs.common import (MEMORY_BUDGET_GIB, WORKING_PICTURES, chunk_frames, edit_frame_bytes, picture_bytes,
-                                  run_frame_bytes)
+from retarget.jobs import edit as edit_module
+from retarget.jobs.common import (MEMORY_BUDGET_GIB, WORKING_PICTURES, chunk_frames, edit_frame_bytes,
+                                  picture_bytes, run_frame_bytes)
 from retarget.jobs.edit import edit_job, read_expression_source
 from retarget.jobs.options import JobOptions
 from retarget.jobs.session import RenderSession
@@ -43,8 +42,8 @@ def test_frame_bytes_count_every_copy():
 
 
 @pytest.mark.parametrize("width, height, side_by_side, expected", [
-    (3840, 2160, True, 14),    # 4K edit --side-by-side: 96.4 MiB per frame after 664 MiB of working memory
-    (3840, 2160, False, 54),   # 4K edit: 25.2 MiB per frame
+    (3840, 2160, True, 12),    # 4K edit --side-by-side: 96.4 MiB per frame after 854 MiB of working memory
+    (3840, 2160, False, 47),   # 4K edit: 25.2 MiB per frame
     (7680, 4320, True, 1),     # 8K: the working memory alone exceeds 2 GiB; one frame at a time
     (1920, 1080, True, 64),    # HD: --chunk-size caps
 ])
@@ -61,7 +60,7 @@ def test_chunk_length_bounds():
     assert chunk_frames(UHD, 8, 100.0) == 8  # --chunk-size is the upper bound
     assert chunk_frames(UHD, 64, 0.001) == 1  # a frame larger than the budget is still processed, alone
     assert chunk_frames(10 * 2**20, 64, 0.05) == 5  # 51.2 MiB / 10 MiB
-    assert chunk_frames(10 * 2**20, 64, 0.05, 2**20) == 2  # less the working memory of 28 pictures of 1 MiB
+    assert chunk_frames(10 * 2**20, 64, 0.1, 2**20) == 6  # 102.4 MiB less 36 pictures of 1 MiB: 66.4 MiB
 
 
 def test_budget_must_be_positive():
