@@ -114,4 +114,4 @@ def test_edit_side_by_side_peak_stays_within_the_budget(cli_models, media, tmp_p
     # The traced allocations (numpy's frame buffers and Python objects) stay within the budget.
     assert peak <= budget_bytes
     # The whole clip in one chunk holds four pictures per frame, as counted.
-    assert whole_peak >= 4 * COUNT * picture
+    assert whole_peak >= 4 * COUNT * picture and whole_peak > budget_bytes
