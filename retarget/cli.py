@@ -46,7 +46,10 @@ def _common_parser() -> argparse.ArgumentParser:
                           help="draw new noise per frame (default: the same noise for every frame, steadier video)")
     sampling.add_argument("--batch-size", type=int, default=8, help="frames per diffusion call (default 8)")
     sampling.add_argument("--chunk-size", type=int, default=64,
-                          help="frames per resumable chunk; host memory holds one chunk (default 64)")
+                          help="most frames per resumable chunk; host memory holds one chunk (default 64)")
+    sampling.add_argument("--memory-budget", type=float, default=None, metavar="GIB",
+                          help="host memory beyond the models for one chunk of frames and the work on single "
+                               "frames, in GiB; shortens chunks of large pictures (default 2)")
     motion = common.add_argument_group("motion and faces")
     motion.add_argument("--smooth", choices=("kalman", "savgol", "one_euro", "none"), default="kalman",
                         help="smoothing of the expression track (default kalman: zero-lag Kalman/RTS)")
@@ -217,6 +220,7 @@ def options_from_args(args: argparse.Namespace):
         per_frame_noise=args.per_frame_noise,
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
+        **({} if args.memory_budget is None else {"memory_budget": args.memory_budget}),
         device=args.device,
         dtype=args.dtype,
         smooth=args.smooth,

@@ -65,3 +65,49 @@ def audio_of_range(reader: VideoReader, first: int, stop: int) -> AudioSource:
 def prepared_motion(track: MotionTrack, method: str) -> MotionTrack:
     """``track`` smoothed with ``method`` and with every gap filled (interpolated inside, held at the ends)."""
     return fill_gaps(smooth(track, method), max_gap_seconds=float("inf"))
+
+
+#: Default host-memory budget beyond the models, in GiB (``--memory-budget``): a chunk's frames, every copy a job
+#: makes of them, and the per-frame working memory (see :func:`chunk_frames`).
+MEMORY_BUDGET_GIB = 2.0
+
+#: Per-frame working memory beyond a chunk's frames, in pictures of the clip's size (decoding with threads, face
+#: detection, paste-back's float arithmetic over the face region, encoding): measured at 25 to 31 at 3840x2160
+#: (``edit --side-by-side`` on CPU, peak RSS beyond the models minus the chunk's frames, 5- and 14-frame chunks);
+#: reserved with a margin.
+WORKING_PICTURES = 36
+
+
+def picture_bytes(width: int, height: int) -> int:
+    """Bytes of one uint8 RGB ``height x width`` picture."""
+    return int(width) * int(height) * 3
+
+
+def chunk_frames(frame_bytes: int, chunk_size: int, budget_gib: float, picture: int = 0) -> int:
+    """Frames per chunk: as many as fit ``budget_gib`` GiB at ``frame_bytes`` bytes per frame (everything a chunk
+    holds per frame at once, see :func:`edit_frame_bytes` and :func:`run_frame_bytes`) after reserving
+    :data:`WORKING_PICTURES` pictures of ``picture`` bytes (the clip's, see :func:`picture_bytes`) for the work on
+    single frames; at most ``chunk_size`` and at least 1 (a frame larger than the budget is still processed, alone).
+    Depends only on its arguments, so a resumed job gets the same chunks."""
+    budget = int(budget_gib * 1024**3) - WORKING_PICTURES * int(picture)
+    return max(1, min(int(chunk_size), budget // max(1, int(frame_bytes))))
+
+
+def edit_frame_bytes(width: int, height: int, face_size: int, side_by_side: bool) -> int:
+    """Host bytes per frame of an ``edit`` chunk: the decoded frame (pasted into in place); with ``side_by_side``
+    also the original kept for the left panel and the composite twice as wide; plus the aligned crop and the
+    generated face (``face_size`` squared each)."""
+    pictures = 4 if side_by_side else 1
+    return pictures * picture_bytes(width, height) + 2 * picture_bytes(face_size, face_size)
+
+
+def run_frame_bytes(width: int, height: int, face_size: int, side_by_side: bool) -> int:
+    """Host bytes per frame of a ``run`` chunk: the generated face (``face_size`` squared); with ``side_by_side``
+    also the decoded driving frame and the composite (the driving frame scaled to ``face_size`` rows, then the
+    face)."""
+    face = picture_bytes(face_size, face_size)
+    if not side_by_side:
+        return face
+    panel = picture_bytes(round(width * face_size / height), face_size)
+    return face + picture_bytes(width, height) + panel + face
+

@@ -5,8 +5,12 @@ time: source time 0 lines up with ``start``, so clips at different rates stay in
 Each frame's aligned face is its own reference; the identity is the clip's robust mean ArcFace embedding. The
 result has the clip's size, frame count, timing and audio (with ``side_by_side``: original | result, twice as
 wide). Frames outside ``[start, end)``, frames without the followed face and frames past the end of the source's
-expressions pass through untouched. Expressions: see :mod:`retarget.jobs.expressions`; in relative mode the
-target's own expression is each frame's own (smoothed) SMIRK values and the neutral frame is a frame of SOURCE.
+expressions pass through untouched; frames of a short gap in the face's detections (at most
+:data:`~retarget.jobs.frames.MAX_FILLED_GAP` frames between two detections) are edited like the others, at the
+interpolated keypoints, so a missed detection does not show the original face between edited frames. Host memory:
+one chunk of frames, its length capped by ``options.memory_budget`` (see :func:`retarget.jobs.common.chunk_frames`).
+Expressions: see :mod:`retarget.jobs.expressions`; in relative mode the target's own expression is each frame's
+own (smoothed) SMIRK values and the neutral frame is a frame of SOURCE.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import numpy as np
 from retarget.errors import InputError
 from retarget.faces.alignment import ffhq_transform
 from retarget.faces.pasteback import paste_back
-from retarget.jobs.common import check_output, clip_range, prepared_motion, timing
+from retarget.jobs.common import (check_output, chunk_frames, clip_range, edit_frame_bytes, picture_bytes,
+                                  prepared_motion, timing)
 from retarget.jobs.expressions import neutral_values, rendered_expressions
 from retarget.jobs.frames import frames_of_span, photo_face, scan_clip
 from retarget.jobs.options import JobOptions
@@ -78,7 +83,7 @@ def read_expression_source(source, session: RenderSession) -> ExpressionSource:
         values = session.faces.expressions.extract([image], face.keypoints[None])[0]
         return ExpressionSource(path, constant=values)
     scan = scan_clip(VideoReader(path), session.faces, options.face_index, chunk_size=options.chunk_size,
-                     progress=options.progress)
+                     progress=options.progress, memory_budget=options.memory_budget)
     return ExpressionSource(path, track=prepared_motion(scan.motion(), options.smooth))
 
 
@@ -100,7 +105,7 @@ def edit_job(video, expression, output, options: JobOptions, *, start: float | N
                          "(a photo has no neutral frame)")
     scan = scan_clip(reader, session.faces, options.face_index, expressions=options.relative, identity=True,
                      chunk_size=options.chunk_size, progress=options.progress, reference=session.face_reference,
-                     frames=(lo, hi))
+                     frames=(lo, hi), memory_budget=options.memory_budget)
 
     times = scan.times
     values = np.zeros((info.frame_count, 55), np.float32)
@@ -122,8 +127,10 @@ def edit_job(video, expression, output, options: JobOptions, *, start: float | N
         "command": "edit", "video": file_identity(video), "expression": file_identity(source.path),
         "range": [lo, hi], "side_by_side": side_by_side, "options": options.render_key(),
     }
-    job = ChunkedRender(output, key, info.frame_count, options.chunk_size, info.frame_rate,
-                        settings=options.encoder, **timing(info))
+    chunk = chunk_frames(edit_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
+                         options.memory_budget, picture_bytes(info.width, info.height))
+    job = ChunkedRender(output, key, info.frame_count, chunk, info.frame_rate, settings=options.encoder,
+                        **timing(info))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=info.frame_count, initial=job.done_frames(), desc=f"edit {Path(video).name}", unit="frame",

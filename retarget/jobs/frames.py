@@ -2,7 +2,8 @@
 face's keypoints, expressions, identity), decoding a span of frames, and photo faces.
 
 Memory: a scan holds one chunk of decoded frames at a time plus per-frame numbers (10 keypoint floats and 55
-expression values per frame), so it does not grow with the picture size or, beyond those numbers, the length.
+expression values per frame), so it does not grow with the length beyond those numbers; the chunk's length is capped
+by a byte budget (see :func:`retarget.jobs.common.chunk_frames`), so it does not grow with the picture size either.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from retarget.errors import NoFaceError
+from retarget.errors import InputError, NoFaceError
 from retarget.faces.detection import Face, load_detector
-from retarget.faces.tracking import FaceTracker
+from retarget.faces.tracking import FaceTracker, fill_keypoint_gaps
+from retarget.jobs.common import MEMORY_BUDGET_GIB, chunk_frames, picture_bytes
 from retarget.motion.smoothing import kalman_rts
 from retarget.motion.track import DIM, MotionTrack
 from retarget.video.reader import VideoReader
@@ -25,6 +27,9 @@ log = logging.getLogger(__name__)
 
 #: Frames whose identity embedding goes into a clip's mean identity (evenly spread over the clip).
 IDENTITY_SAMPLES = 32
+
+#: Longest run of frames without a detection, between two detections, that a scan fills by interpolation.
+MAX_FILLED_GAP = 5
 
 
 class FaceModels:
@@ -69,9 +74,15 @@ class FaceModels:
 class ClipScan:
     """What one pass over a clip found.
 
-    ``keypoints`` float32 ``[N, 5, 2]`` (zeros where ``valid`` is False), ``valid`` bool ``[N]``, ``times`` float64
-    ``[N]`` seconds from the first frame, ``rate`` exact, ``expressions`` float32 ``[N, 55]`` or None, ``identity``
-    float32 ``[512]`` (robust mean over sampled frames) or None.
+    ``detected`` bool ``[N]``: the detector found the followed face in that frame. ``valid`` bool ``[N]``: the
+    frame has the face, detected or filled: ``detected`` plus the frames of gaps of at most
+    :data:`MAX_FILLED_GAP` frames between two detections (filled frames are ``valid & ~detected``). Longer gaps,
+    frames before the first and after the last detection, and frames outside the scanned part are not valid.
+    ``keypoints`` float32 ``[N, 5, 2]`` pixels (detected, linearly interpolated in filled frames, zeros where
+    ``valid`` is False), ``times`` float64 ``[N]`` seconds from the first frame, ``rate`` exact, ``expressions``
+    float32 ``[N, 55]`` or None (SMIRK values of the detected frames, linearly interpolated between the
+    neighbouring detections in filled frames, zeros elsewhere), ``identity`` float32 ``[512]`` (robust mean over
+    sampled detected frames) or None.
     """
 
     keypoints: np.ndarray
@@ -80,6 +91,16 @@ class ClipScan:
     rate: Fraction
     expressions: np.ndarray | None = None
     identity: np.ndarray | None = None
+    detected: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.detected is None:
+            self.detected = self.valid.copy()
+
+    @property
+    def filled(self) -> np.ndarray:
+        """bool ``[N]``: frames whose keypoints (and expressions) were interpolated across a short gap."""
+        return self.valid & ~self.detected
 
     def motion(self, metadata: dict[str, str] | None = None, frames: tuple[int, int] | None = None) -> MotionTrack:
         """The raw expression track (requires a scan with expressions); with ``frames`` (``[first, stop)``) only
@@ -91,21 +112,35 @@ class ClipScan:
                            self.rate, metadata=metadata or {})
 
     def smoothed_keypoints(self, cutoff_hz: float = 3.0) -> np.ndarray:
-        """Keypoints with zero-lag Kalman/RTS smoothing over time (steadier paste-back); invalid frames unchanged."""
-        if self.valid.sum() < 2:
+        """Keypoints with zero-lag Kalman/RTS smoothing over time (steadier paste-back): the detected frames are
+        the measurements, every valid frame (filled ones included) gets the smoothed estimate, frames that are not
+        valid are unchanged."""
+        if self.detected.sum() < 2:
             return self.keypoints
         flat = self.keypoints.reshape(len(self.keypoints), 10)
-        return kalman_rts(flat, self.valid, self.times, cutoff_hz=cutoff_hz).reshape(-1, 5, 2)
+        smoothed = kalman_rts(flat, self.detected, self.times, cutoff_hz=cutoff_hz).reshape(-1, 5, 2)
+        return np.where(self.valid[:, None, None], smoothed, self.keypoints).astype(np.float32)
 
 
 def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, expressions: bool = True,
               identity: bool = False, chunk_size: int = 64, progress: bool = True,
-              reference: FaceReference | None = None, frames: tuple[int, int] | None = None) -> ClipScan:
-    """Stream ``reader``'s clip once: follow one face, read its expressions (batched per chunk) and, with
-    ``identity``, a robust mean ArcFace embedding over up to :data:`IDENTITY_SAMPLES` frames. The face is
-    followed with :class:`~retarget.faces.tracking.FaceTracker`: ``reference`` (a photo's embedding) picks the
-    person by ArcFace similarity, else ``face_index`` picks among several by size. ``frames`` (``[first, stop)``)
-    limits the scan to part of the clip; the arrays still cover the whole clip, invalid outside the part.
+              reference: FaceReference | None = None, frames: tuple[int, int] | None = None,
+              memory_budget: float = MEMORY_BUDGET_GIB) -> ClipScan:
+    """Stream ``reader``'s clip once, one chunk of decoded frames at a time (``chunk_size`` frames, fewer where
+    that many would exceed ``memory_budget`` GiB, see :func:`~retarget.jobs.common.chunk_frames`): follow one
+    face, read its expressions (batched per chunk) and, with ``identity``, a robust mean ArcFace embedding over
+    up to :data:`IDENTITY_SAMPLES` detected frames. The face is followed with
+    :class:`~retarget.faces.tracking.FaceTracker`: ``reference`` (a photo's embedding) picks the person by ArcFace
+    similarity, else ``face_index`` picks among several by size. ``frames`` (``[first, stop)``) limits the scan to
+    part of the clip; the arrays still cover the whole clip, invalid outside the part.
+
+    Gaps of at most :data:`MAX_FILLED_GAP` frames between two detections are filled (see :class:`ClipScan`):
+    keypoints and expressions are interpolated linearly between the neighbouring detections. The expressions are
+    interpolated rather than read by SMIRK from crops at the interpolated keypoints: the detector missed the face
+    in those frames (occlusion, blur, a frame without the face), so such a crop need not show the face and SMIRK's
+    values for it would be arbitrary, while the neighbours' values are measurements of the same face a few
+    frames apart. (It also needs no second decode of frames whose gap is only known to be short, and filled, once
+    the next detection arrives, possibly in a later chunk.)
 
     Raises :class:`NoFaceError` when no frame has the face.
     """
@@ -118,14 +153,16 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
     lo, hi = frames if frames is not None else (0, n)
     times = info.frame_times()
     keypoints = np.zeros((n, 5, 2), np.float32)
-    valid = np.zeros(n, bool)
+    detected = np.zeros(n, bool)
     values = np.zeros((n, DIM), np.float32) if expressions else None
     embeddings: list[np.ndarray] = []
     step = max(1, (hi - lo) // IDENTITY_SAMPLES)
-    follower = FaceTracker(face_index=face_index,
-                           reference=None if reference is None else reference.embedding)
+    follower = FaceTracker(face_index=face_index, reference=None if reference is None else reference.embedding,
+                           max_gap=MAX_FILLED_GAP)
     bar = tqdm(total=hi - lo, desc=f"faces {info.path.name}", unit="frame", disable=not progress, leave=False)
     start, end = _time_window(info, lo)[0], (None if hi >= n else float(times[hi]))
+    picture = picture_bytes(info.width, info.height)
+    chunk_size = chunk_frames(picture, chunk_size, memory_budget, picture)
     for chunk in reader.iter_chunks(chunk_size, None if lo == 0 else start, end):
         rows, crops = [], []
         for frame, index in zip(chunk.frames, chunk.indices):
@@ -136,7 +173,7 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
             face = follower.update(detections, candidates)
             if face is None:
                 continue
-            keypoints[index], valid[index] = face.keypoints, True
+            keypoints[index], detected[index] = face.keypoints, True
             rows.append(int(index))
             crops.append(frame)
             if identity and (index - lo) % step == 0:
@@ -145,7 +182,7 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
             values[rows] = models.expressions.extract(crops, keypoints[rows])
         bar.update(len(chunk))
     bar.close()
-    if not valid.any():
+    if not detected.any():
         if reference is not None:
             which = f"the person in {reference.path.name} (--face-reference)"
         elif face_index:
@@ -154,11 +191,18 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
             which = "a face"
         raise NoFaceError(f"{info.path}: no frame shows {which}")
     if identity and not embeddings:
-        first = int(np.flatnonzero(valid)[0])
+        first = int(np.flatnonzero(detected)[0])
         for frame, _, index in reader.iter_frames(*_time_window(info, first)):
             embeddings.append(models.identity.embed(frame, keypoints[index]))
     mean_identity = robust_mean_embedding(np.stack(embeddings)) if identity else None
-    return ClipScan(keypoints, valid, info.frame_times(), info.frame_rate, values, mean_identity)
+    keypoints, filled = fill_keypoint_gaps(keypoints, detected, MAX_FILLED_GAP)
+    if expressions:
+        values, _ = fill_keypoint_gaps(values, detected, MAX_FILLED_GAP)
+    if filled.any():
+        log.info("%s: the face was missed in %d frame(s) of short gaps; filled by interpolation",
+                 info.path.name, int(filled.sum()))
+    return ClipScan(keypoints, detected | filled, info.frame_times(), info.frame_rate, values, mean_identity,
+                    detected)
 
 
 @dataclass(frozen=True)
@@ -183,19 +227,26 @@ def _time_window(info, index: int) -> tuple[float, float | None]:
 
 def frames_of_span(reader: VideoReader, start: int, stop: int) -> np.ndarray:
     """Decoded frames ``[start, stop)`` of the clip: uint8 ``[stop - start, H, W, 3]`` (seeks to ``start``, then
-    stops decoding after the last frame wanted)."""
-    times = reader.info.frame_times()
+    stops decoding after the last frame wanted). Decodes into one array allocated for the span (no second copy)."""
+    info = reader.info
+    times = info.frame_times()
     begin = None if start == 0 else float(times[start - 1] + times[start]) / 2  # midway: immune to rounding
-    frames = []
+    frames = np.empty((stop - start, info.height, info.width, 3), np.uint8)
+    count = 0
     for frame, _, index in reader.iter_frames(begin, None):
         if index >= stop:
             break
-        frames.append(frame)
+        if frame.shape != frames.shape[1:]:
+            raise InputError(f"{reader.path}: frame {index} is {frame.shape[1]}x{frame.shape[0]}, the clip is "
+                             f"{info.width}x{info.height} (the picture size changes inside the clip)")
+        if count < len(frames):
+            frames[count] = frame
+        count += 1
         if index == stop - 1:
             break
-    if len(frames) != stop - start:
-        raise RuntimeError(f"{reader.path}: decoded {len(frames)} frames for frames {start}..{stop - 1}")
-    return np.stack(frames)
+    if count != stop - start:
+        raise RuntimeError(f"{reader.path}: decoded {count} frames for frames {start}..{stop - 1}")
+    return frames
 
 
 def photo_face(path, models: FaceModels, face_index: int = 0) -> tuple[np.ndarray, Face]:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from retarget.errors import InputError
+from retarget.jobs.common import MEMORY_BUDGET_GIB
 from retarget.motion.adjust import PartGains
 from retarget.video.encoding import EncoderSettings
 from retarget.video.resume import file_identity
@@ -37,8 +38,10 @@ class JobOptions:
     or the public SD1.5 repository), ``device``/``dtype`` (``None`` = CUDA + bf16/fp16 when available, else CPU fp32).
     Sampling: ``steps``, ``guidance`` (CFG), ``expression_scale``, ``reference_scale``, ``seed``, ``per_frame_noise``
     (default: the same initial noise for every frame, which keeps the clip stable).
-    Throughput: ``batch_size`` frames per diffusion call, ``chunk_size`` frames per resumable chunk (a multiple of
-    nothing in particular; memory holds one chunk of decoded frames at a time).
+    Throughput: ``batch_size`` frames per diffusion call, ``chunk_size`` the most frames per resumable chunk (memory
+    holds one chunk of frames at a time), ``memory_budget`` GiB of host memory beyond the models for one chunk's
+    frames and the work on single frames (caps the chunk length at large picture sizes, see
+    :func:`retarget.jobs.common.chunk_frames`).
     Motion: ``smooth`` (one of :data:`SMOOTHING_METHODS`); ``relative`` (transfer the driving clip's changes from
     its neutral frame onto the target's own expression, see :mod:`retarget.jobs.expressions`) with
     ``neutral_frame`` (a frame number of the driving clip or expression source; ``None`` = the lowest-energy valid
@@ -62,6 +65,7 @@ class JobOptions:
     per_frame_noise: bool = False
     batch_size: int = 8
     chunk_size: int = 64
+    memory_budget: float = MEMORY_BUDGET_GIB
     device: str | None = None
     dtype: str | None = None
     smooth: str = "kalman"
@@ -89,6 +93,7 @@ class JobOptions:
             (self.guidance >= 0, f"--guidance must be >= 0, got {self.guidance}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.chunk_size >= 1, f"--chunk-size must be >= 1, got {self.chunk_size}"),
+            (self.memory_budget > 0, f"--memory-budget must be > 0 GiB, got {self.memory_budget}"),
             (self.face_index >= 0, f"--face-index must be >= 0, got {self.face_index}"),
             (self.neutral_frame is None or self.neutral_frame >= 0,
              f"--neutral-frame must be >= 0 or auto, got {self.neutral_frame}"),

@@ -5,8 +5,11 @@ Output: the aligned face video at the model's resolution (``S x S``, 512 for the
 frame rate (exact) or timestamps (variable rate) and audio; ``start``/``end`` render only the driving frames with
 ``start <= t < end`` (seconds) and cut the audio to match. Expressions: see :mod:`retarget.jobs.expressions`
 (relative mode uses the photo's own expression). Frames of the driving clip without a face get
-expressions by gap filling (interpolated between the neighbouring faces, held at the ends), so they never stop
-the run. The render is chunked and resumable (see :mod:`retarget.video.resume`); the output appears atomically.
+expressions by gap filling: short gaps in the detections are filled by the scan (see
+:class:`~retarget.jobs.frames.ClipScan`), the rest by the motion track (interpolated between the neighbouring
+faces, held at the ends), so they never stop the run. The render is chunked and resumable (see
+:mod:`retarget.video.resume`), one chunk of frames in host memory, its length capped by ``options.memory_budget``
+(see :func:`retarget.jobs.common.chunk_frames`); the output appears atomically.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from retarget.faces.alignment import ffhq_transform
-from retarget.jobs.common import audio_of_range, check_output, clip_range, prepared_motion, timing
+from retarget.jobs.common import (audio_of_range, check_output, chunk_frames, clip_range, picture_bytes,
+                                  prepared_motion, run_frame_bytes, timing)
 from retarget.jobs.expressions import neutral_values, rendered_expressions
 from retarget.jobs.frames import frames_of_span, photo_face, scan_clip
 from retarget.jobs.options import JobOptions
@@ -70,7 +74,8 @@ def run_job(driving, identity, output, options: JobOptions, *, reference: bool =
     session = (session or RenderSession(options)).load()
     photo = photo if photo is not None else identity_from_photo(identity, session)
     scan = scan_clip(reader, session.faces, options.face_index, chunk_size=options.chunk_size,
-                     progress=options.progress, reference=session.face_reference, frames=(lo, hi))
+                     progress=options.progress, reference=session.face_reference, frames=(lo, hi),
+                     memory_budget=options.memory_budget)
     track = prepared_motion(scan.motion(frames=(lo, hi)), options.smooth)
     neutral = neutral_values(track, options.neutral_frame) if options.relative else None
     expressions = rendered_expressions(track, options, own=photo.expression, neutral=neutral)
@@ -82,7 +87,9 @@ def run_job(driving, identity, output, options: JobOptions, *, reference: bool =
         "command": "run", "driving": file_identity(driving), "identity": file_identity(photo.path),
         "reference": reference, "side_by_side": side_by_side, "range": [lo, hi], "options": options.render_key(),
     }
-    job = ChunkedRender(output, key, hi - lo, options.chunk_size, info.frame_rate, settings=options.encoder,
+    chunk = chunk_frames(run_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
+                         options.memory_budget, picture_bytes(info.width, info.height))
+    job = ChunkedRender(output, key, hi - lo, chunk, info.frame_rate, settings=options.encoder,
                         **timing(info, lo, hi))
     from tqdm.auto import tqdm
 

@@ -37,10 +37,13 @@ def side_by_side_chunk(
     if len(driving) != len(result):
         raise ValueError(f"{len(driving)} driving frames but {len(result)} results")
     height = height or result.shape[1]
-    frames = []
+    frames = None
     for k in range(len(result)):
         panels = [driving[k], result[k]]
         if source is not None:
             panels.append(source if source.ndim == 3 else source[k])
-        frames.append(side_by_side(panels, height))
-    return np.stack(frames)
+        frame = side_by_side(panels, height)
+        if frames is None:  # one array for the batch, filled frame by frame (no list of copies to stack)
+            frames = np.empty((len(result), *frame.shape), np.uint8)
+        frames[k] = frame
+    return frames if frames is not None else np.zeros((0, height, 0, 3), np.uint8)

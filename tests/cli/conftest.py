@@ -14,7 +14,7 @@ from retarget.testing.media import face_photo, moving_face_frames, write_clip
 
 RATE = Fraction(30000, 1001)
 FRAMES = 12
-BLANK = (4, 5)
+BLANK = (10, 11)  # the last two frames: a gap that is not filled (no detection after it)
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +30,8 @@ def cli_models(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def media(tmp_path_factory):
-    """Paths of the shared inputs: ``clip`` (12 frames 160x120 at 30000/1001 fps with AAC audio; frames 4 and 5
-    have no face), ``photo`` (a face), ``blank_photo`` (no face), ``not_image`` (text named .jpg), ``corrupt``
+    """Paths of the shared inputs: ``clip`` (12 frames 160x120 at 30000/1001 fps with AAC audio; frames 10 and
+    11 have no face), ``photo`` (a face), ``blank_photo`` (no face), ``not_image`` (text named .jpg), ``corrupt``
     (random bytes named .mp4), ``junk_motion`` (an .npz that is not a motion file)."""
     folder = tmp_path_factory.mktemp("cli-media")
     paths = {"clip": write_clip(folder / "clip.mp4", moving_face_frames(FRAMES, blank=BLANK), RATE)}

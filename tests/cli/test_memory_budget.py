@@ -1,0 +1,117 @@
+"""Host memory by bytes: the chunk length adapts to the picture size so a chunk's frames, with every copy a job
+makes of them, plus a reserve for the work on single frames, fit ``memory_budget`` GiB (``--chunk-size`` stays the
+upper bound).
+
+The planner's arithmetic is checked against sizes worked out by hand; an ``edit --side-by-side`` run under a tiny
+budget is checked by its peak of traced allocations (numpy's frame buffers are traced by ``tracemalloc``; the
+models' tensors are not, and are loaded before tracing starts)."""
+
+from __future__ import annotations
+
+import tracemalloc
+from fractions import Fraction
+
+import pytest
+
+from retarget.errors import InputError
+from retarget.jobs import edit as edit_module
+from retarget.jobs.common import (MEMORY_BUDGET_GIB, WORKING_PICTURES, chunk_frames, edit_frame_bytes,
+                                  picture_bytes, run_frame_bytes)
+from retarget.jobs.edit import edit_job, read_expression_source
+from retarget.jobs.options import JobOptions
+from retarget.jobs.session import RenderSession
+from retarget.testing.media import moving_face_frames, write_clip
+from retarget.video.encoding import EncoderSettings
+from retarget.video.reader import VideoReader
+from retarget.video.resume import ChunkedRender
+
+GIB = 1024**3
+UHD = 3840 * 2160 * 3  # bytes of one 3840x2160 RGB picture
+FACE = 512 * 512 * 3
+COUNT = 16
+
+
+def test_frame_bytes_count_every_copy():
+    assert picture_bytes(3840, 2160) == UHD
+    # edit: the frame; with side-by-side also the original and the composite twice as wide; plus crop and face.
+    assert edit_frame_bytes(3840, 2160, 512, False) == UHD + 2 * FACE
+    assert edit_frame_bytes(3840, 2160, 512, True) == 4 * UHD + 2 * FACE
+    # run: the face; with side-by-side the driving frame and the composite (910x512 driving panel, then the face).
+    assert run_frame_bytes(3840, 2160, 512, False) == FACE
+    assert run_frame_bytes(3840, 2160, 512, True) == FACE + UHD + (910 * 512 * 3 + FACE)
+
+
+@pytest.mark.parametrize("width, height, side_by_side, expected", [
+    (3840, 2160, True, 12),    # 4K edit --side-by-side: 96.4 MiB per frame after 854 MiB of working memory
+    (3840, 2160, False, 47),   # 4K edit: 25.2 MiB per frame
+    (7680, 4320, True, 1),     # 8K: the working memory alone exceeds 2 GiB; one frame at a time
+    (1920, 1080, True, 64),    # HD: --chunk-size caps
+])
+def test_chunk_length_fits_the_default_budget(width, height, side_by_side, expected):
+    per_frame = edit_frame_bytes(width, height, 512, side_by_side)
+    budget = MEMORY_BUDGET_GIB * GIB - WORKING_PICTURES * picture_bytes(width, height)
+    frames = chunk_frames(per_frame, 64, MEMORY_BUDGET_GIB, picture_bytes(width, height))
+    assert frames == expected
+    assert frames == 1 or frames * per_frame <= budget
+    assert frames == 64 or (frames + 1) * per_frame > budget
+
+
+def test_chunk_length_bounds():
+    assert chunk_frames(UHD, 8, 100.0) == 8  # --chunk-size is the upper bound
+    assert chunk_frames(UHD, 64, 0.001) == 1  # a frame larger than the budget is still processed, alone
+    assert chunk_frames(10 * 2**20, 64, 0.05) == 5  # 51.2 MiB / 10 MiB
+    assert chunk_frames(10 * 2**20, 64, 0.1, 2**20) == 6  # 102.4 MiB less 36 pictures of 1 MiB: 66.4 MiB
+
+
+def test_budget_must_be_positive():
+    with pytest.raises(InputError, match="--memory-budget must be > 0"):
+        JobOptions(memory_budget=0)
+
+
+def edit_peak(clip, photo, options, session, tmp_path, name, monkeypatch):
+    """(effective chunk length, peak traced bytes) of ``edit --side-by-side`` with ``session``'s models loaded
+    before tracing."""
+    session.options = options
+    source = read_expression_source(photo, session)
+    lengths = []
+
+    class Recording(ChunkedRender):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            lengths.append(self.chunk_size)
+
+    monkeypatch.setattr(edit_module, "ChunkedRender", Recording)
+    tracemalloc.start()
+    try:
+        output = edit_job(clip, photo, tmp_path / f"{name}.mp4", options, side_by_side=True, session=session,
+                          source=source)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert VideoReader(output).info.frame_count == COUNT
+    return lengths[0], peak
+
+
+def test_edit_side_by_side_peak_stays_within_the_budget(cli_models, media, tmp_path, monkeypatch):
+    models, base = cli_models
+    width, height = 320, 240
+    clip = write_clip(tmp_path / "clip.mp4", moving_face_frames(COUNT, width=width, height=height), Fraction(25),
+                      audio=False)
+    picture = picture_bytes(width, height)
+    common = dict(models=models, base_model=base, steps=1, guidance=1.0, batch_size=8, device="cpu",
+                  progress=False, encoder=EncoderSettings(preset="ultrafast"))
+    # Budget for two frames of edit --side-by-side on the tiny model (64 x 64 faces) and the working memory.
+    budget_bytes = 2 * edit_frame_bytes(width, height, 64, True) + WORKING_PICTURES * picture
+    small = JobOptions(**common, memory_budget=budget_bytes / GIB)
+    session = RenderSession(small)
+    session.pipeline, session.faces.detector, session.faces.identity, session.faces.expressions  # load now
+    chunk, peak = edit_peak(clip, media["photo"], small, session, tmp_path, "small", monkeypatch)
+    whole, whole_peak = edit_peak(clip, media["photo"], JobOptions(**common), session, tmp_path, "whole",
+                                  monkeypatch)
+    print(f"picture {picture / 2**20:.2f} MiB; budget {budget_bytes / 2**20:.1f} MiB: chunk {chunk}, peak "
+          f"{peak / 2**20:.1f} MiB; default budget: chunk {whole}, peak {whole_peak / 2**20:.1f} MiB")
+    assert chunk == 2 and whole >= COUNT  # the default: the whole clip in one chunk
+    # The traced allocations (numpy's frame buffers and Python objects) stay within the budget.
+    assert peak <= budget_bytes
+    # The whole clip in one chunk holds four pictures per frame, as counted.
+    assert whole_peak >= 4 * COUNT * picture and whole_peak > budget_bytes
