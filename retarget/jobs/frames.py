@@ -102,13 +102,17 @@ class ClipScan:
         """bool ``[N]``: frames whose keypoints (and expressions) were interpolated across a short gap."""
         return self.valid & ~self.detected
 
-    def motion(self, metadata: dict[str, str] | None = None, frames: tuple[int, int] | None = None) -> MotionTrack:
-        """The raw expression track (requires a scan with expressions); with ``frames`` (``[first, stop)``) only
-        those frames, their times counted from the first of them."""
+    def motion(self, metadata: dict[str, str] | None = None, frames: tuple[int, int] | None = None,
+               filled: bool = True) -> MotionTrack:
+        """The expression track (requires a scan with expressions); with ``frames`` (``[first, stop)``) only
+        those frames, their times counted from the first of them. ``filled`` False marks only the detected frames
+        valid (a motion file records measurements; the short gaps' interpolated values stay but count as
+        missing)."""
         if self.expressions is None:
             raise ValueError("this scan did not read expressions")
         lo, hi = frames if frames is not None else (0, len(self.valid))
-        return MotionTrack(self.expressions[lo:hi], self.valid[lo:hi], self.times[lo:hi] - self.times[lo],
+        valid = self.valid if filled else self.detected
+        return MotionTrack(self.expressions[lo:hi], valid[lo:hi], self.times[lo:hi] - self.times[lo],
                            self.rate, metadata=metadata or {})
 
     def smoothed_keypoints(self, cutoff_hz: float = 3.0) -> np.ndarray:

@@ -114,7 +114,7 @@ class JobOptions:
         from retarget.jobs.model_files import model_files_identity
 
         data = asdict(self)
-        for name in ("progress", "batch_size", "models", "encoder", "compile", "face_reference"):
+        for name in ("progress", "batch_size", "memory_budget", "models", "encoder", "compile", "face_reference"):
             data.pop(name)
         data["models"] = str(self.models.resolve())
         data["face_reference"] = None if self.face_reference is None else file_identity(self.face_reference)

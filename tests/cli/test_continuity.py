@@ -125,3 +125,14 @@ def test_edit_renders_short_gaps_and_passes_long_ones_through(clip, cli_models, 
         # Edited like its neighbours: as far from the original as they are, and no jump back to the original face.
         assert change[frame] > 0.6 * change[detected].min()
         assert jump[frame] < 0.5 * change[frame]
+
+
+def test_motion_for_a_motion_file_marks_only_detected_frames_valid(clip, cli_models):
+    """A motion file records measurements: filled frames keep their interpolated values but count as missing, while
+    the track the jobs render from counts them as valid."""
+    models, _ = cli_models
+    scan = scan_with_drops(clip, models, DROPPED)
+    measured, rendered = scan.motion(filled=False), scan.motion()
+    np.testing.assert_array_equal(measured.valid, scan.detected)
+    np.testing.assert_array_equal(rendered.valid, scan.valid)
+    np.testing.assert_array_equal(measured.values, rendered.values)
