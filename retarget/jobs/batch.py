@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +138,28 @@ def append_failure(out_dir: Path, video: Path, error: BaseException) -> None:
         os.close(fd)
 
 
+def prepare_clip_job(session, target: BatchTarget) -> Callable[[Path, Path], Path]:
+    """A function ``(video, output) -> output`` that processes one clip of a batch with ``session``
+    (:class:`~retarget.jobs.session.RenderSession`).
+
+    The model files (see :meth:`RenderSession.load`) and the shared input (identity photo or expression source) are
+    checked now, so bad ones stop the batch once, before any clip is tried. The batch module sits above ``run``
+    and ``edit``, which sit above the session: imports run one way.
+    """
+    from retarget.jobs.edit import edit_job, needs_expressions, read_expression_source
+    from retarget.jobs.run import identity_from_photo, run_job
+
+    session.load(expressions=target.identity is not None or needs_expressions(target.expression, session.options))
+    if target.identity is not None:
+        identity = identity_from_photo(target.identity, session)
+        return lambda video, output: run_job(video, target.identity, output, session.options,
+                                             reference=target.reference, side_by_side=target.side_by_side,
+                                             session=session, photo=identity)
+    source = read_expression_source(target.expression, session)
+    return lambda video, output: edit_job(video, target.expression, output, session.options, session=session,
+                                          source=source, side_by_side=target.side_by_side)
+
+
 def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
               share: tuple[int, int] | None = None) -> BatchReport:
     """Process this process's share of the videos in ``input_dir``; returns the counts.
@@ -162,7 +185,7 @@ def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
     if not todo:
         return report
     session = RenderSession(options)
-    prepared = session.prepare_batch(target)
+    prepared = prepare_clip_job(session, target)
     for video in tqdm(todo, desc=f"batch {index + 1}/{count}" if count > 1 else "batch", unit="clip",
                       disable=not options.progress):
         try:

@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -101,22 +100,3 @@ class RenderSession:
             ).images
             out[rows] = np.clip(np.rint(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
         return out
-
-    def prepare_batch(self, target) -> Callable[[Path, Path], Path]:
-        """A function ``(video, output) -> output`` that processes one clip of a batch with this session.
-
-        The model files (see :meth:`load`) and the shared input (identity photo or expression source) are checked
-        now, so bad ones stop the batch once, before any clip is tried.
-        """
-        from retarget.jobs.edit import edit_job, needs_expressions, read_expression_source
-        from retarget.jobs.run import identity_from_photo, run_job
-
-        self.load(expressions=target.identity is not None or needs_expressions(target.expression, self.options))
-        if target.identity is not None:
-            identity = identity_from_photo(target.identity, self)
-            return lambda video, output: run_job(video, target.identity, output, self.options,
-                                                 reference=target.reference, side_by_side=target.side_by_side,
-                                                 session=self, photo=identity)
-        source = read_expression_source(target.expression, self)
-        return lambda video, output: edit_job(video, target.expression, output, self.options, session=self,
-                                              source=source, side_by_side=target.side_by_side)
