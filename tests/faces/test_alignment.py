@@ -7,7 +7,12 @@ from retarget.faces.alignment import ARCFACE_TEMPLATE_112, arcface_transform, es
 
 
 def test_similarity_matches_skimage_umeyama(astronaut_face):
-    reference = SimilarityTransform.from_estimate(astronaut_face.keypoints.astype(np.float64), ARCFACE_TEMPLATE_112)
+    source = astronaut_face.keypoints.astype(np.float64)
+    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+        reference = SimilarityTransform.from_estimate(source, ARCFACE_TEMPLATE_112)
+    else:  # scikit-image 0.25, the newest on Python 3.10
+        reference = SimilarityTransform()
+        assert reference.estimate(source, ARCFACE_TEMPLATE_112)
     assert np.allclose(arcface_transform(astronaut_face.keypoints).matrix, reference.params[:2], atol=1e-6)
 
 
