@@ -1,0 +1,51 @@
+"""``retarget app``: a local web app (Gradio) over the command line's jobs.
+
+Tabs: Retarget (driving video + identity photo, like ``retarget run``), Edit (video + a photo, video or motion file
+as expression source, like ``retarget edit``) and Motion (``retarget extract`` + ``retarget plot``). The jobs are
+the command line's own functions; the model stays loaded between jobs. Needs the ``app`` extra
+(``pip install -e ".[app]"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retarget.errors import InputError
+
+
+def gradio_missing() -> str | None:
+    """None when Gradio can be imported, else the one-line hint to install the extra."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        return 'the app needs the "app" extra: pip install "retarget[app]" (or pip install -e ".[app]")'
+    return None
+
+
+def create_app(models=None, base_model: str | None = None, device: str | None = None, dtype: str | None = None):
+    """``(blocks, service)``: the Gradio page and the :class:`~retarget.app.service.AppService` behind it (close the
+    service to remove the job folders). ``models`` defaults to ``$RETARGET_MODELS`` or ``./models``."""
+    message = gradio_missing()
+    if message:
+        raise InputError(message)
+    from retarget.app.service import AppService, AppSettings
+    from retarget.app.ui import build
+    from retarget.jobs.options import default_models_dir
+
+    settings = AppSettings(models=Path(models) if models else default_models_dir(), base_model=base_model,
+                           device=device, dtype=dtype)
+    service = AppService(settings)
+    return build(service), service
+
+
+def launch(models=None, base_model: str | None = None, host: str = "127.0.0.1", port: int = 7860,
+           share: bool = False, device: str | None = None, dtype: str | None = None) -> None:
+    """Serve the app at ``http://host:port`` until interrupted (``share``: also through a public Gradio link)."""
+    from retarget.app.ui import MAX_UPLOAD
+
+    demo, service = create_app(models, base_model, device, dtype)
+    try:
+        demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, inbrowser=False,
+                    show_error=True)
+    finally:
+        service.close()

@@ -1,0 +1,190 @@
+"""The Gradio page of ``retarget app``: tabs Retarget, Edit and Motion over :class:`~retarget.app.service.AppService`.
+
+Every job event shares one concurrency group of size 1 (one GPU job at a time; the others wait in Gradio's queue
+with their place shown). The progress bar follows the job's frames; Cancel stops the running job at its next frame
+batch. Uploads are limited to :data:`MAX_UPLOAD`; Gradio's copies of uploads and results are deleted after
+:data:`CACHE_SECONDS`, and the app's job folders when the next job starts and when the app stops.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from retarget.app.jobs import JobProgress
+from retarget.app.service import AppService, Controls
+from retarget.jobs.options import SMOOTHING_METHODS
+
+MAX_UPLOAD = "500mb"
+CACHE_SECONDS = 3600
+JOB_GROUP = "retarget-job"
+
+DEFAULTS = Controls()
+
+INTRO = ("Put one person's facial performance onto another face. Results carry an invisible watermark and "
+         "metadata that mark them as synthetic (`retarget verify`).")
+
+
+def _controls(tab: str) -> dict[str, gr.components.Component]:
+    """The settings of ``tab`` ("retarget", "edit" or "motion") by :class:`Controls` field name, with the CLI's
+    defaults and help texts."""
+    c: dict[str, gr.components.Component] = {}
+    d = DEFAULTS
+    if tab != "motion":
+        with gr.Accordion("Sampling", open=False):
+            with gr.Row():
+                c["steps"] = gr.Slider(1, 100, value=d.steps, step=1, label="Steps", info="denoising steps")
+                c["guidance"] = gr.Slider(0, 10, value=d.guidance, step=0.1, label="Guidance",
+                                          info="classifier-free guidance")
+                c["seed"] = gr.Number(value=d.seed, precision=0, label="Seed", info="noise seed")
+            with gr.Row():
+                c["expression_scale"] = gr.Slider(0, 2, value=d.expression_scale, step=0.05,
+                                                  label="Expression scale", info="expression adapter weight")
+                c["reference_scale"] = gr.Slider(0, 2, value=d.reference_scale, step=0.05, label="Reference scale",
+                                                 info="reference adapter weight; lower = more expression, "
+                                                      "less background/pose")
+                if tab == "retarget":
+                    c["reference"] = gr.Checkbox(value=d.reference, label="Reference adapter",
+                                                 info="off = --no-reference (the photo gives only the identity)")
+        with gr.Accordion("Motion", open=False):
+            with gr.Row():
+                c["smooth"] = gr.Dropdown(list(SMOOTHING_METHODS), value=d.smooth, label="Smoothing",
+                                          info="of the expression track; kalman = zero-lag Kalman/RTS")
+                c["relative"] = gr.Checkbox(value=d.relative, label="Relative",
+                                            info="transfer the changes from the neutral frame onto the target's "
+                                                 "own expression")
+                c["neutral_frame"] = gr.Textbox(value=d.neutral_frame, label="Neutral frame",
+                                                info="(relative) frame number, or auto = least expression")
+            with gr.Row():
+                c["expression_gain"] = gr.Slider(0, 3, value=d.expression_gain, step=0.05, label="Expression gain",
+                                                 info="multiplier of the 50 expression values")
+                c["eyelid_gain"] = gr.Slider(0, 3, value=d.eyelid_gain, step=0.05, label="Eyelid gain",
+                                             info="multiplier of the 2 eyelid values")
+                c["jaw_gain"] = gr.Slider(0, 3, value=d.jaw_gain, step=0.05, label="Jaw gain",
+                                          info="multiplier of the 3 jaw values")
+    with gr.Accordion("Faces and time range", open=False):
+        with gr.Row():
+            if tab == "motion":
+                c["smooth"] = gr.Dropdown(list(SMOOTHING_METHODS), value=d.smooth, label="Smoothing",
+                                          info="of the plotted smoothed curves (the file keeps raw values)")
+            c["face_index"] = gr.Number(value=d.face_index, precision=0, minimum=0, label="Face index",
+                                        info="which face to follow: 0 = largest in the first frame with a face")
+            c["face_reference"] = gr.Image(type="filepath", label="Face to follow (photo, optional)", height=120,
+                                           sources=["upload"])
+        if tab != "motion":
+            with gr.Row():
+                c["start"] = gr.Number(value=None, label="Start (s)", info="empty = from the beginning")
+                c["end"] = gr.Number(value=None, label="End (s)", info="empty = to the end")
+                c["side_by_side"] = gr.Checkbox(value=d.side_by_side, label="Side by side",
+                                                info="write input | result")
+                if tab == "edit":
+                    c["color_match"] = gr.Checkbox(value=d.color_match, label="Colour match",
+                                                   info="match the generated face's colours to the original")
+    return c
+
+
+def _text(path) -> str | None:
+    return None if path is None else str(path)
+
+
+def _job_outputs() -> tuple[gr.components.Component, ...]:
+    with gr.Row():
+        status = gr.Textbox(label="Status", interactive=False, elem_id=None)
+    warnings = gr.Textbox(label="Warnings", interactive=False, lines=2)
+    return status, warnings
+
+
+def build(service: AppService) -> gr.Blocks:
+    """The page, wired to ``service``."""
+
+    def progress_report(progress: gr.Progress):
+        def report(p: JobProgress):
+            progress((p.done, p.total), desc=p.desc, unit="frames")
+
+        return report
+
+    def controls_of(names, values) -> Controls:
+        return Controls(**dict(zip(names, values)))
+
+    with gr.Blocks(title="retarget", delete_cache=(CACHE_SECONDS, CACHE_SECONDS), analytics_enabled=False) as demo:
+        gr.Markdown(f"# retarget\n{INTRO}")
+        with gr.Tabs():
+            with gr.Tab("Retarget", id="retarget"):
+                with gr.Row():
+                    driving = gr.Video(label="Driving video", sources=["upload"], elem_id="retarget-driving")
+                    identity = gr.Image(type="filepath", label="Identity photo", sources=["upload"],
+                                        elem_id="retarget-identity")
+                controls = _controls("retarget")
+                with gr.Row():
+                    run = gr.Button("Run", variant="primary", elem_id="retarget-run")
+                    cancel = gr.Button("Cancel", variant="stop", elem_id="retarget-cancel")
+                with gr.Row():
+                    video = gr.Video(label="Result", interactive=False, elem_id="retarget-result")
+                    download = gr.File(label="Download", interactive=False, elem_id="retarget-download")
+                status, warnings = _job_outputs()
+                names = list(controls)
+
+                def run_retarget(progress=gr.Progress(), *values):
+                    out = service.retarget(values[0], values[1], controls_of(names, values[2:]),
+                                           progress_report(progress))
+                    path = _text(out.files.get("video"))
+                    return path, path, "\n".join(out.warnings), out.status
+
+                run.click(run_retarget, [driving, identity, *controls.values()], [video, download, warnings, status],
+                          concurrency_limit=1, concurrency_id=JOB_GROUP, api_name="retarget")
+                cancel.click(service.cancel, None, status, concurrency_limit=None, api_name="cancel")
+
+            with gr.Tab("Edit", id="edit"):
+                with gr.Row():
+                    clip = gr.Video(label="Video", sources=["upload"], elem_id="edit-video")
+                    source = gr.File(label="Expression source: photo, video or motion .npz",
+                                     file_types=["image", "video", ".npz"], elem_id="edit-source")
+                controls_e = _controls("edit")
+                with gr.Row():
+                    run_e = gr.Button("Run", variant="primary", elem_id="edit-run")
+                    cancel_e = gr.Button("Cancel", variant="stop", elem_id="edit-cancel")
+                with gr.Row():
+                    video_e = gr.Video(label="Result", interactive=False)
+                    download_e = gr.File(label="Download", interactive=False)
+                status_e, warnings_e = _job_outputs()
+                names_e = list(controls_e)
+
+                def run_edit(progress=gr.Progress(), *values):
+                    out = service.edit(values[0], values[1], controls_of(names_e, values[2:]),
+                                       progress_report(progress))
+                    path = _text(out.files.get("video"))
+                    return path, path, "\n".join(out.warnings), out.status
+
+                run_e.click(run_edit, [clip, source, *controls_e.values()],
+                            [video_e, download_e, warnings_e, status_e],
+                            concurrency_limit=1, concurrency_id=JOB_GROUP, api_name="edit")
+                cancel_e.click(service.cancel, None, status_e, concurrency_limit=None, api_name=False)
+
+            with gr.Tab("Motion", id="motion"):
+                with gr.Row():
+                    clip_m = gr.Video(label="Video", sources=["upload"], elem_id="motion-video")
+                    channels = gr.Textbox(label="Channels", placeholder="exp00,exp01,exp02,eyelid0,jaw0",
+                                          info="comma-separated names (exp00..exp49, eyelid0, eyelid1, jaw0..jaw2) "
+                                               "or numbers 0-54; empty = the default five")
+                controls_m = _controls("motion")
+                with gr.Row():
+                    run_m = gr.Button("Extract", variant="primary", elem_id="motion-run")
+                    cancel_m = gr.Button("Cancel", variant="stop")
+                with gr.Row():
+                    curves = gr.Image(label="Expression curves (raw and smoothed)", type="filepath",
+                                      interactive=False)
+                    motion_file = gr.File(label="Motion file (.npz)", interactive=False)
+                status_m, warnings_m = _job_outputs()
+                names_m = list(controls_m)
+
+                def run_motion(progress=gr.Progress(), *values):
+                    out = service.motion(values[0], controls_of(names_m, values[2:]), values[1] or "",
+                                         progress_report(progress))
+                    return (_text(out.files.get("curves")), _text(out.files.get("motion")), "\n".join(out.warnings),
+                            out.status)
+
+                run_m.click(run_motion, [clip_m, channels, *controls_m.values()],
+                            [curves, motion_file, warnings_m, status_m],
+                            concurrency_limit=1, concurrency_id=JOB_GROUP, api_name="motion")
+                cancel_m.click(service.cancel, None, status_m, concurrency_limit=None, api_name=False)
+    demo.queue(default_concurrency_limit=1)
+    return demo
