@@ -41,9 +41,9 @@ def create_app(models=None, base_model: str | None = None, device: str | None = 
 def launch(models=None, base_model: str | None = None, host: str = "127.0.0.1", port: int = 7860,
            share: bool = False, device: str | None = None, dtype: str | None = None) -> None:
     """Serve the app at ``http://host:port`` until interrupted (``share``: also through a public Gradio link)."""
+    demo, service = create_app(models, base_model, device, dtype)  # one line without the extra
     from retarget.app.ui import MAX_UPLOAD
 
-    demo, service = create_app(models, base_model, device, dtype)
     try:
         demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, inbrowser=False,
                     show_error=True)

@@ -7,7 +7,8 @@
   :class:`JobControl`. The job's own tqdm bars (``tqdm.auto.tqdm``, which the jobs import when they run) report
   frames to the control, and check its cancel flag at every update and every diffusion batch: a cancelled job stops
   there with :class:`JobCancelled` (a resumable render leaves its finished chunks, which the job folder's removal
-  takes away). Log records of level WARNING and above that the job's thread emits are collected.
+  takes away). The job thread's log records of level WARNING and above and the ``warnings.warn`` messages of the
+  retarget package itself (shown even where the command line silences Python warnings) are collected.
 * :class:`Workspace`: one temporary folder per job under the app's own temporary folder; a new job removes the
   folders of older ones (except the latest, whose files the page may still be serving), :meth:`Workspace.close`
   removes everything.
@@ -20,8 +21,9 @@ import logging
 import shutil
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from retarget.jobs.options import JobOptions
@@ -126,6 +128,7 @@ class _ThreadRecords(logging.Handler):
             self.messages.append(self.format(record))
 
 
+_PACKAGE = Path(__file__).resolve().parents[1]  # the retarget package: its own warnings are the job's
 _job_lock = threading.Lock()  # one controlled job at a time: the tqdm swap below is process-wide
 
 
@@ -160,7 +163,17 @@ def start_job(function: Callable[[], object], control: JobControl | None = None)
     def target():
         records = _ThreadRecords(threading.get_ident())
         logger = logging.getLogger("retarget")
-        with _job_lock:
+        with _job_lock, warnings.catch_warnings():
+            shown = warnings.showwarning
+
+            def show(message, category, filename, lineno, file=None, line=None):
+                if threading.get_ident() == records.thread_id and Path(filename).is_relative_to(_PACKAGE):
+                    records.messages.append(f"WARNING {Path(filename).stem}: {message}")
+                else:
+                    shown(message, category, filename, lineno, file, line)
+
+            warnings.simplefilter("always")
+            warnings.showwarning = show
             saved = tqdm.auto.tqdm
             tqdm.auto.tqdm = controlled_bar(job.control)
             logger.addHandler(records)
@@ -204,6 +217,10 @@ class SessionCache:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def __iter__(self):
+        """The sessions created so far."""
+        return iter(list(self._sessions.values()))
+
 
 class Workspace:
     """Job folders under one temporary folder of the app's own."""
@@ -227,8 +244,3 @@ class Workspace:
         with self._lock:
             self._folders.clear()
             shutil.rmtree(self.root, ignore_errors=True)
-
-
-def with_changes(options: JobOptions, **changes) -> JobOptions:
-    """``options`` with ``changes`` applied and checked again (:class:`~retarget.errors.InputError` on bad ones)."""
-    return replace(options, **changes)

@@ -20,6 +20,18 @@ JOB_GROUP = "retarget-job"
 
 DEFAULTS = Controls()
 
+#: Each tab's settings (:class:`~retarget.app.service.Controls` fields) in the order its job event takes them,
+#: after the tab's files (Retarget: driving video, identity photo; Edit: video, expression source; Motion: video,
+#: channels).
+_SHARED = ("steps", "guidance", "seed", "expression_scale", "reference_scale")
+_MOTION = ("smooth", "relative", "neutral_frame", "expression_gain", "eyelid_gain", "jaw_gain", "face_index",
+           "face_reference", "start", "end", "side_by_side")
+CONTROLS = {
+    "retarget": _SHARED + ("reference",) + _MOTION,
+    "edit": _SHARED + _MOTION + ("color_match",),
+    "motion": ("smooth", "face_index", "face_reference"),
+}
+
 INTRO = ("Put one person's facial performance onto another face. Results carry an invisible watermark and "
          "metadata that mark them as synthetic (`retarget verify`).")
 
@@ -79,7 +91,7 @@ def _controls(tab: str) -> dict[str, gr.components.Component]:
                 if tab == "edit":
                     c["color_match"] = gr.Checkbox(value=d.color_match, label="Colour match",
                                                    info="match the generated face's colours to the original")
-    return c
+    return {name: c[name] for name in CONTROLS[tab]}
 
 
 def _text(path) -> str | None:
