@@ -91,6 +91,8 @@ def _controls(tab: str) -> dict[str, gr.components.Component]:
                 if tab == "edit":
                     c["color_match"] = gr.Checkbox(value=d.color_match, label="Colour match",
                                                    info="match the generated face's colours to the original")
+    for name, component in c.items():
+        component.elem_id = f"{tab}-{name.replace('_', '-')}"
     return {name: c[name] for name in CONTROLS[tab]}
 
 
@@ -98,10 +100,10 @@ def _text(path) -> str | None:
     return None if path is None else str(path)
 
 
-def _job_outputs() -> tuple[gr.components.Component, ...]:
-    with gr.Row():
-        status = gr.Textbox(label="Status", interactive=False, elem_id=None)
-    warnings = gr.Textbox(label="Warnings", interactive=False, lines=2)
+def _job_outputs(tab: str) -> tuple[gr.components.Component, ...]:
+    """The status line and the warnings box of ``tab``."""
+    status = gr.Textbox(label="Status", interactive=False, elem_id=f"{tab}-status")
+    warnings = gr.Textbox(label="Warnings", interactive=False, lines=2, elem_id=f"{tab}-warnings")
     return status, warnings
 
 
@@ -132,7 +134,7 @@ def build(service: AppService) -> gr.Blocks:
                 with gr.Row():
                     video = gr.Video(label="Result", interactive=False, elem_id="retarget-result")
                     download = gr.File(label="Download", interactive=False, elem_id="retarget-download")
-                status, warnings = _job_outputs()
+                status, warnings = _job_outputs("retarget")
                 names = list(controls)
 
                 def run_retarget(progress=gr.Progress(), *values):
@@ -157,7 +159,7 @@ def build(service: AppService) -> gr.Blocks:
                 with gr.Row():
                     video_e = gr.Video(label="Result", interactive=False)
                     download_e = gr.File(label="Download", interactive=False)
-                status_e, warnings_e = _job_outputs()
+                status_e, warnings_e = _job_outputs("edit")
                 names_e = list(controls_e)
 
                 def run_edit(progress=gr.Progress(), *values):
@@ -185,7 +187,7 @@ def build(service: AppService) -> gr.Blocks:
                     curves = gr.Image(label="Expression curves (raw and smoothed)", type="filepath",
                                       interactive=False)
                     motion_file = gr.File(label="Motion file (.npz)", interactive=False)
-                status_m, warnings_m = _job_outputs()
+                status_m, warnings_m = _job_outputs("motion")
                 names_m = list(controls_m)
 
                 def run_motion(progress=gr.Progress(), *values):
