@@ -38,14 +38,20 @@ def create_app(models=None, base_model: str | None = None, device: str | None = 
     return build(service), service
 
 
+def launch_options(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> dict:
+    """The keyword arguments of ``Blocks.launch`` for the app: address, public link, the upload size limit
+    (:data:`~retarget.app.ui.MAX_UPLOAD`) and error text in the page."""
+    from retarget.app.ui import MAX_UPLOAD
+
+    return {"server_name": host, "server_port": port, "share": share, "max_file_size": MAX_UPLOAD,
+            "inbrowser": False, "show_error": True}
+
+
 def launch(models=None, base_model: str | None = None, host: str = "127.0.0.1", port: int = 7860,
            share: bool = False, device: str | None = None, dtype: str | None = None) -> None:
     """Serve the app at ``http://host:port`` until interrupted (``share``: also through a public Gradio link)."""
     demo, service = create_app(models, base_model, device, dtype)  # one line without the extra
-    from retarget.app.ui import MAX_UPLOAD
-
     try:
-        demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, inbrowser=False,
-                    show_error=True)
+        demo.launch(**launch_options(host, port, share))
     finally:
         service.close()

@@ -19,18 +19,16 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def served_app(cli_models):  # noqa: F811
-    """``(url, service)``: the app on the tiny model (CPU), served on 127.0.0.1 for the whole test session."""
+    """``(url, service, blocks)``: the app on the tiny model (CPU), served on 127.0.0.1 for the whole session."""
     pytest.importorskip("gradio", reason="the app extra (gradio) is not installed")
-    from retarget.app import create_app
-    from retarget.app.ui import MAX_UPLOAD
+    from retarget.app import create_app, launch_options
 
     models, base = cli_models
     demo, service = create_app(models, str(base), device="cpu")
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True,
-                max_file_size=MAX_UPLOAD)
+    demo.launch(**launch_options(port=port), prevent_thread_lock=True, quiet=True)
     try:
-        yield f"http://127.0.0.1:{port}/", service
+        yield f"http://127.0.0.1:{port}/", service, demo
     finally:
         demo.close()
         service.close()

@@ -24,7 +24,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 TIMEOUT_MS = 120_000
 
 
-def _browser_or_skip():
+@pytest.fixture
+def playwright_api():
+    """Playwright's ``sync_playwright``, or a skip with the reason (checked before the app is served)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -44,10 +46,9 @@ def _set_number(page, elem_id: str, value) -> None:
     field.press("Enter")
 
 
-def test_run_in_a_real_browser(served_app, media, tmp_path):
-    sync_playwright = _browser_or_skip()
-    url, service = served_app
-    with sync_playwright() as playwright:
+def test_run_in_a_real_browser(playwright_api, served_app, media, tmp_path):
+    url, service, _ = served_app
+    with playwright_api() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)

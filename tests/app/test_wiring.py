@@ -120,3 +120,19 @@ def test_bad_value_is_one_line(client, media):
 
 def test_cancel_without_a_job(client):
     assert client.predict(api_name="/cancel") == "No job is running."
+
+
+def test_uploads_are_limited(served_app, tmp_path):
+    from gradio_client import Client
+
+    demo = served_app[2]
+    assert demo.max_file_size == 500 * 1024 * 1024  # MAX_UPLOAD, as the launched app enforces it
+    demo.max_file_size, limit = 1000, demo.max_file_size
+    try:
+        big = tmp_path / "big.mp4"
+        big.write_bytes(bytes(5000))
+        with pytest.raises(Exception, match="413"):
+            Client(served_app[0], verbose=False).predict(handle_file(str(big)), handle_file(str(big)),
+                                                         *values("retarget"), api_name="/retarget")
+    finally:
+        demo.max_file_size = limit
