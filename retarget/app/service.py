@@ -141,14 +141,18 @@ class AppService:
         control = JobControl()
         with self._lock:
             self._current = control
+        job = start_job(job_function, control)
         try:
-            job = start_job(job_function, control)
             seen = None
             while not job.wait(POLL_SECONDS):
                 progress = control.progress
                 if report is not None and progress is not None and progress != seen:
                     report(progress)
                     seen = progress
+        except BaseException:  # the page went away: stop the job rather than leave it running unseen
+            control.cancel()
+            job.wait()
+            raise
         finally:
             with self._lock:
                 self._current = None
@@ -197,7 +201,7 @@ class AppService:
 
         return self._execute(prepare, report)
 
-    def motion(self, video, controls: Controls, channels: str = "",
+    def motion(self, video, channels: str | None, controls: Controls,
                report: Callable[[JobProgress], None] | None = None) -> Outcome:
         """``retarget extract`` then ``retarget plot``: the clip's motion file and its expression curves
         (``channels``: comma-separated, empty = the plot's defaults; smoothed with ``controls.smooth``)."""

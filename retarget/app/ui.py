@@ -100,105 +100,70 @@ def _text(path) -> str | None:
     return None if path is None else str(path)
 
 
-def _job_outputs(tab: str) -> tuple[gr.components.Component, ...]:
-    """The status line and the warnings box of ``tab``."""
+def _job_tab(service: AppService, tab: str, files: list[gr.components.Component], run_label: str,
+             results: list[gr.components.Component], outputs_of) -> None:
+    """The rest of one tab below its input ``files``: settings, Run and Cancel, ``results``, status and warnings;
+    Run calls ``service.<tab>(*files, controls, report)`` and shows ``outputs_of(outcome)`` in ``results``."""
+    controls = _controls(tab)
+    with gr.Row():
+        run = gr.Button(run_label, variant="primary", elem_id=f"{tab}-run")
+        cancel = gr.Button("Cancel", variant="stop", elem_id=f"{tab}-cancel")
+    with gr.Row():
+        for component in results:
+            component.render()
     status = gr.Textbox(label="Status", interactive=False, elem_id=f"{tab}-status")
     warnings = gr.Textbox(label="Warnings", interactive=False, lines=2, elem_id=f"{tab}-warnings")
-    return status, warnings
+    action, names, count = getattr(service, tab), list(controls), len(files)
+
+    def handler(progress=gr.Progress(), *values):
+        def report(p: JobProgress):
+            progress((p.done, p.total), desc=p.desc, unit="frames")
+
+        outcome = action(*values[:count], Controls(**dict(zip(names, values[count:]))), report)
+        return (*outputs_of(outcome), "\n".join(outcome.warnings), outcome.status)
+
+    run.click(handler, [*files, *controls.values()], [*results, warnings, status], concurrency_limit=1,
+              concurrency_id=JOB_GROUP, api_name=tab)
+    # Cancel runs outside the job group (at once, even while a job holds it); one API name serves every tab.
+    cancel.click(service.cancel, None, status, concurrency_limit=None,
+                 api_name="cancel" if tab == "retarget" else False)
+
+
+def _video_results(tab: str) -> tuple[list[gr.components.Component], object]:
+    """The result player and download of a video tab, and the outcome's values for them."""
+    results = [gr.Video(label="Result", interactive=False, render=False, elem_id=f"{tab}-result"),
+               gr.File(label="Download", interactive=False, render=False, elem_id=f"{tab}-download")]
+    return results, lambda outcome: (_text(outcome.files.get("video")),) * 2
 
 
 def build(service: AppService) -> gr.Blocks:
     """The page, wired to ``service``."""
-
-    def progress_report(progress: gr.Progress):
-        def report(p: JobProgress):
-            progress((p.done, p.total), desc=p.desc, unit="frames")
-
-        return report
-
-    def controls_of(names, values) -> Controls:
-        return Controls(**dict(zip(names, values)))
-
     with gr.Blocks(title="retarget", delete_cache=(CACHE_SECONDS, CACHE_SECONDS), analytics_enabled=False) as demo:
         gr.Markdown(f"# retarget\n{INTRO}")
         with gr.Tabs():
             with gr.Tab("Retarget", id="retarget"):
                 with gr.Row():
-                    driving = gr.Video(label="Driving video", sources=["upload"], elem_id="retarget-driving")
-                    identity = gr.Image(type="filepath", label="Identity photo", sources=["upload"],
-                                        elem_id="retarget-identity")
-                controls = _controls("retarget")
-                with gr.Row():
-                    run = gr.Button("Run", variant="primary", elem_id="retarget-run")
-                    cancel = gr.Button("Cancel", variant="stop", elem_id="retarget-cancel")
-                with gr.Row():
-                    video = gr.Video(label="Result", interactive=False, elem_id="retarget-result")
-                    download = gr.File(label="Download", interactive=False, elem_id="retarget-download")
-                status, warnings = _job_outputs("retarget")
-                names = list(controls)
-
-                def run_retarget(progress=gr.Progress(), *values):
-                    out = service.retarget(values[0], values[1], controls_of(names, values[2:]),
-                                           progress_report(progress))
-                    path = _text(out.files.get("video"))
-                    return path, path, "\n".join(out.warnings), out.status
-
-                run.click(run_retarget, [driving, identity, *controls.values()], [video, download, warnings, status],
-                          concurrency_limit=1, concurrency_id=JOB_GROUP, api_name="retarget")
-                cancel.click(service.cancel, None, status, concurrency_limit=None, api_name="cancel")
-
+                    files = [gr.Video(label="Driving video", sources=["upload"], elem_id="retarget-driving"),
+                             gr.Image(type="filepath", label="Identity photo", sources=["upload"],
+                                      elem_id="retarget-identity")]
+                _job_tab(service, "retarget", files, "Run", *_video_results("retarget"))
             with gr.Tab("Edit", id="edit"):
                 with gr.Row():
-                    clip = gr.Video(label="Video", sources=["upload"], elem_id="edit-video")
-                    source = gr.File(label="Expression source: photo, video or motion .npz",
-                                     file_types=["image", "video", ".npz"], elem_id="edit-source")
-                controls_e = _controls("edit")
-                with gr.Row():
-                    run_e = gr.Button("Run", variant="primary", elem_id="edit-run")
-                    cancel_e = gr.Button("Cancel", variant="stop", elem_id="edit-cancel")
-                with gr.Row():
-                    video_e = gr.Video(label="Result", interactive=False)
-                    download_e = gr.File(label="Download", interactive=False)
-                status_e, warnings_e = _job_outputs("edit")
-                names_e = list(controls_e)
-
-                def run_edit(progress=gr.Progress(), *values):
-                    out = service.edit(values[0], values[1], controls_of(names_e, values[2:]),
-                                       progress_report(progress))
-                    path = _text(out.files.get("video"))
-                    return path, path, "\n".join(out.warnings), out.status
-
-                run_e.click(run_edit, [clip, source, *controls_e.values()],
-                            [video_e, download_e, warnings_e, status_e],
-                            concurrency_limit=1, concurrency_id=JOB_GROUP, api_name="edit")
-                cancel_e.click(service.cancel, None, status_e, concurrency_limit=None, api_name=False)
-
+                    files = [gr.Video(label="Video", sources=["upload"], elem_id="edit-video"),
+                             gr.File(label="Expression source: photo, video or motion .npz",
+                                     file_types=["image", "video", ".npz"], elem_id="edit-source")]
+                _job_tab(service, "edit", files, "Run", *_video_results("edit"))
             with gr.Tab("Motion", id="motion"):
                 with gr.Row():
-                    clip_m = gr.Video(label="Video", sources=["upload"], elem_id="motion-video")
-                    channels = gr.Textbox(label="Channels", placeholder="exp00,exp01,exp02,eyelid0,jaw0",
-                                          info="comma-separated names (exp00..exp49, eyelid0, eyelid1, jaw0..jaw2) "
-                                               "or numbers 0-54; empty = the default five")
-                controls_m = _controls("motion")
-                with gr.Row():
-                    run_m = gr.Button("Extract", variant="primary", elem_id="motion-run")
-                    cancel_m = gr.Button("Cancel", variant="stop")
-                with gr.Row():
-                    curves = gr.Image(label="Expression curves (raw and smoothed)", type="filepath",
-                                      interactive=False)
-                    motion_file = gr.File(label="Motion file (.npz)", interactive=False)
-                status_m, warnings_m = _job_outputs("motion")
-                names_m = list(controls_m)
-
-                def run_motion(progress=gr.Progress(), *values):
-                    out = service.motion(values[0], controls_of(names_m, values[2:]), values[1] or "",
-                                         progress_report(progress))
-                    return (_text(out.files.get("curves")), _text(out.files.get("motion")), "\n".join(out.warnings),
-                            out.status)
-
-                run_m.click(run_motion, [clip_m, channels, *controls_m.values()],
-                            [curves, motion_file, warnings_m, status_m],
-                            concurrency_limit=1, concurrency_id=JOB_GROUP, api_name="motion")
-                cancel_m.click(service.cancel, None, status_m, concurrency_limit=None, api_name=False)
+                    files = [gr.Video(label="Video", sources=["upload"], elem_id="motion-video"),
+                             gr.Textbox(label="Channels", placeholder="exp00,exp01,exp02,eyelid0,jaw0",
+                                        info="comma-separated names (exp00..exp49, eyelid0, eyelid1, jaw0..jaw2) "
+                                             "or numbers 0-54; empty = the default five", elem_id="motion-channels")]
+                results = [gr.Image(label="Expression curves (raw and smoothed)", type="filepath", interactive=False,
+                                    render=False, elem_id="motion-curves"),
+                           gr.File(label="Motion file (.npz)", interactive=False, render=False,
+                                   elem_id="motion-file")]
+                _job_tab(service, "motion", files, "Extract", results,
+                         lambda outcome: (_text(outcome.files.get("curves")), _text(outcome.files.get("motion"))))
     demo.queue(default_concurrency_limit=1)
     return demo

@@ -19,4 +19,5 @@ def test_without_the_extra_one_line(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio raises ImportError
     assert main(["app", "--port", "1"]) == 1
     err = capsys.readouterr().err
-    assert err == 'retarget: error: the app needs the "app" extra: pip install "retarget[app]" (or pip install -e ".[app]")\n'
+    assert err == ('retarget: error: the app needs the "app" extra: pip install "retarget[app]" '
+                   '(or pip install -e ".[app]")\n')
