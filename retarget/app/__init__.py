@@ -49,9 +49,18 @@ def launch_options(host: str = "127.0.0.1", port: int = 7860, share: bool = Fals
 
 def launch(models=None, base_model: str | None = None, host: str = "127.0.0.1", port: int = 7860,
            share: bool = False, device: str | None = None, dtype: str | None = None) -> None:
-    """Serve the app at ``http://host:port`` until interrupted (``share``: also through a public Gradio link)."""
+    """Serve the app at ``http://host:port`` until interrupted or terminated (``share``: also through a public
+    Gradio link); the job folders are removed on the way out."""
+    import signal
+
     demo, service = create_app(models, base_model, device, dtype)  # one line without the extra
+
+    def stop(signum, frame):  # a plain kill: leave through the finally below, which removes the job folders
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         demo.launch(**launch_options(host, port, share))
     finally:
+        signal.signal(signal.SIGTERM, previous)
         service.close()

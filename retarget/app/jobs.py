@@ -225,14 +225,17 @@ class SessionCache:
 class Workspace:
     """Job folders under one temporary folder of the app's own."""
 
-    def __init__(self, root: Path | None = None):
-        self.root = Path(tempfile.mkdtemp(prefix="retarget-app-", dir=root))
+    def __init__(self, parent: Path | None = None):
+        self.parent = parent
+        self.root: Path | None = None  # made by the first job
         self._folders: list[Path] = []
         self._lock = threading.Lock()
 
     def new_folder(self) -> Path:
         """A new empty folder for one job's outputs; the folders of all jobs but the latest are removed."""
         with self._lock:
+            if self.root is None:
+                self.root = Path(tempfile.mkdtemp(prefix="retarget-app-", dir=self.parent))
             while len(self._folders) > 1:
                 shutil.rmtree(self._folders.pop(0), ignore_errors=True)
             folder = Path(tempfile.mkdtemp(prefix="job-", dir=self.root))
@@ -243,4 +246,5 @@ class Workspace:
         """Remove every job folder and the root."""
         with self._lock:
             self._folders.clear()
-            shutil.rmtree(self.root, ignore_errors=True)
+            if self.root is not None:
+                shutil.rmtree(self.root, ignore_errors=True)

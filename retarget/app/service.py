@@ -119,6 +119,12 @@ class AppService:
         self._current: JobControl | None = None
         self._lock = threading.Lock()
 
+    @property
+    def running(self) -> JobControl | None:
+        """The control of the running job, or None."""
+        with self._lock:
+            return self._current
+
     def cancel(self) -> str:
         """Ask the running job, if any, to stop; returns a status line."""
         with self._lock:

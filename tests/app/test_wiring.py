@@ -136,3 +136,24 @@ def test_uploads_are_limited(served_app, tmp_path):
                                                          *values("retarget"), api_name="/retarget")
     finally:
         demo.max_file_size = limit
+
+
+def test_cancel_stops_the_running_job(client, served_app, media):
+    import time
+
+    service = served_app[1]
+    job = client.submit(handle_file(str(media["clip"])), handle_file(str(media["photo"])),
+                        *values("retarget", steps=6), api_name="/retarget")
+    deadline = time.monotonic() + 120
+    while True:  # until the render has started (its frame bar has reported)
+        control = service.running
+        progress = control.progress if control is not None else None
+        if progress is not None and progress.desc == "run clip.mp4":
+            break
+        assert time.monotonic() < deadline and not job.done()
+        time.sleep(0.05)
+    assert client.predict(api_name="/cancel") == "Cancelling..."
+    video, download, warnings, status = job.result(timeout=120)
+    assert status == "Cancelled at 0 of 12 frames (run clip.mp4)."  # one chunk of 12: stopped inside it
+    assert video is None and download is None
+    assert service.running is None
