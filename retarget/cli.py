@@ -190,6 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also fetch this SD1.5 repository's vae/tokenizer/scheduler (default: the public one)")
     download.add_argument("--skip-base-model", action="store_true", help="do not fetch the SD1.5 base files")
 
+    app = sub.add_parser("app", parents=[debug], help="the local web app (needs the app extra)",
+                         description="Serve a web page with the Retarget, Edit and Motion jobs (Gradio); the model "
+                                     "stays loaded between jobs. Needs pip install \"retarget[app]\".")
+    app.add_argument("--models", metavar="DIR", default=None,
+                     help="folder with the published files (default: $RETARGET_MODELS or ./models)")
+    app.add_argument("--base-model", metavar="DIR|ID", default=None,
+                     help="SD1.5 folder or hub id (default: $RETARGET_BASE_MODEL or the public repository)")
+    app.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: as run)")
+    app.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None, help="weights precision")
+    app.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine)")
+    app.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    app.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+
     doctor = sub.add_parser("doctor", parents=[debug], help="check the environment and the weights folder")
     doctor.add_argument("--models", metavar="DIR", default=None)
     doctor.add_argument("--base-model", metavar="DIR|ID", default=None)
@@ -285,6 +298,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         models = Path(args.models) if args.models else default_models_dir()
         download_weights(models, base_model=None if args.skip_base_model else (args.base_model or ""))
+        return 0
+    if args.command == "app":
+        from retarget.app import launch
+
+        launch(args.models, args.base_model, host=args.host, port=args.port, share=args.share, device=args.device,
+               dtype=args.dtype)
         return 0
     if args.command == "doctor":
         from retarget.jobs.options import default_models_dir

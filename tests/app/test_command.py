@@ -1,0 +1,23 @@
+"""``retarget app`` on the command line: its options, and one line without the app extra."""
+
+from __future__ import annotations
+
+import sys
+
+from retarget.cli import build_parser, main
+
+
+def test_app_options_and_defaults():
+    args = build_parser().parse_args(["app"])
+    assert (args.host, args.port, args.share, args.models, args.base_model) == ("127.0.0.1", 7860, False, None, None)
+    args = build_parser().parse_args(["app", "--models", "m", "--base-model", "b", "--host", "0.0.0.0", "--port",
+                                      "8000", "--share"])
+    assert (args.models, args.base_model, args.host, args.port, args.share) == ("m", "b", "0.0.0.0", 8000, True)
+
+
+def test_without_the_extra_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio raises ImportError
+    assert main(["app", "--port", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err == ('retarget: error: the app needs the "app" extra: pip install "retarget[app]" '
+                   '(or pip install -e ".[app]")\n')
