@@ -142,7 +142,7 @@ def test_per_frame_references(pipe, inputs):
 def test_seed_gives_every_frame_the_same_noise(pipe, inputs):
     same = torch.zeros(2, 55)
     shared = pipe(inputs["ids"][0], same, generator=torch.Generator().manual_seed(7), num_inference_steps=2).images
-    assert np.array_equal(shared[0], shared[1])
+    assert np.abs(shared[0] - shared[1]).max() < 1e-5  # equal up to the CPU matmul's row-position rounding
     per_frame = pipe(inputs["ids"][0], same, generator=torch.Generator().manual_seed(7), per_frame_noise=True,
                      num_inference_steps=2).images
     assert np.abs(per_frame[0] - per_frame[1]).max() > 1e-3
