@@ -44,7 +44,8 @@ class JobOptions:
     frame); ``gains`` (per-part multipliers of the transferred motion).
     Faces: ``face_index`` (0 = largest face in the first frame that has faces; that face is then followed through
     the clip) or ``face_reference`` (a photo of the person to follow, matched by ArcFace similarity).
-    Pipeline: ``compile`` (``torch.compile`` the UNet), ``vae_fp32`` (VAE in fp32). Paste-back (``edit``):
+    Pipeline: ``compile`` (``torch.compile`` the UNet), ``vae_fp32`` (VAE in fp32), ``lcm_lora`` (an SD1.5
+    LCM-LoRA file: few-step sampling with the LCM scheduler). Paste-back (``edit``):
     ``color_match`` (match the generated face's colour statistics to the original face). Output: ``encoder``.
     """
 
@@ -67,6 +68,7 @@ class JobOptions:
     face_index: int = 0
     face_reference: Path | None = None
     compile: bool = False
+    lcm_lora: Path | None = None
     vae_fp32: bool = False
     color_match: bool = False
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
@@ -76,6 +78,8 @@ class JobOptions:
         self.models = Path(self.models).expanduser()
         if self.face_reference is not None:
             self.face_reference = Path(self.face_reference).expanduser()
+        if self.lcm_lora is not None:
+            self.lcm_lora = Path(self.lcm_lora).expanduser()
         if self.base_model is None:
             self.base_model = os.environ.get("RETARGET_BASE_MODEL") or None
         checks = [
@@ -90,6 +94,7 @@ class JobOptions:
             (self.face_reference is None or self.face_index == 0, "use either --face-index or --face-reference"),
             (self.smooth in SMOOTHING_METHODS, f"--smooth must be one of {', '.join(SMOOTHING_METHODS)}"),
             (self.dtype is None or self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
+            (self.lcm_lora is None or self.lcm_lora.is_file(), f"--lcm-lora: no such file: {self.lcm_lora}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -98,9 +103,10 @@ class JobOptions:
     def render_key(self) -> dict:
         """The settings that change rendered pixels (a resumed render must match them), JSON-ready."""
         data = asdict(self)
-        for name in ("progress", "batch_size", "models", "encoder", "compile", "face_reference"):
+        for name in ("progress", "batch_size", "models", "encoder", "compile", "face_reference", "lcm_lora"):
             data.pop(name)
         data["models"] = str(self.models.resolve())
         data["face_reference"] = None if self.face_reference is None else file_identity(self.face_reference)
         data["encoder"] = self.encoder.as_dict()
+        data["lcm_lora"] = None if self.lcm_lora is None else file_identity(self.lcm_lora)
         return data
