@@ -506,6 +506,8 @@ class ExpressionPipeline:
             for t in steps:
                 model_input = torch.cat([latents, latents]) if do_cfg else latents
                 model_input = scheduler.scale_model_input(model_input, t)
+                if self._denoiser is not None:  # a new step: CUDA graphs ("reduce-overhead") may reuse buffers
+                    torch.compiler.cudagraph_mark_step_begin()
                 noise = unet(model_input, t, encoder_hidden_states=prompts, return_dict=False)[0]
                 if do_cfg:
                     uncond, cond = noise.chunk(2)

@@ -12,8 +12,11 @@ and these processors change what its attention layers compute.
   in ``context.reference_rows`` (the conditional half of the CFG batch) attend over
   ``[own tokens, reference tokens]`` while the other rows do plain self-attention.
 
-All per-call state lives on one shared :class:`AttentionContext` object, not in call kwargs (diffusers drops
-unknown kwargs, and ``load_ip_adapter`` rebuilds processors).
+Per-call state comes from one shared :class:`AttentionContext` object, not from call kwargs (diffusers drops
+unknown kwargs, and ``load_ip_adapter`` rebuilds processors). For a denoising loop, whose prompt, expression
+tokens and reference do not change from step to step, each processor is instead *prepared* with tensors
+computed once before the loop (``prepare``): the forward pass then reads only tensors and fixed attributes,
+which ``torch.compile`` traces into one graph that later clips reuse without recompiling.
 """
 
 from __future__ import annotations
