@@ -128,3 +128,19 @@ def test_lcm_lora_option(tmp_path, lcm_files):
     assert options.render_key() != JobOptions(**{**vars(options), "lcm_lora": lcm_files["zero"]}).render_key()
     with pytest.raises(InputError, match="--lcm-lora: no such file"):
         JobOptions(models=tmp_path, lcm_lora=tmp_path / "missing.safetensors")
+
+
+def test_render_session_loads_the_lcm_lora(tiny_checkpoint, lcm_files):
+    from diffusers import LCMScheduler
+
+    from retarget.jobs.options import JobOptions
+    from retarget.jobs.session import RenderSession
+
+    options = JobOptions(models=tiny_checkpoint.models_dir, base_model=str(tiny_checkpoint.base_dir), device="cpu",
+                         lcm_lora=lcm_files["kohya"], steps=STEPS, guidance=1.5, batch_size=2, progress=False)
+    session = RenderSession(options)
+    assert isinstance(session.pipeline.scheduler(), LCMScheduler) and session.pipeline.has_lcm_adapter
+    g = torch.Generator().manual_seed(8)
+    faces = session.render(torch.randn(512, generator=g).numpy(), torch.randn(3, 55, generator=g).numpy(),
+                           np.arange(3), None)
+    assert faces.shape == (3, 32, 32, 3) and faces.dtype == np.uint8
