@@ -23,9 +23,7 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
-
 
 PATHS = ("official", "unoptimised", "batched", "compiled", "lcm")
 

@@ -469,6 +469,8 @@ class ExpressionPipeline:
         expressions, latents = _pad_rows(expressions, rows), _pad_rows(latents, rows)
         if id_prompt.shape[0] > 1:
             id_prompt = _pad_rows(id_prompt, rows)
+        if isinstance(reference_image, np.ndarray) and reference_image.ndim == 4:
+            reference_image = list(reference_image)
         if isinstance(reference_image, (list, tuple)) and 1 < len(reference_image) < rows:
             reference_image = list(reference_image) + [reference_image[-1]] * (rows - len(reference_image))
 

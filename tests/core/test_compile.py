@@ -76,7 +76,8 @@ def test_padding_keeps_the_real_rows(pipe):
         plain = pipe(clip["ids"], clip["expressions"], **kw).images
         pipe.static_batch_size = 4
         padded = pipe(clip["ids"], clip["expressions"], **kw).images
-        per_frame_refs = pipe(clip["ids"], clip["expressions"], **{**kw, "reference_image": [clip["reference"]] * 2}).images
+        per_frame_refs = pipe(clip["ids"], clip["expressions"],
+                              **{**kw, "reference_image": np.stack([clip["reference"]] * 2)}).images
     finally:
         pipe.static_batch_size = 0
         handle.remove()
