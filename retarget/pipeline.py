@@ -449,6 +449,10 @@ class ExpressionPipeline:
         expression branch (0 equals the adapter off). ``guidance_scale``: CFG weight; 1 skips the unconditional
         pass. ``latents``: initial noise ``[B, 4, h, w]``; else drawn from ``generator``, the same for every frame
         unless ``per_frame_noise``. Returns images in ``output_type`` "np", "pil" or "pt".
+
+        A batch smaller than :attr:`static_batch_size` runs padded to that size (its last frame repeated) and only
+        its ``B`` frames are returned. With the LCM sampler, the noise added at each step is drawn per frame from a
+        seed of that frame's initial noise.
         """
         expressions = torch.as_tensor(np.asarray(expressions, dtype=np.float32) if not isinstance(expressions, torch.Tensor) else expressions)
         if expressions.ndim == 1:
