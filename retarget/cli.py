@@ -35,6 +35,8 @@ def _common_parser() -> argparse.ArgumentParser:
                        help="decode with the VAE in fp32 (avoids fp16 artefacts on older GPUs)")
     model.add_argument("--compile", action="store_true",
                        help="torch.compile the UNet (slow first batch, faster afterwards on GPUs)")
+    model.add_argument("--lcm-lora", metavar="FILE", default=None,
+                       help="SD1.5 LCM-LoRA .safetensors for few-step sampling (use with e.g. --steps 6 --guidance 1.5)")
     sampling = common.add_argument_group("sampling")
     sampling.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     sampling.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance (default 3.0)")
@@ -244,6 +246,7 @@ def options_from_args(args: argparse.Namespace):
         face_reference=Path(args.face_reference) if args.face_reference else None,
         smirk_channels=args.smirk_channels,
         compile=args.compile,
+        lcm_lora=Path(args.lcm_lora) if args.lcm_lora else None,
         vae_fp32=args.vae_fp32,
         color_match=args.color_match,
         encoder=encoder,

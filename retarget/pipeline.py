@@ -7,27 +7,41 @@ different expression and identity per frame and still equal rendering each frame
 
 Per-clip work is cached: the empty-prompt and zero-expression embeddings at load, the identity prompt and the
 reference features (and their keys/values per layer) for the last identity/reference seen, so a clip rendered in
-many batches pays for them once.
+many batches pays for them once. Within one call, everything that does not change from step to step (keys and
+values of the prompt, expression tokens and reference tokens) is computed before the loop and handed to the
+attention processors as tensors, and the LoRA adapters are folded into the weights (:meth:`optimize`): the
+UNet forward then has no Python state that changes between calls, so :meth:`compile` traces it once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .errors import WeightsError
-from .models.attention import AttentionContext, ReferenceBank
+from .models.adapters import AdapterWeights
+from .models.attention import (
+    AttentionContext,
+    ExpressionCrossAttnProcessor,
+    ReferenceBank,
+    ReferenceSelfAttnProcessor,
+    fuse_self_attention_projections,
+)
 from .models.identity import IdentityEncoder
 from .models.loading import (
+    LCM_ADAPTER_NAME,
     REFERENCE_ADAPTER_NAME,
     ModelFiles,
     load_expression_adapter,
     load_identity_encoder_model,
+    load_lcm_lora,
     load_reference_lora,
     load_scheduler_config,
     load_tokenizer,
@@ -87,7 +101,35 @@ def clip_noise(seed: int, frame_indices, latent_shape: tuple[int, int, int], per
     return out
 
 
-_UNSET = object()
+def _row_seed(latents: torch.Tensor) -> int:
+    """A seed derived from one frame's initial noise (the same noise gives the same seed)."""
+    return int(_digest(latents.float())[:15], 16)
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x [B, ...]`` with its last row repeated up to ``rows`` rows (unchanged when ``B >= rows``)."""
+    if x.shape[0] >= rows:
+        return x
+    return torch.cat([x, x[-1:].expand(rows - x.shape[0], *x.shape[1:])])
+
+
+def use_persistent_inductor_cache(cache_dir=None) -> Path:
+    """Point inductor's on-disk cache (compiled graphs, kernels) at a persistent folder and return it.
+
+    ``cache_dir`` wins; else ``$TORCHINDUCTOR_CACHE_DIR`` when the user set it; else
+    ``$XDG_CACHE_HOME/retarget/inductor`` (``~/.cache/retarget/inductor``), so a second run reuses the compiled
+    artefacts of the first instead of recompiling in a temporary folder.
+    """
+    if cache_dir is None and os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    if cache_dir is None:
+        root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        cache_dir = Path(root) / "retarget" / "inductor"
+    path = Path(cache_dir).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    return path
+
 
 
 class ExpressionPipeline:
@@ -98,6 +140,12 @@ class ExpressionPipeline:
     ``expression_projection``, and the base scheduler config. The reference pass reuses ``unet`` with both
     adapters switched off, which is exactly the published reference UNet (a frozen copy of the Arc2Face UNet)
     without holding a second copy in memory.
+
+    Speed settings (:meth:`optimize`, applied by :meth:`from_pretrained`): LoRA adapters folded into the weights,
+    one matmul for the self-attention Q/K/V, channels-last on CUDA; :meth:`compile` for ``torch.compile``. Fast
+    sampling: :meth:`load_lcm_lora`. ``static_batch_size``: calls with fewer frames are padded to this many rows
+    (the extra rows are discarded), so a compiled UNet sees one shape; :meth:`compile` keeps it at the largest
+    batch seen.
     """
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler_config: dict, expression_projection,
@@ -112,14 +160,20 @@ class ExpressionPipeline:
         self.vae_dtype = dtype
         self.vae_batch_size = 8
         self.identity_encoder = IdentityEncoder(text_encoder, tokenizer)
-        self._lora_scale: float | None | object = _UNSET
+        self.adapters = AdapterWeights(unet, fold=False)
+        self.has_lcm_adapter = False
+        self.sampler = "dpm"
+        self.static_batch_size = 0
+        self._grow_static_batch = False
+        self._denoiser = None
+        self._bank_version: tuple | None = None
         self._identity_cache: tuple[str, torch.Tensor] | None = None
         self._reference_cache: tuple[str, ReferenceBank] | None = None
         with torch.no_grad():
             self._empty_prompt = self.identity_encoder.encode_empty().to(dtype)
             zeros = torch.zeros(1, expression_projection.n_values, device=self.device, dtype=dtype)
             self._neutral_tokens = expression_projection(zeros)
-        self._set_lora(None)
+        self.adapters.apply({})
 
     # ------------------------------------------------------------------------------------------------------------
     # Loading
@@ -157,7 +211,21 @@ class ExpressionPipeline:
         for module in (unet, vae, text_encoder, projection):
             torch.nn.Module.to(module, device=device, dtype=dtype)
         log.info("loaded %s on %s (%s)", models_dir, device, dtype)
-        return cls(unet, vae, text_encoder, tokenizer, scheduler_config, projection, context, has_reference, device, dtype)
+        pipe = cls(unet, vae, text_encoder, tokenizer, scheduler_config, projection, context, has_reference, device, dtype)
+        pipe.optimize()
+        return pipe
+
+    def load_lcm_lora(self, path) -> None:
+        """Stack an SD1.5 LCM-LoRA (kohya ``lora_unet_*`` or diffusers/peft ``unet.*`` safetensors) on the UNet,
+        always at scale 1, and sample with diffusers' ``LCMScheduler`` (use 4-8 steps, guidance 1-2).
+
+        The reference pass still runs the plain UNet (no adapter at all), as the published reference UNet does.
+        """
+        self.adapters.apply({})
+        load_lcm_lora(self.unet, Path(path))
+        self.adapters.reset()
+        self.has_lcm_adapter = True
+        self.sampler = "lcm"
 
     # ------------------------------------------------------------------------------------------------------------
     # Geometry and options
@@ -185,29 +253,65 @@ class ExpressionPipeline:
         self.vae.to(torch.float32)
         self.vae_dtype = torch.float32
 
-    def compile(self, **kwargs) -> None:
-        """``torch.compile`` the UNet (first call is slow; later calls are faster on GPUs)."""
-        self.unet.compile(**kwargs)
+    def optimize(self, fold_lora: bool = True, fuse_qkv: bool = True, channels_last: bool | None = None) -> None:
+        """Choose how the same math is computed (all on by default; :meth:`from_pretrained` calls this).
+
+        ``fold_lora``: fold the LoRA adapters into the weights for each denoising loop (else peft adds them per
+        layer). ``fuse_qkv``: one ``[3 * inner, dim]`` matmul for the self-attention queries/keys/values.
+        ``channels_last``: the UNet's and VAE's memory format (default: on for CUDA, where the convolution kernels
+        prefer it). Each is equal to the unoptimised path up to float rounding.
+        """
+        self.adapters.apply({})
+        self.adapters.fold = fold_lora
+        self.adapters.reset()
+        if channels_last is None:
+            channels_last = self.device.type == "cuda"
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        for module in (self.unet, self.vae):
+            torch.nn.Module.to(module, memory_format=memory_format)
+        if fuse_qkv:
+            fuse_self_attention_projections(self.unet)
+        else:
+            for processor in self.unet.attn_processors.values():
+                if isinstance(processor, ReferenceSelfAttnProcessor):
+                    processor.qkv_weight = None
+
+    def compile(self, mode: str | None = None, backend="inductor", fullgraph: bool = False, cache_dir=None,
+                **kwargs) -> None:
+        """``torch.compile`` the UNet of the denoising loop (the first call is slow; later calls are faster on GPUs).
+
+        Shapes are static (``dynamic=False``) and each call is padded to the largest batch seen, so one graph
+        serves a whole clip and every later clip of the same batch size and guidance mode; identities,
+        references and scales are tensor inputs and never recompile. ``mode``: e.g. ``"max-autotune"`` or
+        ``"reduce-overhead"`` (CUDA graphs). With inductor, compiled artefacts are kept in a persistent cache
+        (:func:`use_persistent_inductor_cache`; ``cache_dir`` overrides). The reference pass stays eager.
+        """
+        if backend == "inductor":
+            use_persistent_inductor_cache(cache_dir)
+        self._denoiser = torch.compile(self.unet, mode=mode, backend=backend, fullgraph=fullgraph, dynamic=False,
+                                       **kwargs)
+        self._grow_static_batch = True
 
     def scheduler(self):
-        """A fresh DPM-Solver++ multistep scheduler built from the base scheduler config."""
-        from diffusers import DPMSolverMultistepScheduler
+        """A fresh scheduler built from the base scheduler config: DPM-Solver++ multistep, or ``LCMScheduler``
+        when :attr:`sampler` is ``"lcm"`` (set by :meth:`load_lcm_lora`)."""
+        from diffusers import DPMSolverMultistepScheduler, LCMScheduler
 
+        if self.sampler == "lcm":
+            return LCMScheduler.from_config(self.scheduler_config)
+        if self.sampler != "dpm":
+            raise ValueError(f"sampler must be 'dpm' or 'lcm', got {self.sampler!r}")
         return DPMSolverMultistepScheduler.from_config(self.scheduler_config)
 
-    def _set_lora(self, scale: float | None) -> None:
-        """Reference LoRA at ``scale``, or fully off for None (no LoRA computation at all)."""
-        if not self.has_reference_adapter or scale == self._lora_scale:
-            return
-        if scale is None:
-            self.unet.disable_adapters()
-        else:
-            if self._lora_scale is None or self._lora_scale is _UNSET:
-                self.unet.enable_adapters()
-            self.unet.set_adapters([REFERENCE_ADAPTER_NAME], weights=[float(scale)])
-        self._lora_scale = scale
-        if self._reference_cache is not None:
-            self._reference_cache[1].invalidate()
+    def _adapter_scales(self, reference_scale: float | None) -> dict[str, float]:
+        """The LoRA adapters (and their scales) of a denoising loop: the reference LoRA when a reference is used,
+        the LCM-LoRA when loaded."""
+        scales = {}
+        if reference_scale is not None and self.has_reference_adapter:
+            scales[REFERENCE_ADAPTER_NAME] = float(reference_scale)
+        if self.has_lcm_adapter:
+            scales[LCM_ADAPTER_NAME] = 1.0
+        return scales
 
     # ------------------------------------------------------------------------------------------------------------
     # Conditioning
@@ -275,8 +379,7 @@ class ExpressionPipeline:
             latents.append(posterior.mean * self.vae.config.scaling_factor)
         latents = torch.cat(latents).to(self.dtype)
 
-        previous_scale = self._lora_scale
-        self._set_lora(None)
+        self.adapters.apply({})
         recording: dict[str, torch.Tensor] = {}
         self.context.recording, self.context.expression_tokens, self.context.reference = recording, None, None
         try:
@@ -284,14 +387,30 @@ class ExpressionPipeline:
             self.unet(latents, timestep, encoder_hidden_states=id_prompt.to(self.dtype), return_dict=False)
         finally:
             self.context.recording = None
-        if previous_scale is not _UNSET:
-            self._set_lora(previous_scale)
         bank = ReferenceBank(recording, cache_kv=True)
         self._reference_cache = (key, bank)
         return bank
 
     # ------------------------------------------------------------------------------------------------------------
     # Rendering
+
+    def _prepare_attention(self, prompts, expression_tokens, expression_scale: float, bank, reference_rows) -> None:
+        """Hand every processor its per-loop tensors (``prompts`` None: clear them all).
+
+        Cross-attention: keys/values of ``prompts [rows, 77, C]`` and of the expression tokens scaled by
+        ``expression_scale``. Self-attention: keys/values of the bank's reference tokens under the current
+        weights (cached in the bank until the adapters change) for the batch rows ``reference_rows``.
+        """
+        if bank is not None and self._bank_version != (id(bank), self.adapters.version):
+            bank.invalidate()
+            self._bank_version = (id(bank), self.adapters.version)
+        for module in self.unet.modules():
+            processor = getattr(module, "processor", None)
+            if isinstance(processor, ExpressionCrossAttnProcessor):
+                processor.prepare(module, prompts, expression_tokens, expression_scale)
+            elif isinstance(processor, ReferenceSelfAttnProcessor):
+                kv = None if bank is None or prompts is None else bank.key_value(processor.name, module)
+                processor.prepare(kv, reference_rows)
 
     def prepare_latents(self, batch: int, latents=None, generator=None, per_frame_noise: bool = False) -> torch.Tensor:
         """Initial noise ``[B, C, h, w]``: given, or drawn from ``generator`` (shared by all frames by default)."""
@@ -330,6 +449,10 @@ class ExpressionPipeline:
         expression branch (0 equals the adapter off). ``guidance_scale``: CFG weight; 1 skips the unconditional
         pass. ``latents``: initial noise ``[B, 4, h, w]``; else drawn from ``generator``, the same for every frame
         unless ``per_frame_noise``. Returns images in ``output_type`` "np", "pil" or "pt".
+
+        A batch smaller than :attr:`static_batch_size` runs padded to that size (its last frame repeated) and only
+        its ``B`` frames are returned. With the LCM sampler, the noise added at each step is drawn per frame from a
+        seed of that frame's initial noise.
         """
         expressions = torch.as_tensor(np.asarray(expressions, dtype=np.float32) if not isinstance(expressions, torch.Tensor) else expressions)
         if expressions.ndim == 1:
@@ -341,33 +464,45 @@ class ExpressionPipeline:
         id_prompt = self.encode_identity(id_embeds)
         if id_prompt.shape[0] not in (1, batch):
             raise ValueError(f"{id_prompt.shape[0]} identities for {batch} expressions")
-        cond_prompt = id_prompt.expand(batch, -1, -1) if id_prompt.shape[0] == 1 else id_prompt
+        latents = self.prepare_latents(batch, latents, generator, per_frame_noise)
+
+        # Pad to the static batch size: extra rows repeat the last frame and are dropped after the loop.
+        rows = max(batch, self.static_batch_size)
+        if self._grow_static_batch:
+            self.static_batch_size = rows
+        expressions, latents = _pad_rows(expressions, rows), _pad_rows(latents, rows)
+        if id_prompt.shape[0] > 1:
+            id_prompt = _pad_rows(id_prompt, rows)
+        if isinstance(reference_image, np.ndarray) and reference_image.ndim == 4:
+            reference_image = list(reference_image)
+        if isinstance(reference_image, (list, tuple)) and 1 < len(reference_image) < rows:
+            reference_image = list(reference_image) + [reference_image[-1]] * (rows - len(reference_image))
 
         do_cfg = guidance_scale > 1.0
+        cond_prompt = id_prompt.expand(rows, -1, -1) if id_prompt.shape[0] == 1 else id_prompt
         expression_tokens = self.expression_projection(expressions.to(self.device, self.dtype))
         if do_cfg:
-            prompts = torch.cat([self._empty_prompt.expand(batch, -1, -1), cond_prompt])
-            expression_tokens = torch.cat([self._neutral_tokens.expand(batch, -1, -1), expression_tokens])
+            prompts = torch.cat([self._empty_prompt.expand(rows, -1, -1), cond_prompt])
+            expression_tokens = torch.cat([self._neutral_tokens.expand(rows, -1, -1), expression_tokens])
         else:
             prompts = cond_prompt
 
+        bank = None
         if reference_image is not None:
             bank = self.encode_reference(reference_image, id_prompt)
-            if bank.num_references not in (1, batch):
+            if bank.num_references not in (1, rows):
                 raise ValueError(f"{bank.num_references} references for a batch of {batch}")
-            self._set_lora(reference_scale)
-        else:
-            bank = None
-            self._set_lora(None)
-        ctx = self.context
-        ctx.expression_tokens, ctx.expression_scale = expression_tokens, float(expression_scale)
-        ctx.reference = bank
-        ctx.reference_rows = slice(batch, 2 * batch) if do_cfg else slice(0, batch)
-        ctx.cross_kv = {}  # prompts and expression tokens are fixed for this loop: project them once
+        self.adapters.apply(self._adapter_scales(reference_scale if bank is not None else None))
+        reference_rows = (rows, 2 * rows) if do_cfg else (0, rows)
+        self._prepare_attention(prompts, expression_tokens, float(expression_scale), bank, reference_rows)
 
         scheduler = self.scheduler()
         scheduler.set_timesteps(num_inference_steps, device=self.device)
-        latents = self.prepare_latents(batch, latents, generator, per_frame_noise) * scheduler.init_noise_sigma
+        # Samplers that add noise at each step (LCM) draw it per frame from a seed of the frame's initial noise,
+        # so a frame's result does not depend on its batch, and frames sharing their noise share it too.
+        step_generators = [torch.Generator().manual_seed(_row_seed(row)) for row in latents]
+        latents = latents * scheduler.init_noise_sigma
+        unet = self._denoiser if self._denoiser is not None else self.unet
         steps = scheduler.timesteps
         if progress:
             from tqdm.auto import tqdm
@@ -377,14 +512,17 @@ class ExpressionPipeline:
             for t in steps:
                 model_input = torch.cat([latents, latents]) if do_cfg else latents
                 model_input = scheduler.scale_model_input(model_input, t)
-                noise = self.unet(model_input, t, encoder_hidden_states=prompts, return_dict=False)[0]
+                if self._denoiser is not None:  # a new step: CUDA graphs ("reduce-overhead") may reuse buffers
+                    torch.compiler.cudagraph_mark_step_begin()
+                noise = unet(model_input, t, encoder_hidden_states=prompts, return_dict=False)[0]
                 if do_cfg:
                     uncond, cond = noise.chunk(2)
                     noise = uncond + guidance_scale * (cond - uncond)
-                latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+                latents = scheduler.step(noise, t, latents, generator=step_generators, return_dict=False)[0]
         finally:
-            ctx.expression_tokens, ctx.reference, ctx.reference_rows, ctx.cross_kv = None, None, None, None
+            self._prepare_attention(None, None, 1.0, None, None)
 
+        latents = latents[:batch]
         images = self.decode(latents)
         if output_type == "pt":
             return ExpressionPipelineOutput(images)

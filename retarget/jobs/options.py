@@ -50,7 +50,8 @@ class JobOptions:
     the clip) or ``face_reference`` (a photo of the person to follow, matched by ArcFace similarity);
     ``smirk_channels`` (:data:`SMIRK_CHANNELS`: the channel order of SMIRK's input crop, "rgb" as SMIRK expects or
     "bgr" as the published demo feeds it; it changes the expressions read, so it is part of the render key).
-    Pipeline: ``compile`` (``torch.compile`` the UNet), ``vae_fp32`` (VAE in fp32). Paste-back (``edit``):
+    Pipeline: ``compile`` (``torch.compile`` the UNet), ``vae_fp32`` (VAE in fp32), ``lcm_lora`` (an SD1.5
+    LCM-LoRA file: few-step sampling with the LCM scheduler). Paste-back (``edit``):
     ``color_match`` (match the generated face's colour statistics to the original face). Output: ``encoder``;
     ``watermark`` (embed the invisible provenance mark in every output frame, see :mod:`retarget.provenance`).
     """
@@ -76,6 +77,7 @@ class JobOptions:
     face_reference: Path | None = None
     smirk_channels: str = "rgb"
     compile: bool = False
+    lcm_lora: Path | None = None
     vae_fp32: bool = False
     color_match: bool = False
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
@@ -86,6 +88,8 @@ class JobOptions:
         self.models = Path(self.models).expanduser()
         if self.face_reference is not None:
             self.face_reference = Path(self.face_reference).expanduser()
+        if self.lcm_lora is not None:
+            self.lcm_lora = Path(self.lcm_lora).expanduser()
         if self.base_model is None:
             self.base_model = os.environ.get("RETARGET_BASE_MODEL") or None
         checks = [
@@ -102,6 +106,7 @@ class JobOptions:
             (self.smooth in SMOOTHING_METHODS, f"--smooth must be one of {', '.join(SMOOTHING_METHODS)}"),
             (self.dtype is None or self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
             (self.smirk_channels in SMIRK_CHANNELS, f"--smirk-channels must be one of {', '.join(SMIRK_CHANNELS)}"),
+            (self.lcm_lora is None or self.lcm_lora.is_file(), f"--lcm-lora: no such file: {self.lcm_lora}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -114,10 +119,12 @@ class JobOptions:
         from retarget.jobs.model_files import model_files_identity
 
         data = asdict(self)
-        for name in ("progress", "batch_size", "memory_budget", "models", "encoder", "compile", "face_reference"):
+        for name in ("progress", "batch_size", "memory_budget", "models", "encoder", "compile", "face_reference",
+                     "lcm_lora"):
             data.pop(name)
         data["models"] = str(self.models.resolve())
         data["face_reference"] = None if self.face_reference is None else file_identity(self.face_reference)
         data["encoder"] = self.encoder.as_dict()
         data["model_files"] = model_files_identity(self.models, self.base_model)
+        data["lcm_lora"] = None if self.lcm_lora is None else file_identity(self.lcm_lora)
         return data

@@ -56,6 +56,8 @@ class RenderSession:
             o = self.options
             pipe = ExpressionPipeline.from_pretrained(o.models, base_model=o.base_model, device=self.device,
                                                       dtype=o.dtype)
+            if o.lcm_lora is not None:
+                pipe.load_lcm_lora(o.lcm_lora)
             if o.vae_fp32:
                 pipe.upcast_vae()
             if o.compile:

@@ -12,8 +12,11 @@ and these processors change what its attention layers compute.
   in ``context.reference_rows`` (the conditional half of the CFG batch) attend over
   ``[own tokens, reference tokens]`` while the other rows do plain self-attention.
 
-All per-call state lives on one shared :class:`AttentionContext` object, not in call kwargs (diffusers drops
-unknown kwargs, and ``load_ip_adapter`` rebuilds processors).
+Per-call state comes from one shared :class:`AttentionContext` object, not from call kwargs (diffusers drops
+unknown kwargs, and ``load_ip_adapter`` rebuilds processors). For a denoising loop, whose prompt, expression
+tokens and reference do not change from step to step, each processor is instead *prepared* with tensors
+computed once before the loop (``prepare``): the forward pass then reads only tensors and fixed attributes,
+which ``torch.compile`` traces into one graph that later clips reuse without recompiling.
 """
 
 from __future__ import annotations
@@ -64,16 +67,18 @@ class ReferenceBank:
 
 @dataclass
 class AttentionContext:
-    """What the processors of one UNet need for the current forward pass.
+    """What the processors of one UNet need for the current forward pass (the general, per-call route).
 
     ``expression_tokens``: ``[batch, T, C]``, one row per UNet batch row, or None (adapter off).
     ``expression_scale``: weight of the expression branch; 0 skips it.
     ``reference``: the reference bank read by ``attn1`` layers, or None (no reference attention).
     ``reference_rows``: the slice of batch rows that attend to the reference (the conditional half).
     ``recording``: during a reference pass, the dict the ``attn1`` layers write their input into.
-    ``cross_kv``: when a dict, the ``attn2`` layers keep the keys/values of the prompt and expression tokens in it
-    by layer name. The pipeline sets it for one denoising loop, in which those inputs do not change from step to
-    step, so they are projected once per call instead of once per step; None (training) projects every time.
+
+    A denoising loop whose conditioning is fixed from step to step instead *prepares* each processor (its
+    ``prepare`` method) with tensors computed once before the loop; a prepared processor ignores the context
+    except for ``recording``. That keeps the UNet forward free of dictionary look-ups and Python numbers that
+    change between calls, so ``torch.compile`` traces it once.
     """
 
     expression_tokens: torch.Tensor | None = None
@@ -81,7 +86,6 @@ class AttentionContext:
     reference: ReferenceBank | None = None
     reference_rows: slice | None = None
     recording: dict[str, torch.Tensor] | None = field(default=None, repr=False)
-    cross_kv: dict[str, tuple] | None = field(default=None, repr=False)
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -112,27 +116,56 @@ def _output(attn, hidden_states: torch.Tensor) -> torch.Tensor:
     return hidden_states / attn.rescale_output_factor
 
 
+def lora_active(layer) -> bool:
+    """Whether a (possibly peft-wrapped) projection currently adds a LoRA term to its base layer's output."""
+    return not getattr(layer, "disable_adapters", True) and not getattr(layer, "merged", False) \
+        and bool(getattr(layer, "active_adapters", ()))
+
+
 class ReferenceSelfAttnProcessor:
-    """``attn1`` processor: records reference tokens, or attends over ``[own, reference]`` tokens."""
+    """``attn1`` processor: records reference tokens, or attends over ``[own, reference]`` tokens.
+
+    Prepared state (see :meth:`prepare`): ``reference_kv`` (keys and values ``[R, N, inner]`` of the reference
+    tokens under the layer's current weights, R = 1 or the number of reference rows) and ``reference_rows``
+    (``(start, stop)`` batch rows that attend to them). ``qkv_weight``: when set (see
+    :func:`fuse_self_attention_projections`), the ``[3 * inner, dim]`` weight whose row blocks *are* the
+    ``to_q``/``to_k``/``to_v`` weights, so the three projections run as one matmul; it is used only while no LoRA
+    adds to those projections.
+    """
 
     def __init__(self, name: str, context: AttentionContext):
         self.name = name
         self.context = context
+        self.qkv_weight: torch.Tensor | None = None
+        self.reference_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.reference_rows: tuple[int, int] | None = None
+
+    def prepare(self, reference_kv: tuple[torch.Tensor, torch.Tensor] | None, rows: tuple[int, int] | None) -> None:
+        """Fix the reference keys/values and the rows that read them for the coming forward passes (None: none)."""
+        self.reference_kv, self.reference_rows = reference_kv, rows if reference_kv is not None else None
+
+    def _project(self, attn, hidden_states):
+        if self.qkv_weight is not None and not lora_active(attn.to_q):
+            return F.linear(hidden_states, self.qkv_weight).chunk(3, dim=-1)
+        return attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         _check_plain(attn, attention_mask)
         ctx = self.context
-        if ctx.recording is not None:
+        recording = ctx.recording is not None
+        if recording:
             ctx.recording[self.name] = hidden_states.detach()
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        bank, rows = ctx.reference, ctx.reference_rows
-        if bank is None or rows is None or ctx.recording is not None:
+        query, key, value = self._project(attn, hidden_states)
+        if recording:
+            return _output(attn, attention(query, key, value, attn.heads))
+        if self.reference_kv is not None:
+            (ref_key, ref_value), (start, stop) = self.reference_kv, self.reference_rows
+        elif ctx.reference is not None and ctx.reference_rows is not None:
+            start, stop, _ = ctx.reference_rows.indices(hidden_states.shape[0])
+            ref_key, ref_value = ctx.reference.key_value(self.name, attn)
+        else:
             return _output(attn, attention(query, key, value, attn.heads))
 
-        start, stop, _ = rows.indices(hidden_states.shape[0])
-        ref_key, ref_value = bank.key_value(self.name, attn)
         n_rows = stop - start
         if ref_key.shape[0] not in (1, n_rows):
             raise ValueError(f"{ref_key.shape[0]} references for {n_rows} conditional rows")
@@ -159,6 +192,9 @@ class ExpressionCrossAttnProcessor(nn.Module):
     """``attn2`` processor: identity cross-attention plus the scaled expression-token branch.
 
     ``to_k_ip``/``to_v_ip``: ``Linear(token_dim -> hidden_size, bias=False)``, the adapter's trained projections.
+    Prepared state (see :meth:`prepare`): the keys/values of the prompt and of the expression tokens, projected once
+    for a denoising loop, with the expression scale folded into the expression values (attention is linear in
+    its values, so ``scale * Attn(Q, K, V) == Attn(Q, K, scale * V)``).
     """
 
     def __init__(self, context: AttentionContext, hidden_size: int, token_dim: int, name: str = ""):
@@ -167,28 +203,42 @@ class ExpressionCrossAttnProcessor(nn.Module):
         self.name = name
         self.to_k_ip = nn.Linear(token_dim, hidden_size, bias=False)
         self.to_v_ip = nn.Linear(token_dim, hidden_size, bias=False)
+        self.prompt_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.expression_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def prepare(self, attn, prompts: torch.Tensor | None, tokens: torch.Tensor | None = None,
+                scale: float = 1.0) -> None:
+        """Project ``prompts [batch, L, C]`` and expression ``tokens [batch, T, C]`` (scaled by ``scale``) once
+        for the coming forward passes; ``prompts`` None clears the prepared state (back to the per-call route)."""
+        if prompts is None:
+            self.prompt_kv = self.expression_kv = None
+            return
+        self.prompt_kv = (attn.to_k(prompts), attn.to_v(prompts))
+        self.expression_kv = None
+        if tokens is not None:
+            if tokens.shape[0] != prompts.shape[0]:
+                raise ValueError(f"{tokens.shape[0]} expression rows for {prompts.shape[0]} prompt rows")
+            self.expression_kv = (self.to_k_ip(tokens), self.to_v_ip(tokens) * scale)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         _check_plain(attn, attention_mask)
-        ctx = self.context
         query = attn.to_q(hidden_states)
-        cache = ctx.cross_kv
-        if cache is not None and self.name in cache:
-            key, value, expression_kv = cache[self.name]
+        scale = None  # prepared: folded into the expression values
+        if self.prompt_kv is not None:
+            (key, value), expression_kv = self.prompt_kv, self.expression_kv
         else:
+            ctx = self.context
             context_states = hidden_states if encoder_hidden_states is None else encoder_hidden_states
             key, value = attn.to_k(context_states), attn.to_v(context_states)
-            tokens = ctx.expression_tokens
-            expression_kv = None
-            if tokens is not None and ctx.expression_scale != 0:
+            tokens, expression_kv, scale = ctx.expression_tokens, None, ctx.expression_scale
+            if tokens is not None and scale != 0:
                 if tokens.shape[0] != hidden_states.shape[0]:
                     raise ValueError(f"{tokens.shape[0]} expression rows for a batch of {hidden_states.shape[0]}")
                 expression_kv = (self.to_k_ip(tokens), self.to_v_ip(tokens))
-            if cache is not None:
-                cache[self.name] = (key, value, expression_kv)
         out = attention(query, key, value, attn.heads)
         if expression_kv is not None:
-            out = out + ctx.expression_scale * attention(query, *expression_kv, attn.heads)
+            branch = attention(query, *expression_kv, attn.heads)
+            out = out + (branch if scale is None else scale * branch)
         return _output(attn, out)
 
 
@@ -223,3 +273,30 @@ def install_processors(unet, context: AttentionContext, token_dim: int) -> dict[
             processors[name] = expression[name]
     unet.set_attn_processor(processors)
     return expression
+
+
+def fuse_self_attention_projections(unet) -> int:
+    """Let every ``attn1`` with a :class:`ReferenceSelfAttnProcessor` project queries, keys and values in one matmul.
+
+    The ``to_q``/``to_k``/``to_v`` weights (of the base layers, under any peft LoRA wrapper) are moved into one
+    ``[3 * inner, dim]`` tensor and become views of it, so anything that later writes those weights in place
+    (LoRA folding, restoring) updates the fused weight too; the math is unchanged. Call after the UNet has its
+    final device, dtype and memory format (a later ``.to()`` would copy the weights out of the fused tensor).
+    Layers with biases are left alone. Returns the number of fused layers; calling again is a no-op.
+    """
+    count = 0
+    for module in unet.modules():
+        processor = getattr(module, "processor", None)
+        if not isinstance(processor, ReferenceSelfAttnProcessor) or processor.qkv_weight is not None:
+            continue
+        linears = [getattr(module, n) for n in ("to_q", "to_k", "to_v")]
+        linears = [layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer for layer in linears]
+        if any(layer.bias is not None for layer in linears):
+            continue
+        with torch.no_grad():
+            fused = torch.cat([layer.weight.detach() for layer in linears])
+            for layer, part in zip(linears, fused.split([layer.out_features for layer in linears])):
+                layer.weight.data = part
+        processor.qkv_weight = fused
+        count += 1
+    return count

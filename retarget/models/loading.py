@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .expression import ExpressionProjection
 from .formats import (
     LORA_TARGETS,
     check_state_dict,
+    load_safetensors,
     load_weights_file,
     map_encoder_keys,
     read_expression_adapter,
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 BASE_SUBFOLDERS = ("vae", "tokenizer", "scheduler")
 REFERENCE_ADAPTER_NAME = "reference"
+LCM_ADAPTER_NAME = "lcm"
 
 
 @dataclass
@@ -247,3 +250,35 @@ def load_reference_lora(unet, path: Path) -> int:
         state[f"unet.{name}.lora.up.weight"] = up
     unet.load_lora_adapter(state, prefix="unet", adapter_name=REFERENCE_ADAPTER_NAME)
     return rank
+
+
+def load_lcm_lora(unet, path: Path) -> int:
+    """Attach an SD1.5 LCM-LoRA to ``unet`` as the adapter ``"lcm"``; returns the number of adapted layers.
+
+    The file is read and converted by diffusers' stock LoRA loader (what ``load_lora_weights`` does for a UNet),
+    so kohya-style ``lora_unet_*`` keys (with ``.alpha``) and diffusers/peft ``unet.*`` keys both load; the LoRA
+    stacks with the reference LoRA. A file with no UNet LoRA weights, or one that does not fit this UNet, raises
+    :class:`~retarget.errors.WeightsError` naming it.
+    """
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+
+    path = require_file(path, "LCM-LoRA")
+    state = load_safetensors(path)
+    try:
+        state, alphas = StableDiffusionLoraLoaderMixin.lora_state_dict(state)
+    except Exception as exc:
+        raise WeightsError(f"{path}: not a LoRA file diffusers can read ({type(exc).__name__}: {exc})") from exc
+    if not any(key.startswith("unet.") for key in state):
+        raise WeightsError(f"{path}: no UNet LoRA weights (expected 'lora_unet_*' or 'unet.*' keys)")
+    try:
+        with warnings.catch_warnings():  # peft warns that the UNet already has an adapter (the reference LoRA)
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            StableDiffusionLoraLoaderMixin.load_lora_into_unet(state, alphas, unet, adapter_name=LCM_ADAPTER_NAME)
+    except Exception as exc:
+        raise WeightsError(f"{path}: does not fit the Arc2Face UNet ({type(exc).__name__}: {exc})") from exc
+    from .adapters import lora_layers
+
+    count = sum(LCM_ADAPTER_NAME in layer.lora_A for layer in lora_layers(unet))
+    if count == 0:
+        raise WeightsError(f"{path}: none of its layers is in the Arc2Face UNet")
+    return count

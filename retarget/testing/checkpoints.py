@@ -172,6 +172,42 @@ def random_reference_lora(unet, rank: int, generator=None, std: float = 0.05):
     return layers
 
 
+def random_lcm_lora(unet, rank: int = 4, key_format: str = "kohya", generator=None, std: float = 0.05,
+                    zero: bool = False) -> dict[str, torch.Tensor]:
+    """A random LoRA in an SD1.5 LCM-LoRA's layout for ``unet``: every Linear and Conv2d of its attention and ResNet
+    blocks (projections, feed-forward, ``proj_in/out``, ResNet convolutions and time projections, up/down samplers).
+
+    ``key_format``: ``"kohya"`` (``lora_unet_<path with _>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``,
+    the published LCM-LoRA files) or ``"peft"`` (``unet.<path>.lora_A.weight`` / ``.lora_B.weight``, alpha = rank).
+    ``zero``: all up weights zero (the LoRA then adds nothing).
+    """
+    from torch import nn
+
+    state = {}
+    for name, module in unet.named_modules():
+        name = name.removesuffix(".base_layer")  # a layer that already carries a peft LoRA
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) or not name.startswith(("down_blocks", "mid_block", "up_blocks")) \
+                or ".lora_" in name or ".processor." in name:
+            continue
+        if isinstance(module, nn.Linear):
+            down = torch.randn(rank, module.in_features, generator=generator) * std
+            up = torch.randn(module.out_features, rank, generator=generator) * std
+        else:
+            down = torch.randn(rank, module.in_channels, *module.kernel_size, generator=generator) * std
+            up = torch.randn(module.out_channels, rank, 1, 1, generator=generator) * std
+        if zero:
+            up = torch.zeros_like(up)
+        if key_format == "kohya":
+            key = "lora_unet_" + name.replace(".", "_")
+            state[f"{key}.lora_down.weight"], state[f"{key}.lora_up.weight"] = down, up
+            state[f"{key}.alpha"] = torch.tensor(float(rank))
+        elif key_format == "peft":
+            state[f"unet.{name}.lora_A.weight"], state[f"unet.{name}.lora_B.weight"] = down, up
+        else:
+            raise ValueError(f"key_format must be 'kohya' or 'peft', got {key_format!r}")
+    return state
+
+
 def write_random_checkpoint(root, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32) -> RandomCheckpoint:
     """Write ``root/models`` (published layout) and ``root/base`` (SD1.5 layout) with random weights.
 

@@ -105,20 +105,21 @@ def test_recording_pass_stores_the_layer_input_and_attends_plainly():
 def test_cross_attention_keys_values_are_projected_once_per_loop():
     attn = _attention(64, cross_dim=48)
     tokens = torch.randn(2, 4, 48)
-    cached_ctx = AttentionContext(expression_tokens=tokens, expression_scale=0.9, cross_kv={})
     fresh_ctx = AttentionContext(expression_tokens=tokens, expression_scale=0.9)
-    cached = ExpressionCrossAttnProcessor(cached_ctx, 64, 48, name="layer")
+    prepared = ExpressionCrossAttnProcessor(AttentionContext(), 64, 48, name="layer")
     fresh = ExpressionCrossAttnProcessor(fresh_ctx, 64, 48, name="layer")
-    fresh.load_state_dict(cached.state_dict())
+    fresh.load_state_dict(prepared.state_dict())
     prompt = torch.randn(2, 7, 48)
     calls = []
     handle = attn.to_k.register_forward_hook(lambda m, i, o: calls.append(1))
     try:
+        prepared.prepare(attn, prompt, tokens, scale=0.9)  # once per loop: the scale goes into the values
         for step in range(3):  # the latents change every step, the prompt and expression tokens do not
             hidden = torch.randn(2, 10, 64)
-            assert torch.allclose(cached(attn, hidden, encoder_hidden_states=prompt),
+            assert torch.allclose(prepared(attn, hidden, encoder_hidden_states=prompt),
                                   fresh(attn, hidden, encoder_hidden_states=prompt), atol=1e-6)
     finally:
         handle.remove()
-    assert len(calls) == 1 + 3  # cached: projected at the first step only; fresh: every step
-    assert set(cached_ctx.cross_kv) == {"layer"}
+    assert len(calls) == 1 + 3  # prepared: projected before the loop only; fresh: every step
+    prepared.prepare(attn, None)
+    assert prepared.prompt_kv is None and prepared.expression_kv is None

@@ -1,0 +1,118 @@
+"""torch.compile of the denoising UNet: one graph, no graph breaks, no recompiles across batches and clips.
+
+A counting backend (dynamo's ``CompileCounter``) runs the captured graphs eagerly, so this is cheap on the CPU
+and the compiled output can be compared exactly with the eager one.
+"""
+
+import os
+
+import numpy as np
+import torch
+
+from retarget.pipeline import use_persistent_inductor_cache
+
+BATCH = 3
+
+
+def _clip(seed: int, frames: int):
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        ids=torch.randn(512, generator=g),
+        expressions=torch.randn(frames, 55, generator=g),
+        latents=torch.randn(1, 4, 16, 16, generator=g).expand(frames, -1, -1, -1).clone(),
+        reference=(torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy(),
+    )
+
+
+def _render(pipe, clip, reference_scale, expression_scale, after_batch=None):
+    """Render a clip ``BATCH`` frames at a time, as a render session does."""
+    out = []
+    frames = len(clip["expressions"])
+    for start in range(0, frames, BATCH):
+        rows = slice(start, min(start + BATCH, frames))
+        out.append(pipe(clip["ids"], clip["expressions"][rows], reference_image=clip["reference"],
+                        reference_scale=reference_scale, expression_scale=expression_scale,
+                        latents=clip["latents"][rows], num_inference_steps=2).images)
+        if after_batch is not None:
+            after_batch()
+    return np.concatenate(out)
+
+
+def test_compiled_unet_traces_once_for_every_batch_and_clip(tiny_checkpoint):
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+
+    from retarget import ExpressionPipeline
+
+    torch._dynamo.reset()
+    counters.clear()
+    counter = CompileCounter()
+    compiled = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+    compiled.compile(backend=counter)
+    first, second = _clip(1, 7), _clip(2, 5)  # 3 + 3 + 1 and 3 + 2 frames: the last batches are padded
+
+    graphs = []
+    a = _render(compiled, first, 0.8, 1.0, after_batch=lambda: graphs.append(counter.frame_count))
+    b = _render(compiled, second, 0.5, 0.6)  # another identity, reference, reference and expression scale
+    assert graphs == [1, 1, 1] and counter.frame_count == 1  # traced at the first batch, never again
+    assert sum(counters["graph_break"].values()) == 0
+    assert counter.op_count > 100  # the whole UNet is one graph
+    assert compiled.static_batch_size == BATCH
+
+    eager = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+    eager.static_batch_size = BATCH  # the same padded shapes, without compiling
+    assert np.array_equal(a, _render(eager, first, 0.8, 1.0))
+    assert np.array_equal(b, _render(eager, second, 0.5, 0.6))
+    assert a.shape == (7, 32, 32, 3) and b.shape == (5, 32, 32, 3)
+    torch._dynamo.reset()
+
+
+def test_padding_keeps_the_real_rows(pipe):
+    clip = _clip(3, 2)
+    kw = dict(reference_image=clip["reference"], latents=clip["latents"], num_inference_steps=2)
+    rows = []
+    handle = pipe.unet.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    try:
+        plain = pipe(clip["ids"], clip["expressions"], **kw).images
+        pipe.static_batch_size = 4
+        padded = pipe(clip["ids"], clip["expressions"], **kw).images
+        per_frame_refs = pipe(clip["ids"], clip["expressions"],
+                              **{**kw, "reference_image": np.stack([clip["reference"]] * 2)}).images
+    finally:
+        pipe.static_batch_size = 0
+        handle.remove()
+    assert padded.shape == plain.shape == (2, 32, 32, 3)
+    # reference pass (1 row), 2 frames x CFG; then padded to 4 frames x CFG (reference cached); then 4 per-frame
+    # references (the 2 given, padded) and 4 frames x CFG
+    assert rows == [1, 4, 4, 8, 8, 4, 8, 8]
+    assert np.abs(padded - plain).max() < 1e-5
+    assert np.abs(per_frame_refs - plain).max() < 1e-5
+
+
+def test_inductor_cache_defaults_to_a_persistent_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert use_persistent_inductor_cache() == tmp_path / "xdg" / "retarget" / "inductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "xdg" / "retarget" / "inductor")
+    assert (tmp_path / "xdg" / "retarget" / "inductor").is_dir()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice is kept
+    assert use_persistent_inductor_cache() == tmp_path / "mine"
+    assert use_persistent_inductor_cache(tmp_path / "given") == tmp_path / "given"  # an explicit folder wins
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "given")
+
+
+def test_compiled_without_guidance_traces_once(tiny_checkpoint):
+    from torch._dynamo.testing import CompileCounter
+
+    from retarget import ExpressionPipeline
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    pipe = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+    pipe.compile(backend=counter)
+    for seed in (4, 5):
+        clip = _clip(seed, 2)
+        pipe(clip["ids"], clip["expressions"], reference_image=clip["reference"], latents=clip["latents"],
+             num_inference_steps=2, guidance_scale=1.0)
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
