@@ -3,7 +3,6 @@ and pipeline switches, checked on what reaches the pipeline and on the outputs."
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
