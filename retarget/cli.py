@@ -34,7 +34,8 @@ def _common_parser() -> argparse.ArgumentParser:
     model.add_argument("--vae-fp32", action="store_true",
                        help="decode with the VAE in fp32 (avoids fp16 artefacts on older GPUs)")
     model.add_argument("--compile", action="store_true",
-                       help="torch.compile the UNet (slow first batch, faster afterwards on GPUs)")
+                       help="torch.compile the UNet once per batch size (slow first batch; compiled artefacts are "
+                            "cached for later runs)")
     model.add_argument("--lcm-lora", metavar="FILE", default=None,
                        help="SD1.5 LCM-LoRA .safetensors for few-step sampling (use with e.g. --steps 6 --guidance 1.5)")
     sampling = common.add_argument_group("sampling")
