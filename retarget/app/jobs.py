@@ -8,7 +8,8 @@
   frames to the control, and check its cancel flag at every update and every diffusion batch: a cancelled job stops
   there with :class:`JobCancelled` (a resumable render leaves its finished chunks, which the job folder's removal
   takes away). The job thread's log records of level WARNING and above and the ``warnings.warn`` messages of the
-  retarget package itself (shown even where the command line silences Python warnings) are collected.
+  retarget package itself (shown even where the command line silences Python warnings; deprecations left out,
+  repeats once) are collected.
 * :class:`Workspace`: one temporary folder per job under the app's own temporary folder; a new job removes the
   folders of older ones (except the latest, whose files the page may still be serving), :meth:`Workspace.close`
   removes everything.
@@ -154,6 +155,10 @@ class RunningJob:
         return isinstance(self.error, JobCancelled)
 
 
+#: Warning categories that are not shown in the page (they concern the code, not the job's inputs or results).
+_DEVELOPER_WARNINGS = (DeprecationWarning, PendingDeprecationWarning)
+
+
 def start_job(function: Callable[[], object], control: JobControl | None = None) -> RunningJob:
     """Run ``function()`` in a new thread under ``control`` (a new one by default); returns at once."""
     import tqdm.auto
@@ -168,7 +173,10 @@ def start_job(function: Callable[[], object], control: JobControl | None = None)
 
             def show(message, category, filename, lineno, file=None, line=None):
                 if threading.get_ident() == records.thread_id and Path(filename).is_relative_to(_PACKAGE):
-                    records.messages.append(f"WARNING {Path(filename).stem}: {message}")
+                    line_text = f"WARNING {Path(filename).stem}: {message}"
+                    # Deprecations are for developers, not for the person in the page; repeats are shown once.
+                    if not issubclass(category, _DEVELOPER_WARNINGS) and line_text not in records.messages:
+                        records.messages.append(line_text)
                 else:
                     shown(message, category, filename, lineno, file, line)
 

@@ -144,10 +144,10 @@ class MtcnnDetector(Detector):
             if xs.size:
                 boxes = np.stack(
                     [
-                        np.fix((_STRIDE * xs + 1) / scale),
-                        np.fix((_STRIDE * ys + 1) / scale),
-                        np.fix((_STRIDE * xs + _CELL) / scale),
-                        np.fix((_STRIDE * ys + _CELL) / scale),
+                        np.trunc((_STRIDE * xs + 1) / scale),
+                        np.trunc((_STRIDE * ys + 1) / scale),
+                        np.trunc((_STRIDE * xs + _CELL) / scale),
+                        np.trunc((_STRIDE * ys + _CELL) / scale),
                         score_map[xs, ys],
                     ],
                     axis=1,
@@ -172,7 +172,7 @@ class MtcnnDetector(Detector):
             axis=1,
         )
         refined = _square(refined)
-        refined[:, :4] = np.fix(refined[:, :4])
+        refined[:, :4] = np.trunc(refined[:, :4])
         return refined
 
     def _refine(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -191,7 +191,7 @@ class MtcnnDetector(Detector):
 
     def _finish(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stage 3: final boxes [N, 5] and keypoints [N, 5, 2] (0-based pixels)."""
-        boxes = np.fix(boxes)
+        boxes = np.trunc(boxes)
         boxes = boxes[(boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])]
         if len(boxes) == 0:
             return np.zeros((0, 5)), np.zeros((0, 5, 2))

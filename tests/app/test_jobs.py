@@ -105,6 +105,18 @@ def test_warnings_of_the_job_thread_are_collected():
     assert len(second.warnings) == 1 and "display rotation of" in second.warnings[0]
     assert "rounded to 0" in second.warnings[0]
 
+    import warnings
+
+    import retarget.video.orientation as orientation_module
+
+    def noisy():
+        for _ in range(3):  # the same warning for every frame is shown once
+            warnings.warn_explicit("one face per frame", UserWarning, orientation_module.__file__, 1)
+        warnings.warn_explicit("numpy.fix is deprecated", DeprecationWarning, orientation_module.__file__, 2)
+
+    third = run(noisy, JobControl())
+    assert third.error is None and third.warnings == ["WARNING orientation: one face per frame"]
+
 
 def test_session_cache_reuses_one_session_per_model_options(options, media):
     cache = SessionCache()
