@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from retarget.app.jobs import JobControl, JobProgress, SessionCache, Workspace, start_job
@@ -35,25 +35,29 @@ class AppSettings:
     dtype: str | None = None
 
 
+#: The plain defaults of :class:`JobOptions`, the one place the command line's and the page's defaults come from.
+_JOB_DEFAULTS = {f.name: f.default for f in fields(JobOptions) if f.default is not MISSING}
+
+
 @dataclass(frozen=True)
 class Controls:
     """The page's settings, with the command line's defaults. ``neutral_frame`` is text as on the command line
     (``auto`` or a frame number); ``start``/``end`` are seconds or None; ``face_reference`` is a photo path or
     None (then ``face_index`` picks the face)."""
 
-    steps: int = 25
-    guidance: float = 3.0
-    expression_scale: float = 1.0
-    reference_scale: float = 0.8
+    steps: int = _JOB_DEFAULTS["steps"]
+    guidance: float = _JOB_DEFAULTS["guidance"]
+    expression_scale: float = _JOB_DEFAULTS["expression_scale"]
+    reference_scale: float = _JOB_DEFAULTS["reference_scale"]
     reference: bool = True
-    seed: int = 0
-    smooth: str = "kalman"
-    relative: bool = False
+    seed: int = _JOB_DEFAULTS["seed"]
+    smooth: str = _JOB_DEFAULTS["smooth"]
+    relative: bool = _JOB_DEFAULTS["relative"]
     neutral_frame: str = "auto"
-    expression_gain: float = 1.0
-    eyelid_gain: float = 1.0
-    jaw_gain: float = 1.0
-    face_index: int = 0
+    expression_gain: float = PartGains().expression
+    eyelid_gain: float = PartGains().eyelid
+    jaw_gain: float = PartGains().jaw
+    face_index: int = _JOB_DEFAULTS["face_index"]
     face_reference: str | None = None
     start: float | None = None
     end: float | None = None

@@ -21,3 +21,15 @@ def test_without_the_extra_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err == ('retarget: error: the app needs the "app" extra: pip install "retarget[app]" '
                    '(or pip install -e ".[app]")\n')
+
+
+def test_page_defaults_are_the_command_lines():
+    from retarget.app.service import Controls
+
+    args = build_parser().parse_args(["run", "clip.mp4", "--identity", "p.jpg", "-o", "o.mp4"])
+    page = Controls()
+    for name in ("steps", "guidance", "expression_scale", "reference_scale", "seed", "smooth", "relative",
+                 "expression_gain", "eyelid_gain", "jaw_gain", "face_index", "side_by_side", "color_match"):
+        assert getattr(page, name) == getattr(args, name), name
+    assert page.reference == (not args.no_reference) and page.neutral_frame == "auto" and args.neutral_frame is None
+    assert (page.start, page.end, page.face_reference) == (args.start, args.end, args.face_reference)

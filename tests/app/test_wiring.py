@@ -145,7 +145,7 @@ def test_cancel_stops_the_running_job(client, served_app, media):
 
     service = served_app[1]
     job = client.submit(handle_file(str(media["clip"])), handle_file(str(media["photo"])),
-                        *values("retarget", steps=6), api_name="/retarget")
+                        *values("retarget", steps=50), api_name="/retarget")  # long enough to cancel inside
     deadline = time.monotonic() + 120
     while True:  # until the render has started (its frame bar has reported)
         control = service.running
