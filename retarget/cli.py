@@ -53,6 +53,10 @@ def _common_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--memory-budget", type=float, default=None, metavar="GIB",
                           help="host memory beyond the models for one chunk of frames and the work on single "
                                "frames, in GiB; shortens chunks of large pictures (default 2)")
+    sampling.add_argument("--no-overlap", action="store_true",
+                          help="run the stages one after another (load, scan, then decode, render, paste and encode "
+                               "each chunk in turn) instead of overlapping them on worker threads; same output, "
+                               "for measuring and debugging")
     motion = common.add_argument_group("motion and faces")
     motion.add_argument("--smooth", choices=("kalman", "savgol", "one_euro", "none"), default="kalman",
                         help="smoothing of the expression track (default kalman: zero-lag Kalman/RTS)")
@@ -236,6 +240,7 @@ def options_from_args(args: argparse.Namespace):
         per_frame_noise=args.per_frame_noise,
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
+        overlap=not args.no_overlap,
         **({} if args.memory_budget is None else {"memory_budget": args.memory_budget}),
         device=args.device,
         dtype=args.dtype,

@@ -85,6 +85,12 @@ class Detector(ABC):
             Faces sorted by box area, largest first; empty when there is none.
         """
 
+    def detect_many(self, images) -> list[list[Face]]:
+        """:meth:`detect` for each of ``images`` (RGB uint8 ``[H, W, 3]`` each, or one ``[N, H, W, 3]`` array);
+        the same faces as one call per image. Detectors whose model takes a batch override this to run the
+        images in one call; the default runs them one by one."""
+        return [self.detect(image) for image in images]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 

@@ -90,6 +90,10 @@ class ScrfdDetector(Detector):
         self.input_size = (int(shape[3]), int(shape[2])) if fixed else tuple(int(v) for v in input_size)
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
+        batch, rank = shape[0] if len(shape) else 1, len(outputs[0].shape or ())
+        # insightface's exports fix the batch at 1 and drop it from the outputs ([L, 1]); batch only when the
+        # input's batch axis is dynamic and the outputs keep it ([N, L, 1]).
+        self.batched = not isinstance(batch, int) and rank == 3
 
     def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """Resize into the input size keeping aspect; returns the NCHW float32 tensor and the scale used."""
@@ -106,8 +110,23 @@ class ScrfdDetector(Detector):
         """Detect faces in an RGB uint8 image [H, W, 3]; returns faces largest first (see :class:`Face`)."""
         tensor, scale = self._letterbox(image)
         outputs = self.session.run(self.output_names, {self.input_name: tensor})
-        outputs = [out[0] if out.ndim == 3 else out for out in outputs]
-        height, width = tensor.shape[2:]
+        return self._decode([out[0] if out.ndim == 3 else out for out in outputs], tensor.shape[2:], scale)
+
+    def detect_many(self, images) -> list[list[Face]]:
+        """:meth:`detect` for each image; one onnxruntime call for all of them when the model's batch axis is
+        dynamic (:attr:`batched`), else one call per image (the published file has a fixed batch of 1)."""
+        if not self.batched or len(images) < 2:
+            return [self.detect(image) for image in images]
+        letterboxed = [self._letterbox(image) for image in images]
+        tensor = np.concatenate([t for t, _ in letterboxed])
+        outputs = self.session.run(self.output_names, {self.input_name: tensor})
+        return [self._decode([out[i] for out in outputs], tensor.shape[2:], scale)
+                for i, (_, scale) in enumerate(letterboxed)]
+
+    def _decode(self, outputs: list[np.ndarray], size: tuple[int, int], scale: float) -> list[Face]:
+        """Faces from one image's nine outputs (without the batch axis) of an input of ``size`` (height, width)
+        letterboxed at ``scale``."""
+        height, width = size
         all_scores, all_boxes, all_keypoints = [], [], []
         for level, stride in enumerate(_STRIDES):
             scores, boxes, keypoints = decode_scrfd_level(

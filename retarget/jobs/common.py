@@ -83,14 +83,29 @@ def picture_bytes(width: int, height: int) -> int:
     return int(width) * int(height) * 3
 
 
-def chunk_frames(frame_bytes: int, chunk_size: int, budget_gib: float, picture: int = 0) -> int:
+def chunk_frames(frame_bytes: int, chunk_size: int, budget_gib: float, picture: int = 0, in_flight: int = 1,
+                 reserved: int = 0) -> int:
     """Frames per chunk: as many as fit ``budget_gib`` GiB at ``frame_bytes`` bytes per frame (everything a chunk
-    holds per frame at once, see :func:`edit_frame_bytes` and :func:`run_frame_bytes`) after reserving
-    :data:`WORKING_PICTURES` pictures of ``picture`` bytes (the clip's, see :func:`picture_bytes`) for the work on
-    single frames; at most ``chunk_size`` and at least 1 (a frame larger than the budget is still processed, alone).
-    Depends only on its arguments, so a resumed job gets the same chunks."""
-    budget = int(budget_gib * 1024**3) - WORKING_PICTURES * int(picture)
-    return max(1, min(int(chunk_size), budget // max(1, int(frame_bytes))))
+    holds per frame at once, see :func:`edit_frame_bytes` and :func:`run_frame_bytes`) times ``in_flight`` chunks
+    held at once (an overlapped job holds :data:`~retarget.jobs.stages.CHUNKS_IN_FLIGHT`: one being decoded, one
+    rendered, one encoded), after reserving :data:`WORKING_PICTURES` pictures of ``picture`` bytes (the clip's,
+    see :func:`picture_bytes`) for the work on single frames and ``reserved`` bytes (frames kept from the scan,
+    see :func:`keep_scanned_frames`); at most ``chunk_size`` and at least 1 (a frame larger than the budget is
+    still processed, alone). Depends only on its arguments, so a resumed job gets the same chunks."""
+    budget = int(budget_gib * 1024**3) - WORKING_PICTURES * int(picture) - int(reserved)
+    return max(1, min(int(chunk_size), budget // (max(1, int(frame_bytes)) * max(1, int(in_flight)))))
+
+
+def keep_scanned_frames(count: int, width: int, height: int, budget_gib: float) -> bool:
+    """Whether a job keeps the ``count`` frames its face scan decodes (``width`` x ``height``) for the render
+    instead of decoding them again: when they take at most half of ``budget_gib`` GiB after the
+    :data:`WORKING_PICTURES` reserve. The other half is left for the chunks in flight, which are then sized
+    with the kept bytes reserved (see :func:`chunk_frames`); otherwise the render decodes each chunk again, on
+    the prefetch thread of :mod:`retarget.jobs.stages`, while the previous chunk renders. Depends only on its
+    arguments (the clip and the budget), so a resumed job decides the same."""
+    picture = picture_bytes(width, height)
+    free = int(budget_gib * 1024**3) - WORKING_PICTURES * picture
+    return int(count) * picture <= free // 2
 
 
 def edit_frame_bytes(width: int, height: int, face_size: int, side_by_side: bool) -> int:

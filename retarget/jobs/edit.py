@@ -7,8 +7,14 @@ result has the clip's size, frame count, timing and audio (with ``side_by_side``
 wide). Frames outside ``[start, end)``, frames without the followed face and frames past the end of the source's
 expressions pass through untouched; frames of a short gap in the face's detections (at most
 :data:`~retarget.jobs.frames.MAX_FILLED_GAP` frames between two detections) are edited like the others, at the
-interpolated keypoints, so a missed detection does not show the original face between edited frames. Host memory:
-one chunk of frames, its length capped by ``options.memory_budget`` (see :func:`retarget.jobs.common.chunk_frames`).
+interpolated keypoints, so a missed detection does not show the original face between edited frames. Stages
+overlap (see :mod:`retarget.jobs.stages`): the pipeline loads during the face scan; while a chunk renders, the next
+one's frames are decoded and cropped and the last one is pasted back and encoded. Decoding: the frames the scan
+decodes (``[start, end)``) are kept for the render when they fit the budget (see
+:func:`retarget.jobs.common.keep_scanned_frames`), so they are decoded once; otherwise, and for frames outside the
+range, each chunk is decoded again on the prefetch thread. Host memory: the kept frames and at most
+:data:`~retarget.jobs.stages.CHUNKS_IN_FLIGHT` chunks of frames, their length capped by ``options.memory_budget``
+(see :func:`retarget.jobs.common.chunk_frames`).
 Expressions: see :mod:`retarget.jobs.expressions`; in relative mode the target's own expression is each frame's
 own (smoothed) SMIRK values and the neutral frame is a frame of SOURCE.
 """
@@ -24,12 +30,14 @@ import numpy as np
 from retarget.errors import InputError
 from retarget.faces.alignment import ffhq_transform
 from retarget.faces.pasteback import paste_back
-from retarget.jobs.common import (check_output, chunk_frames, clip_range, edit_frame_bytes, picture_bytes,
-                                  prepared_motion, timing)
+from retarget.jobs.common import (check_output, chunk_frames, clip_range, edit_frame_bytes, keep_scanned_frames,
+                                  picture_bytes, prepared_motion, timing)
 from retarget.jobs.expressions import neutral_values, rendered_expressions
-from retarget.jobs.frames import frames_of_span, photo_face, scan_clip
+from retarget.jobs.frames import photo_face, scan_clip
 from retarget.jobs.options import JobOptions
 from retarget.jobs.session import RenderSession
+from retarget.jobs.stage_times import StageTimes, finish_job
+from retarget.jobs.stages import CHUNKS_IN_FLIGHT, run_stages
 from retarget.provenance.metadata import job_tags
 from retarget.motion.motion_file import load_motion
 from retarget.motion.resample import resample
@@ -83,7 +91,8 @@ def read_expression_source(source, session: RenderSession) -> ExpressionSource:
         values = session.faces.expressions.extract([image], face.keypoints[None])[0]
         return ExpressionSource(path, constant=values)
     scan = scan_clip(VideoReader(path), session.faces, options.face_index, chunk_size=options.chunk_size,
-                     progress=options.progress, memory_budget=options.memory_budget)
+                     progress=options.progress, memory_budget=options.memory_budget, overlap=options.overlap,
+                     check=session.check_loading)
     return ExpressionSource(path, track=prepared_motion(scan.motion(), options.smooth))
 
 
@@ -94,18 +103,23 @@ def edit_job(video, expression, output, options: JobOptions, *, start: float | N
 
     ``session`` and ``source`` (already read, see :func:`read_expression_source`) let ``batch`` reuse them.
     """
+    stats = StageTimes("edit")
     output = check_output(output, inputs=(video, expression, options.face_reference))
     reader = VideoReader(video)
     info = reader.info
     lo, hi = clip_range(reader, start, end)
-    session = (session or RenderSession(options)).load(expressions=needs_expressions(expression, options))
+    own_session = session is None
+    session = (session or RenderSession(options)).load(expressions=needs_expressions(expression, options),
+                                                       background=options.overlap)
     source = source if source is not None else read_expression_source(expression, session)
     if options.relative and source.track is None:
         raise InputError(f"{source.path}: --relative needs a video or motion file as SOURCE, not a photo "
                          "(a photo has no neutral frame)")
+    keep = keep_scanned_frames(hi - lo, info.width, info.height, options.memory_budget)
     scan = scan_clip(reader, session.faces, options.face_index, expressions=options.relative, identity=True,
                      chunk_size=options.chunk_size, progress=options.progress, reference=session.face_reference,
-                     frames=(lo, hi), memory_budget=options.memory_budget)
+                     frames=(lo, hi), memory_budget=options.memory_budget, keep_frames=keep,
+                     overlap=options.overlap, check=session.check_loading, times=stats)
 
     times = scan.times
     values = np.zeros((info.frame_count, 55), np.float32)
@@ -122,33 +136,59 @@ def edit_job(video, expression, output, options: JobOptions, *, start: float | N
     keypoints = scan.smoothed_keypoints()
 
     pipe = session.pipeline
+    if own_session:
+        stats.add("load", session.load_seconds)
+    stats.set_model(pipe.device, pipe.dtype)
     size = pipe.image_size
     key = {
         "command": "edit", "video": file_identity(video), "expression": file_identity(source.path),
         "range": [lo, hi], "side_by_side": side_by_side, "options": options.render_key(),
     }
     chunk = chunk_frames(edit_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
-                         options.memory_budget, picture_bytes(info.width, info.height))
+                         options.memory_budget, picture_bytes(info.width, info.height), in_flight=CHUNKS_IN_FLIGHT,
+                         reserved=0 if scan.frames is None else scan.frames.nbytes)
     job = ChunkedRender(output, key, info.frame_count, chunk, info.frame_rate, settings=options.encoder,
                         **timing(info))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=info.frame_count, initial=job.done_frames(), desc=f"edit {Path(video).name}", unit="frame",
                disable=not options.progress)
-    for span in job.pending_chunks():
-        frames = frames_of_span(reader, span.start, span.stop)
+
+    def prepare(span):
+        """Prefetch thread: the chunk's frames (kept from the scan, or decoded), the original for the left panel,
+        and the aligned crops of the edited frames."""
+        frames = scan.frames_of_span(reader, span.start, span.stop, stats)
         original = frames.copy() if side_by_side else None
         rows = np.flatnonzero(edited[span.start:span.stop]) + span.start
-        if len(rows):
+        with stats.stage("paste"):
             transforms = [ffhq_transform(keypoints[i], size) for i in rows]
             crops = [t.warp(frames[i - span.start]) for t, i in zip(transforms, rows)]
-            faces = session.render(scan.identity, values[rows], rows, crops)
-            for t, i, face in zip(transforms, rows, faces):
+        return frames, original, rows, transforms, crops
+
+    def render(span, prepared):
+        _, _, rows, _, crops = prepared
+        if not len(rows):
+            return None
+        with stats.stage("render"):
+            return session.render(scan.identity, values[rows], rows, crops)
+
+    def save(span, prepared, faces):
+        """Finish thread: paste the faces back, compose, encode the chunk."""
+        frames, original, rows, transforms, _ = prepared
+        with stats.stage("paste"):
+            for t, i, face in zip(transforms, rows, faces if faces is not None else ()):
                 paste_back(frames[i - span.start], face, t, color_match=options.color_match, inplace=True)
-        job.save_chunk(span.index, frames if original is None else side_by_side_chunk(original, frames),
-                       watermark=options.watermark)
-        bar.update(len(span))
+            if original is not None:
+                frames = side_by_side_chunk(original, frames)
+        with stats.stage("encode"):
+            job.save_chunk(span.index, frames, watermark=options.watermark)
+        stats.frames_done(len(span))
+
+    run_stages(job.pending_chunks(), prepare, render, save, done=lambda span: bar.update(len(span)),
+               overlap=options.overlap)
     bar.close()
     tags = job_tags("edit", options, side_by_side=side_by_side, edited_range=[lo, hi],
                     edited_frames=int(np.count_nonzero(edited)))
-    return job.finalize(audio=AudioSource(Path(video)), progress=options.progress, metadata=tags)
+    result = job.finalize(audio=AudioSource(Path(video)), progress=options.progress, metadata=tags)
+    finish_job(stats)
+    return result

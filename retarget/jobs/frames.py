@@ -9,6 +9,7 @@ by a byte budget (see :func:`retarget.jobs.common.chunk_frames`), so it does not
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -19,6 +20,8 @@ from retarget.errors import InputError, NoFaceError
 from retarget.faces.detection import Face, load_detector
 from retarget.faces.tracking import FaceTracker, fill_keypoint_gaps
 from retarget.jobs.common import MEMORY_BUDGET_GIB, chunk_frames, picture_bytes
+from retarget.jobs.stage_times import StageTimes
+from retarget.jobs.stages import CHUNKS_IN_FLIGHT, run_stages
 from retarget.motion.smoothing import kalman_rts
 from retarget.motion.track import DIM, MotionTrack
 from retarget.video.reader import VideoReader
@@ -82,7 +85,8 @@ class ClipScan:
     ``valid`` is False), ``times`` float64 ``[N]`` seconds from the first frame, ``rate`` exact, ``expressions``
     float32 ``[N, 55]`` or None (SMIRK values of the detected frames, linearly interpolated between the
     neighbouring detections in filled frames, zeros elsewhere), ``identity`` float32 ``[512]`` (robust mean over
-    sampled detected frames) or None.
+    sampled detected frames) or None. ``frames``: the decoded frames ``[first, first + len(frames))`` kept by a scan
+    with ``keep_frames`` (uint8 ``[M, H, W, 3]``), else None; see :meth:`frames_of_span`.
     """
 
     keypoints: np.ndarray
@@ -92,10 +96,23 @@ class ClipScan:
     expressions: np.ndarray | None = None
     identity: np.ndarray | None = None
     detected: np.ndarray | None = None
+    frames: np.ndarray | None = None
+    first: int = 0
 
     def __post_init__(self):
         if self.detected is None:
             self.detected = self.valid.copy()
+
+    def frames_of_span(self, reader: VideoReader, start: int, stop: int, times: StageTimes | None = None) -> np.ndarray:
+        """Frames ``[start, stop)`` of the clip, uint8 ``[stop - start, H, W, 3]``: a view of the kept
+        :attr:`frames` when they cover the span (no decode; the caller may write into it, each span is its own),
+        else decoded again with :func:`frames_of_span` (timed as ``decode`` in ``times``)."""
+        if self.frames is not None and self.first <= start and stop <= self.first + len(self.frames):
+            return self.frames[start - self.first:stop - self.first]
+        if times is None:
+            return frames_of_span(reader, start, stop)
+        with times.stage("decode"):
+            return frames_of_span(reader, start, stop)
 
     @property
     def filled(self) -> np.ndarray:
@@ -129,14 +146,26 @@ class ClipScan:
 def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, expressions: bool = True,
               identity: bool = False, chunk_size: int = 64, progress: bool = True,
               reference: FaceReference | None = None, frames: tuple[int, int] | None = None,
-              memory_budget: float = MEMORY_BUDGET_GIB) -> ClipScan:
+              memory_budget: float = MEMORY_BUDGET_GIB, keep_frames: bool = False, overlap: bool = True,
+              check: Callable[[], None] | None = None, times: StageTimes | None = None) -> ClipScan:
     """Stream ``reader``'s clip once, one chunk of decoded frames at a time (``chunk_size`` frames, fewer where
-    that many would exceed ``memory_budget`` GiB, see :func:`~retarget.jobs.common.chunk_frames`): follow one
-    face, read its expressions (batched per chunk) and, with ``identity``, a robust mean ArcFace embedding over
-    up to :data:`IDENTITY_SAMPLES` detected frames. The face is followed with
-    :class:`~retarget.faces.tracking.FaceTracker`: ``reference`` (a photo's embedding) picks the person by ArcFace
-    similarity, else ``face_index`` picks among several by size. ``frames`` (``[first, stop)``) limits the scan to
-    part of the clip; the arrays still cover the whole clip, invalid outside the part.
+    :data:`~retarget.jobs.stages.CHUNKS_IN_FLIGHT` chunks would exceed ``memory_budget`` GiB, see
+    :func:`~retarget.jobs.common.chunk_frames`): follow one face, read its expressions (batched per chunk) and,
+    with ``identity``, a robust mean ArcFace embedding over up to :data:`IDENTITY_SAMPLES` detected frames. The
+    face is followed with :class:`~retarget.faces.tracking.FaceTracker`: ``reference`` (a photo's embedding) picks
+    the person by ArcFace similarity, else ``face_index`` picks among several by size. ``frames``
+    (``[first, stop)``) limits the scan to part of the clip; the arrays still cover the whole clip, invalid outside
+    the part.
+
+    Stages (see :func:`~retarget.jobs.stages.run_stages`): with ``overlap`` the next chunk is decoded, its faces
+    detected (:meth:`~retarget.faces.detection.Detector.detect_many`, batched where the detector allows) and
+    followed on a prefetch thread while this thread reads the current chunk's expressions (SMIRK) and identity
+    samples (ArcFace); the results do not depend on ``overlap``. ``check`` is called on this thread after each
+    chunk (the session's :meth:`~retarget.jobs.session.RenderSession.check_loading`: a failed background load
+    stops the scan there). ``times`` records the decode, detect, smirk and arcface busy times. ``keep_frames``:
+    keep the decoded frames ``[first, stop)`` in :attr:`ClipScan.frames` for the render (decode once; the job
+    decides by :func:`~retarget.jobs.common.keep_scanned_frames`, and the kept bytes are then taken from the
+    budget of the scan's chunks).
 
     Gaps of at most :data:`MAX_FILLED_GAP` frames between two detections are filled (see :class:`ClipScan`):
     keypoints and expressions are interpolated linearly between the neighbouring detections. The expressions are
@@ -152,10 +181,11 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
 
     from retarget.faces.identity import robust_mean_embedding
 
+    times = times if times is not None else StageTimes("scan")
     info = reader.info
     n = info.frame_count
     lo, hi = frames if frames is not None else (0, n)
-    times = info.frame_times()
+    clip_times = info.frame_times()
     keypoints = np.zeros((n, 5, 2), np.float32)
     detected = np.zeros(n, bool)
     values = np.zeros((n, DIM), np.float32) if expressions else None
@@ -164,27 +194,48 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
     follower = FaceTracker(face_index=face_index, reference=None if reference is None else reference.embedding,
                            max_gap=MAX_FILLED_GAP)
     bar = tqdm(total=hi - lo, desc=f"faces {info.path.name}", unit="frame", disable=not progress, leave=False)
-    start, end = _time_window(info, lo)[0], (None if hi >= n else float(times[hi]))
+    start, end = _time_window(info, lo)[0], (None if hi >= n else float(clip_times[hi]))
     picture = picture_bytes(info.width, info.height)
-    chunk_size = chunk_frames(picture, chunk_size, memory_budget, picture)
-    for chunk in reader.iter_chunks(chunk_size, None if lo == 0 else start, end):
+    kept = np.empty((hi - lo, info.height, info.width, 3), np.uint8) if keep_frames else None
+    chunk_size = chunk_frames(picture, chunk_size, memory_budget, picture, in_flight=CHUNKS_IN_FLIGHT,
+                              reserved=0 if kept is None else kept.nbytes)
+
+    def follow(chunk) -> tuple[list[int], list[np.ndarray]]:
+        """Prefetch thread: detect and follow the face through one chunk; the rows and frames found."""
+        if kept is not None:
+            kept[chunk.indices[0] - lo:chunk.indices[-1] + 1 - lo] = chunk.frames
+        with times.stage("detect"):
+            found = models.detector.detect_many(chunk.frames)
         rows, crops = [], []
-        for frame, index in zip(chunk.frames, chunk.indices):
-            detections = models.detector.detect(frame)
+        for frame, index, detections in zip(chunk.frames, chunk.indices, found):
             candidates = None
             if reference is not None and detections:
-                candidates = models.identity.embed(frame, np.stack([d.keypoints for d in detections]))
+                with times.stage("arcface"):
+                    candidates = models.identity.embed(frame, np.stack([d.keypoints for d in detections]))
             face = follower.update(detections, candidates)
             if face is None:
                 continue
             keypoints[index], detected[index] = face.keypoints, True
             rows.append(int(index))
             crops.append(frame)
-            if identity and (index - lo) % step == 0:
-                embeddings.append(models.identity.embed(frame, face.keypoints))
+        return rows, crops
+
+    def read(chunk, found) -> None:
+        """This thread: the chunk's expressions and identity samples."""
+        rows, crops = found
         if expressions and rows:
-            values[rows] = models.expressions.extract(crops, keypoints[rows])
-        bar.update(len(chunk))
+            with times.stage("smirk"):
+                values[rows] = models.expressions.extract(crops, keypoints[rows])
+        if identity:
+            with times.stage("arcface"):
+                for frame, index in zip(crops, rows):
+                    if (index - lo) % step == 0:
+                        embeddings.append(models.identity.embed(frame, keypoints[index]))
+        if check is not None:
+            check()
+
+    chunks = _timed(reader.iter_chunks(chunk_size, None if lo == 0 else start, end), times, "decode")
+    run_stages(chunks, follow, read, done=lambda chunk: bar.update(len(chunk)), overlap=overlap)
     bar.close()
     if not detected.any():
         if reference is not None:
@@ -206,7 +257,21 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
         log.info("%s: the face was missed in %d frame(s) of short gaps; filled by interpolation",
                  info.path.name, int(filled.sum()))
     return ClipScan(keypoints, detected | filled, info.frame_times(), info.frame_rate, values, mean_identity,
-                    detected)
+                    detected, frames=kept, first=lo)
+
+
+def _timed(iterable: Iterable, times: StageTimes, stage: str) -> Iterator:
+    """The items of ``iterable``, the time spent producing each added to ``stage``'s busy time."""
+    iterator = iter(iterable)
+    while True:
+        with times.stage(stage):
+            item = next(iterator, _NONE)
+        if item is _NONE:
+            return
+        yield item
+
+
+_NONE = object()
 
 
 @dataclass(frozen=True)

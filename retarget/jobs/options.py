@@ -41,7 +41,9 @@ class JobOptions:
     Throughput: ``batch_size`` frames per diffusion call, ``chunk_size`` the most frames per resumable chunk (memory
     holds one chunk of frames at a time), ``memory_budget`` GiB of host memory beyond the models for one chunk's
     frames and the work on single frames (caps the chunk length at large picture sizes, see
-    :func:`retarget.jobs.common.chunk_frames`).
+    :func:`retarget.jobs.common.chunk_frames`), ``overlap`` (default True: load the pipeline during the face scan
+    and decode, render, paste and encode on worker threads at once, see :mod:`retarget.jobs.stages`; False runs
+    the same stages one after another; the output is the same).
     Motion: ``smooth`` (one of :data:`SMOOTHING_METHODS`); ``relative`` (transfer the driving clip's changes from
     its neutral frame onto the target's own expression, see :mod:`retarget.jobs.expressions`) with
     ``neutral_frame`` (a frame number of the driving clip or expression source; ``None`` = the lowest-energy valid
@@ -66,6 +68,7 @@ class JobOptions:
     per_frame_noise: bool = False
     batch_size: int = 8
     chunk_size: int = 64
+    overlap: bool = True
     memory_budget: float = MEMORY_BUDGET_GIB
     device: str | None = None
     dtype: str | None = None
@@ -119,7 +122,7 @@ class JobOptions:
         from retarget.jobs.model_files import model_files_identity
 
         data = asdict(self)
-        for name in ("progress", "batch_size", "memory_budget", "models", "encoder", "compile", "face_reference",
+        for name in ("progress", "batch_size", "overlap", "memory_budget", "models", "encoder", "compile", "face_reference",
                      "lcm_lora"):
             data.pop(name)
         data["models"] = str(self.models.resolve())

@@ -8,8 +8,13 @@ frame rate (exact) or timestamps (variable rate) and audio; ``start``/``end`` re
 expressions by gap filling: short gaps in the detections are filled by the scan (see
 :class:`~retarget.jobs.frames.ClipScan`), the rest by the motion track (interpolated between the neighbouring
 faces, held at the ends), so they never stop the run. The render is chunked and resumable (see
-:mod:`retarget.video.resume`), one chunk of frames in host memory, its length capped by ``options.memory_budget``
-(see :func:`retarget.jobs.common.chunk_frames`); the output appears atomically.
+:mod:`retarget.video.resume`) in overlapped stages (see :mod:`retarget.jobs.stages`: the pipeline loads during the
+face scan; the next chunk's driving frames decode and the last chunk is composed and encoded while a chunk renders),
+at most :data:`~retarget.jobs.stages.CHUNKS_IN_FLIGHT` chunks of frames in host memory, their length capped by
+``options.memory_budget`` (see :func:`retarget.jobs.common.chunk_frames`). With ``side_by_side`` the driving
+frames the scan decodes are kept for the render when they fit the budget (see
+:func:`retarget.jobs.common.keep_scanned_frames`), else decoded again chunk by chunk. The output appears
+atomically.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from retarget.faces.alignment import ffhq_transform
-from retarget.jobs.common import (audio_of_range, check_output, chunk_frames, clip_range, picture_bytes,
-                                  prepared_motion, run_frame_bytes, timing)
+from retarget.jobs.common import (audio_of_range, check_output, chunk_frames, clip_range, keep_scanned_frames,
+                                  picture_bytes, prepared_motion, run_frame_bytes, timing)
 from retarget.jobs.expressions import neutral_values, rendered_expressions
-from retarget.jobs.frames import frames_of_span, photo_face, scan_clip
+from retarget.jobs.frames import photo_face, scan_clip
 from retarget.jobs.options import JobOptions
 from retarget.jobs.session import RenderSession
+from retarget.jobs.stage_times import StageTimes, finish_job
+from retarget.jobs.stages import CHUNKS_IN_FLIGHT, run_stages
 from retarget.provenance.metadata import job_tags
 from retarget.video.compose import side_by_side_chunk
 from retarget.video.reader import VideoReader
@@ -67,20 +74,27 @@ def run_job(driving, identity, output, options: JobOptions, *, reference: bool =
     ``start``/``end`` (seconds, ``None`` = open) limit the rendered part of ``driving``. ``session`` and
     ``photo`` (``identity`` already read, see :func:`identity_from_photo`) let ``batch`` reuse what it loaded once.
     """
+    stats = StageTimes("run")
     output = check_output(output, inputs=(driving, identity, options.face_reference))
     reader = VideoReader(driving)
     info = reader.info
     lo, hi = clip_range(reader, start, end)
-    session = (session or RenderSession(options)).load()
+    own_session = session is None
+    session = (session or RenderSession(options)).load(background=options.overlap)
     photo = photo if photo is not None else identity_from_photo(identity, session)
+    keep = side_by_side and keep_scanned_frames(hi - lo, info.width, info.height, options.memory_budget)
     scan = scan_clip(reader, session.faces, options.face_index, chunk_size=options.chunk_size,
                      progress=options.progress, reference=session.face_reference, frames=(lo, hi),
-                     memory_budget=options.memory_budget)
+                     memory_budget=options.memory_budget, keep_frames=keep, overlap=options.overlap,
+                     check=session.check_loading, times=stats)
     track = prepared_motion(scan.motion(frames=(lo, hi)), options.smooth)
     neutral = neutral_values(track, options.neutral_frame) if options.relative else None
     expressions = rendered_expressions(track, options, own=photo.expression, neutral=neutral)
 
     pipe = session.pipeline
+    if own_session:
+        stats.add("load", session.load_seconds)
+    stats.set_model(pipe.device, pipe.dtype)
     size = pipe.image_size
     reference_image = photo.aligned(size) if reference else None
     key = {
@@ -88,21 +102,37 @@ def run_job(driving, identity, output, options: JobOptions, *, reference: bool =
         "reference": reference, "side_by_side": side_by_side, "range": [lo, hi], "options": options.render_key(),
     }
     chunk = chunk_frames(run_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
-                         options.memory_budget, picture_bytes(info.width, info.height))
+                         options.memory_budget, picture_bytes(info.width, info.height), in_flight=CHUNKS_IN_FLIGHT,
+                         reserved=0 if scan.frames is None else scan.frames.nbytes)
     job = ChunkedRender(output, key, hi - lo, chunk, info.frame_rate, settings=options.encoder,
                         **timing(info, lo, hi))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=hi - lo, initial=job.done_frames(), desc=f"run {Path(driving).name}", unit="frame",
                disable=not options.progress)
-    for span in job.pending_chunks():
-        indices = np.arange(span.start, span.stop)
-        faces = session.render(photo.embedding, expressions[span.start:span.stop], indices, reference_image)
+
+    def prepare(span):
+        """Prefetch thread: the chunk's driving frames (side by side only)."""
+        return scan.frames_of_span(reader, lo + span.start, lo + span.stop, stats) if side_by_side else None
+
+    def render(span, driving_frames):
+        with stats.stage("render"):
+            return session.render(photo.embedding, expressions[span.start:span.stop],
+                                  np.arange(span.start, span.stop), reference_image)
+
+    def save(span, driving_frames, faces):
+        """Finish thread: compose and encode the chunk."""
         if side_by_side:
-            driving_frames = frames_of_span(reader, lo + span.start, lo + span.stop)
-            faces = side_by_side_chunk(driving_frames, faces, height=size)
-        job.save_chunk(span.index, faces, watermark=options.watermark)
-        bar.update(len(span))
+            with stats.stage("paste"):
+                faces = side_by_side_chunk(driving_frames, faces, height=size)
+        with stats.stage("encode"):
+            job.save_chunk(span.index, faces, watermark=options.watermark)
+        stats.frames_done(len(span))
+
+    run_stages(job.pending_chunks(), prepare, render, save, done=lambda span: bar.update(len(span)),
+               overlap=options.overlap)
     bar.close()
     tags = job_tags("run", options, reference=reference, side_by_side=side_by_side, driving_frames=[lo, hi])
-    return job.finalize(audio=audio_of_range(reader, lo, hi), progress=options.progress, metadata=tags)
+    result = job.finalize(audio=audio_of_range(reader, lo, hi), progress=options.progress, metadata=tags)
+    finish_job(stats)
+    return result

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,7 +23,14 @@ class RenderSession:
     (:class:`~retarget.jobs.frames.FaceModels`), all on ``device`` (``options.device`` resolved by
     :func:`~retarget.devices.resolve_device`: under ``accelerate launch`` / ``torchrun`` each process gets its own
     GPU). Jobs call :meth:`load` first, so missing or broken weights fail before any face scan or clip; the
-    properties also load on first use."""
+    properties also load on first use.
+
+    With ``load(background=True)`` the diffusion pipeline loads on its own thread while the job scans the clip
+    (the face models, which the scan needs, load first, on the calling thread). The weight files' headers are
+    read before the thread starts (a file that is not a weights file fails at once); any other load error is
+    kept and raised by :meth:`check_loading`, which the scan calls between its chunks, so broken weights stop
+    the job within one chunk of the scan, and by :attr:`pipeline`. ``load_seconds``: the time spent loading
+    models (face models and pipeline), for :mod:`retarget.jobs.stage_times`."""
 
     def __init__(self, options: JobOptions):
         self.options = options
@@ -31,39 +40,83 @@ class RenderSession:
                                 channel_order=options.smirk_channels)
         self._pipeline = None
         self._face_reference = None
+        self._loader: threading.Thread | None = None
+        self._load_error: BaseException | None = None
+        self.load_seconds = 0.0
 
-    def load(self, expressions: bool = True) -> "RenderSession":
+    def load(self, expressions: bool = True, background: bool = False) -> "RenderSession":
         """Load and check every model file the job needs now: the face detector, ArcFace, SMIRK (unless
-        ``expressions`` is False: a job that reads no expressions) and the diffusion pipeline. Returns ``self``.
+        ``expressions`` is False: a job that reads no expressions) and the diffusion pipeline (on a background
+        thread with ``background``, see the class doc). Returns ``self``.
 
         Raises :class:`~retarget.errors.WeightsError` (one line) for a missing models folder or a missing or
         broken file.
         """
         if not self.options.models.is_dir():
             raise WeightsError(f"models folder not found: {self.options.models}")
+        begin = time.perf_counter()
         for name in ("detector", "identity") + (("expressions",) if expressions else ()):
             getattr(self.faces, name)  # each property loads and checks its file
-        _ = self.pipeline
+        self.load_seconds += time.perf_counter() - begin
+        if background:
+            self.start_loading()
+        else:
+            _ = self.pipeline
         return self
+
+    def start_loading(self) -> None:
+        """Start loading the pipeline on a background thread (no-op when it is loaded or loading). Reads the
+        weight files' headers first (see :func:`~retarget.models.formats.check_headers`), raising at once for a
+        file that is not a weights file."""
+        if self._pipeline is not None or self._loader is not None:
+            return
+        from retarget.models.formats import check_headers
+
+        check_headers(self.options.models)
+        self._load_error = None
+
+        def target():
+            use_device(self.device)  # the current CUDA device is per thread
+            try:
+                self._build_pipeline()
+            except BaseException as error:  # kept for check_loading / pipeline on the job's thread
+                self._load_error = error
+
+        self._loader = threading.Thread(target=target, name="retarget-load", daemon=True)
+        self._loader.start()
+
+    def check_loading(self) -> None:
+        """Raise the background load's error if it failed; returns at once otherwise (loaded or still loading)."""
+        if self._load_error is not None:
+            raise self._load_error
 
     @property
     def pipeline(self):
-        """The pipeline, loaded on first use; ``options.vae_fp32`` upcasts its VAE and ``options.compile``
-        compiles its UNet."""
+        """The pipeline, loaded on first use (waits for a background load); ``options.vae_fp32`` upcasts its VAE
+        and ``options.compile`` compiles its UNet."""
+        if self._loader is not None:
+            self._loader.join()
+            self._loader = None
+        self.check_loading()
         if self._pipeline is None:
-            from retarget.pipeline import ExpressionPipeline
-
-            o = self.options
-            pipe = ExpressionPipeline.from_pretrained(o.models, base_model=o.base_model, device=self.device,
-                                                      dtype=o.dtype)
-            if o.lcm_lora is not None:
-                pipe.load_lcm_lora(o.lcm_lora)
-            if o.vae_fp32:
-                pipe.upcast_vae()
-            if o.compile:
-                pipe.compile()
-            self._pipeline = pipe
+            self._build_pipeline()
         return self._pipeline
+
+    def _build_pipeline(self) -> None:
+        from retarget.pipeline import ExpressionPipeline
+
+        begin = time.perf_counter()
+        o = self.options
+        pipe = ExpressionPipeline.from_pretrained(o.models, base_model=o.base_model, device=self.device,
+                                                  dtype=o.dtype)
+        if o.lcm_lora is not None:
+            pipe.load_lcm_lora(o.lcm_lora)
+        if o.vae_fp32:
+            pipe.upcast_vae()
+        if o.compile:
+            pipe.compile()
+        self._pipeline = pipe
+        self.load_seconds += time.perf_counter() - begin
 
     @property
     def face_reference(self) -> FaceReference | None:

@@ -196,3 +196,43 @@ def map_encoder_keys(state: dict[str, torch.Tensor], model_keys: set[str]) -> di
             continue
         mapped["text_model." + bare if wants_prefix else bare] = value
     return mapped
+
+
+#: The pipeline's weight files under the models folder whose headers :func:`check_headers` reads.
+PIPELINE_WEIGHT_FILES = ("arc2face/diffusion_pytorch_model.safetensors", "arc2face/diffusion_pytorch_model.bin",
+                         "encoder/pytorch_model.bin", "encoder/model.safetensors", "exp_adapter/exp_adapter.bin",
+                         "ref_adapter/pytorch_lora_weights.safetensors")
+
+
+def check_header(path: str | os.PathLike) -> None:
+    """Read only the start of a weight file and raise :class:`WeightsError` (one line naming it) when it cannot be
+    one: a ``.safetensors`` file needs its 8-byte header length and a JSON header within the file; a pickled
+    ``.bin``/``.pt`` file must be a torch zip archive or a legacy pickle (first byte 0x80). Milliseconds for any
+    size; a file that passes may still fail the full load (wrong keys or shapes, a truncated body)."""
+    import json
+    import zipfile
+
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if path.suffix == ".safetensors":
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            try:
+                if not 0 < length <= size - 8:
+                    raise ValueError("bad header length")
+                json.loads(handle.read(length))
+            except ValueError as error:
+                raise WeightsError(f"cannot read {path}: not a safetensors file ({error})") from error
+            return
+    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        raise WeightsError(f"cannot read {path}: not a torch weights file (neither a zip archive nor a pickle)")
+
+
+def check_headers(models_dir: str | os.PathLike) -> None:
+    """:func:`check_header` for each of :data:`PIPELINE_WEIGHT_FILES` present in ``models_dir`` (missing ones are
+    left to the loader, which names what it needs)."""
+    for name in PIPELINE_WEIGHT_FILES:
+        path = Path(models_dir) / name
+        if path.is_file():
+            check_header(path)

@@ -81,8 +81,10 @@ def write_random_arcface_onnx(path: str | os.PathLike, seed: int = 0) -> Path:
     return _save(model, path)
 
 
-def write_random_scrfd_onnx(path: str | os.PathLike, seed: int = 0, score_bias: float = 0.0) -> Path:
-    """Write a tiny detector with SCRFD ``*_bnkps``'s signature (input ``input.1`` [1, 3, H, W], nine outputs).
+def write_random_scrfd_onnx(path: str | os.PathLike, seed: int = 0, score_bias: float = 0.0,
+                            dynamic_batch: bool = False) -> Path:
+    """Write a tiny detector with SCRFD ``*_bnkps``'s signature (input ``input.1`` [1, 3, H, W], nine outputs
+    ``[L, C]``; with ``dynamic_batch`` input ``[N, 3, H, W]`` and outputs ``[N, L, C]``, as batch-enabled exports).
 
     Each stride s in (8, 16, 32) has one s x s / stride-s convolution per head; scores pass through a sigmoid
     (``score_bias`` shifts them; at 0 about half the anchors pass SCRFD's 0.5 threshold), box distances are
@@ -101,6 +103,8 @@ def write_random_scrfd_onnx(path: str | os.PathLike, seed: int = 0, score_bias: 
             bias = np.full((channels,), score_bias if head == "score" else 0.0) + rng.normal(0, 0.1, (channels,))
             initializers += [_tensor(f"{head}{stride}_w", weight), _tensor(f"{head}{stride}_b", bias)]
             initializers.append(
+                helper.make_tensor(f"{head}{stride}_shape", TensorProto.INT64, [3], [0, -1, widths[head]])
+                if dynamic_batch else
                 helper.make_tensor(f"{head}{stride}_shape", TensorProto.INT64, [2], [-1, widths[head]])
             )
             conv = f"{head}{stride}_conv"
@@ -120,11 +124,12 @@ def write_random_scrfd_onnx(path: str | os.PathLike, seed: int = 0, score_bias: 
             nodes.append(helper.make_node("Transpose", [activated], [f"{head}{stride}_nhwc"], perm=[0, 2, 3, 1]))
             name = f"{head}_{stride}"
             nodes.append(helper.make_node("Reshape", [f"{head}{stride}_nhwc", f"{head}{stride}_shape"], [name]))
-            outputs[head].append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["L", widths[head]]))
+            dims = ["N", "L", widths[head]] if dynamic_batch else ["L", widths[head]]
+            outputs[head].append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
     graph = helper.make_graph(
         nodes,
         "random_scrfd",
-        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "H", "W"])],
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N" if dynamic_batch else 1, 3, "H", "W"])],
         outputs["score"] + outputs["bbox"] + outputs["kps"],
         initializers,
     )

@@ -1,0 +1,132 @@
+"""Where a job's time goes: each stage's busy time, the time to the first finished frame, frames/s, memory peaks.
+
+A :class:`StageTimes` is filled by the job functions (``run``, ``edit``) and their stages, from any thread:
+``with times.stage("decode"): ...`` adds the block's wall time to that stage's busy time. Stages run at once on
+different threads when the job overlaps them (see :mod:`retarget.jobs.stages`), so the busy times may add up to
+more than the job's wall time; each one alone is at most the wall time. Stage names: :data:`STAGES`.
+
+At the end of a job :func:`finish_job` logs one line (INFO, logger ``retarget.jobs.stage_times``; the command
+line shows it with ``--debug``) and keeps the record as :func:`last_job` (the benchmark reads it).
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
+
+#: The stages a job records, in pipeline order (``load``: the diffusion pipeline's load, on its own thread).
+STAGES = ("load", "decode", "detect", "smirk", "arcface", "render", "paste", "encode")
+
+_last: "StageTimes | None" = None
+_last_lock = threading.Lock()
+
+
+class StageTimes:
+    """Busy seconds per stage (:data:`STAGES`), frames finished, the time from the start to the first finished
+    frame (``first_frame_s``), and the job's device and dtype. Thread-safe. Times are ``time.perf_counter``
+    seconds from the recorder's creation (the job's start)."""
+
+    def __init__(self, command: str = "job"):
+        self.command = command
+        self.started = time.perf_counter()
+        self.busy = {name: 0.0 for name in STAGES}
+        self.frames = 0
+        self.first_frame_s: float | None = None
+        self.wall_s: float | None = None
+        self.device = "cpu"
+        self.dtype = "fp32"
+        self._lock = threading.Lock()
+
+    def add(self, name: str, seconds: float) -> None:
+        """Add ``seconds`` of busy time to stage ``name`` (one of :data:`STAGES`)."""
+        if name not in self.busy:
+            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+        with self._lock:
+            self.busy[name] += float(seconds)
+
+    @contextmanager
+    def stage(self, name: str):
+        """Time the ``with`` block as busy time of stage ``name``."""
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - begin)
+
+    def frames_done(self, count: int) -> None:
+        """Count ``count`` more finished (encoded and saved) frames; the first call sets ``first_frame_s``."""
+        with self._lock:
+            if self.first_frame_s is None and count > 0:
+                self.first_frame_s = time.perf_counter() - self.started
+            self.frames += int(count)
+
+    def set_model(self, device, dtype) -> None:
+        """Record where the model runs: ``device`` (e.g. ``cuda:0``) and ``dtype`` (a torch dtype or a name)."""
+        self.device = str(device)
+        self.dtype = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(
+            str(dtype).replace("torch.", ""), str(dtype).replace("torch.", ""))
+
+    def finish(self) -> None:
+        """Stop the clock (``wall_s``)."""
+        self.wall_s = time.perf_counter() - self.started
+
+    def summary(self) -> dict:
+        """The figures as a JSON-ready dict: ``command``, ``frames``, ``wall_s``, ``frames_per_s``,
+        ``first_frame_s``, ``busy_s`` (per stage), ``device``, ``dtype``, ``peak_gpu_mib`` (None without CUDA),
+        ``peak_host_mib`` (the process's peak resident set)."""
+        wall = self.wall_s if self.wall_s is not None else time.perf_counter() - self.started
+        return {
+            "command": self.command, "frames": self.frames, "wall_s": round(wall, 4),
+            "frames_per_s": round(self.frames / wall, 4) if wall > 0 else None,
+            "first_frame_s": None if self.first_frame_s is None else round(self.first_frame_s, 4),
+            "busy_s": {name: round(value, 4) for name, value in self.busy.items()},
+            "device": self.device, "dtype": self.dtype,
+            "peak_gpu_mib": peak_gpu_mib(self.device), "peak_host_mib": peak_host_mib(),
+        }
+
+    def line(self) -> str:
+        """One readable line of :meth:`summary`."""
+        s = self.summary()
+        busy = " ".join(f"{name} {value:.2f}s" for name, value in s["busy_s"].items())
+        first = "-" if s["first_frame_s"] is None else f"{s['first_frame_s']:.2f}s"
+        gpu = "" if s["peak_gpu_mib"] is None else f", peak GPU {s['peak_gpu_mib']:.0f} MiB"
+        return (f"{s['command']}: {s['frames']} frames in {s['wall_s']:.2f}s ({s['frames_per_s'] or 0:.2f} frames/s), "
+                f"first frame after {first}; busy: {busy}; {s['device']} {s['dtype']}{gpu}, "
+                f"peak host {s['peak_host_mib']:.0f} MiB")
+
+
+def peak_host_mib() -> float:
+    """The process's peak resident set size in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 1024)
+
+
+def peak_gpu_mib(device: str) -> float | None:
+    """``torch.cuda.max_memory_allocated`` of ``device`` in MiB, or None for a device that is not CUDA."""
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
+
+
+def finish_job(times: StageTimes) -> StageTimes:
+    """Stop ``times``, log its line (INFO) and keep it as :func:`last_job`; returns it."""
+    times.finish()
+    log.info("stages %s", times.line())
+    global _last
+    with _last_lock:
+        _last = times
+    return times
+
+
+def last_job() -> StageTimes | None:
+    """The record of the last job that finished in this process (None before the first)."""
+    with _last_lock:
+        return _last
