@@ -1,0 +1,220 @@
+"""Overlapped stages (:mod:`retarget.jobs.stages`): the same output as the sequential order, worker failures as
+one-line errors that keep the finished chunks for a resume, a broken pipeline stopping the face scan early,
+decode-once, and the stage recorder's figures."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from retarget.cli import main
+from retarget.errors import InputError
+from retarget.jobs import frames as frames_module
+from retarget.jobs.frames import ClipScan, FaceModels, frames_of_span, scan_clip
+from retarget.jobs.stage_times import STAGES, last_job
+from retarget.jobs.stages import run_stages
+from retarget.testing.media import moving_face_frames, write_clip
+from retarget.video.reader import VideoReader
+from retarget.video.resume import WORK_SUFFIX, ChunkedRender
+from tests.cli.conftest import FRAMES
+from tests.cli.test_errors_batch_weights import assert_one_line_error, run_cli
+
+CASES = {
+    "run": lambda media: ["run", media["clip"], "--identity", media["photo"]],
+    "run-side-by-side": lambda media: ["run", media["clip"], "--identity", media["photo"], "--side-by-side"],
+    "edit": lambda media: ["edit", media["clip"], "--expression", media["photo"]],
+}
+
+#: Lossless encoding: libx264's bitstream is not repeatable from run to run with its frame threads (the same
+#: frames can encode to different lossy pictures), so the outputs are compared where decoding gives back exactly
+#: the frames that were saved.
+LOSSLESS = ["--crf", "0", "--preset", "ultrafast"]
+
+
+def decoded(path) -> np.ndarray:
+    return np.stack([frame for frame, _, _ in VideoReader(path).iter_frames()])
+
+
+@pytest.fixture(scope="module")
+def renders(media, cli_models, tmp_path_factory):
+    """``render(case, overlap)``: the output path of that command (rendered once per module)."""
+    models, base = cli_models
+    folder = tmp_path_factory.mktemp("stages")
+    done = {}
+
+    def render(case: str, overlap: bool):
+        if (case, overlap) not in done:
+            out = folder / f"{case}-{'staged' if overlap else 'sequential'}.mp4"
+            args = ["--models", models, "--base-model", base, "--steps", "2", "--guidance", "1.0", "--batch-size",
+                    "4", "--chunk-size", "4", "--no-progress", "--device", "cpu", *LOSSLESS] + ([] if overlap else ["--no-overlap"])
+            assert main([str(a) for a in CASES[case](media) + ["-o", out, *args]]) == 0
+            done[case, overlap] = out
+        return done[case, overlap]
+
+    return render
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_staged_output_equals_sequential_frame_for_frame(case, renders):
+    staged, sequential = decoded(renders(case, True)), decoded(renders(case, False))
+    assert staged.shape[0] == FRAMES and staged.shape == sequential.shape
+    np.testing.assert_array_equal(staged, sequential)
+
+
+@pytest.mark.parametrize("case, overlap, working", [
+    ("run-side-by-side", True, ("load", "decode", "detect", "smirk", "render", "paste", "encode")),
+    ("edit", False, ("load", "decode", "detect", "arcface", "render", "paste", "encode")),  # no SMIRK: absolute
+])
+def test_stage_recorder_figures_are_consistent(case, overlap, working, media, fast_args, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="retarget.jobs.stage_times")
+    argv = CASES[case](media) + ["-o", tmp_path / "out.mp4", *fast_args] + ([] if overlap else ["--no-overlap"])
+    assert main([str(a) for a in argv]) == 0
+    record = last_job()
+    command = case.split("-")[0]
+    assert record is not None and record.command == command
+    summary = record.summary()
+    assert summary["frames"] == FRAMES  # every frame of the clip finished once
+    wall = summary["wall_s"]
+    assert set(summary["busy_s"]) == set(STAGES)
+    for stage, busy in summary["busy_s"].items():
+        assert 0 <= busy <= wall, (stage, busy, wall)
+        assert busy > 0 or stage not in working, stage
+    assert 0 < summary["first_frame_s"] <= wall
+    assert summary["frames_per_s"] == pytest.approx(FRAMES / wall, rel=1e-2)
+    assert summary["device"] == "cpu" and summary["dtype"] == "fp32" and summary["peak_gpu_mib"] is None
+    assert summary["peak_host_mib"] > 0
+    json.dumps(summary)
+    assert f"stages {command}: {FRAMES} frames in" in caplog.text
+
+
+def test_worker_failure_is_one_line_keeps_finished_chunks_and_resumes(renders, media, fast_args, tmp_path, capsys,
+                                                                     monkeypatch):
+    out = tmp_path / "out.mp4"
+    argv = CASES["edit"](media) + ["-o", out, *fast_args, *LOSSLESS]
+    original = ChunkedRender.save_chunk
+    threads = []
+
+    def failing(self, index, frames, **kwargs):
+        threads.append(threading.current_thread().name)
+        if index == 1:
+            raise RuntimeError("disk full while saving")
+        return original(self, index, frames, **kwargs)
+
+    monkeypatch.setattr(ChunkedRender, "save_chunk", failing)
+    code, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, "RuntimeError: disk full while saving")
+    assert all(name.startswith("retarget-finish") for name in threads)  # saved on the finish thread
+    manifest = json.loads((tmp_path / f"out.mp4{WORK_SUFFIX}" / "manifest.json").read_text())
+    assert sorted(manifest["chunks"]) == ["0"] and not out.exists()  # the finished chunk only
+    monkeypatch.setattr(ChunkedRender, "save_chunk", original)
+    saved = []
+    monkeypatch.setattr(ChunkedRender, "save_chunk",
+                        lambda self, index, frames, **kw: saved.append(index) or original(self, index, frames, **kw))
+    code, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert saved == [1, 2]  # chunk 0 resumed from disk
+    np.testing.assert_array_equal(decoded(out), decoded(renders("edit", True)))
+
+
+def test_prefetch_failure_is_one_line(media, fast_args, tmp_path, capsys, monkeypatch):
+    original = ClipScan.frames_of_span
+
+    def failing(self, reader, start, stop, times=None):
+        if start >= 4:
+            raise InputError(f"{reader.path}: frame {start} cannot be decoded")
+        return original(self, reader, start, stop, times)
+
+    monkeypatch.setattr(ClipScan, "frames_of_span", failing)
+    out = tmp_path / "out.mp4"
+    code, err = run_cli(CASES["run-side-by-side"](media) + ["-o", out, *fast_args], capsys)
+    assert_one_line_error(code, err, "frame 4 cannot be decoded")
+    assert not out.exists()
+
+
+def test_pipeline_load_failure_stops_a_long_scan_early(media, fast_args, cli_models, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    models, _ = cli_models
+    broken = tmp_path / "models"
+    shutil.copytree(models, broken)
+    # A real torch file (its header passes the quick check) that is not an expression adapter: the full load fails.
+    torch.save({"something": torch.zeros(2)}, broken / "exp_adapter" / "exp_adapter.bin")
+    chunks, count = 2, 120
+    clip = write_clip(tmp_path / "long.mp4", moving_face_frames(count), Fraction(25), audio=False)
+    scanned = []
+    detect_many = frames_module.FaceModels.detector.fget
+
+    class SlowDetector:  # 50 ms per chunk: the whole scan takes at least 3 s
+        def __init__(self, inner):
+            self.inner = inner
+
+        def detect_many(self, images):
+            time.sleep(0.05)
+            scanned.append(len(images))
+            return self.inner.detect_many(images)
+
+        def detect(self, image):
+            return self.inner.detect(image)
+
+    monkeypatch.setattr(frames_module.FaceModels, "detector", property(lambda self: SlowDetector(detect_many(self))))
+    args = list(fast_args)
+    args[args.index("--models") + 1] = str(broken)
+    args[args.index("--chunk-size") + 1] = str(chunks)
+    begin = time.perf_counter()
+    code, err = run_cli(["run", clip, "--identity", media["photo"], "-o", tmp_path / "out.mp4", *args], capsys)
+    elapsed = time.perf_counter() - begin
+    assert_one_line_error(code, err, "exp_adapter.bin")
+    assert sum(scanned) < count  # stopped before the scan finished
+    assert elapsed < count / chunks * 0.05 + 1.5
+
+
+def test_scan_keeps_the_frames_it_decoded(media, cli_models):
+    models, _ = cli_models
+    reader = VideoReader(media["clip"])
+    scan = scan_clip(reader, FaceModels(models, device="cpu"), chunk_size=4, progress=False, frames=(2, 9),
+                     keep_frames=True)
+    assert scan.frames.shape == (7, 120, 160, 3) and scan.first == 2
+    np.testing.assert_array_equal(scan.frames, frames_of_span(reader, 2, 9))
+    view = scan.frames_of_span(reader, 3, 7)
+    assert np.shares_memory(view, scan.frames)  # no decode, no copy
+    np.testing.assert_array_equal(scan.frames_of_span(reader, 8, 11), frames_of_span(reader, 8, 11))  # outside
+
+
+def test_runner_orders_bounds_and_propagates():
+    events, lock, live, most = [], threading.Lock(), [0], [0]
+
+    def prepare(item):
+        with lock:
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+        return item * 10
+
+    def process(item, prepared):
+        return prepared + 1
+
+    def finish(item, prepared, result):
+        events.append((item, result))
+        with lock:
+            live[0] -= 1
+
+    for overlap in (True, False):
+        events.clear()
+        assert run_stages(range(20), prepare, process, finish, overlap=overlap) == 20
+        assert events == [(i, i * 10 + 1) for i in range(20)]
+    assert most[0] <= 3  # at most three items held at once
+
+    def broken(item, prepared, result):
+        if item == 3:
+            raise ValueError("item 3")
+
+    started = []
+    with pytest.raises(ValueError, match="item 3"):
+        run_stages(range(100), lambda i: started.append(i) or i, lambda i, p: p, broken)
+    assert max(started) <= 6  # stopped within the items in flight
