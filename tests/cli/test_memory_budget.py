@@ -16,10 +16,11 @@ import pytest
 from retarget.errors import InputError
 from retarget.jobs import edit as edit_module
 from retarget.jobs.common import (MEMORY_BUDGET_GIB, WORKING_PICTURES, chunk_frames, edit_frame_bytes,
-                                  picture_bytes, run_frame_bytes)
+                                  keep_scanned_frames, picture_bytes, run_frame_bytes)
 from retarget.jobs.edit import edit_job, read_expression_source
 from retarget.jobs.options import JobOptions
 from retarget.jobs.session import RenderSession
+from retarget.jobs.stages import CHUNKS_IN_FLIGHT
 from retarget.testing.media import moving_face_frames, write_clip
 from retarget.video.encoding import EncoderSettings
 from retarget.video.reader import VideoReader
@@ -63,6 +64,20 @@ def test_chunk_length_bounds():
     assert chunk_frames(10 * 2**20, 64, 0.1, 2**20) == 6  # 102.4 MiB less 36 pictures of 1 MiB: 66.4 MiB
 
 
+def test_chunks_in_flight_and_kept_frames_share_the_budget():
+    picture = picture_bytes(3840, 2160)
+    per_frame = edit_frame_bytes(3840, 2160, 512, True)
+    free = MEMORY_BUDGET_GIB * GIB - WORKING_PICTURES * picture
+    assert chunk_frames(per_frame, 64, MEMORY_BUDGET_GIB, picture, in_flight=3) == free // (3 * per_frame) == 4
+    # Decode once: the scan's frames are kept when they take at most half of what the working memory leaves.
+    assert keep_scanned_frames(25, 3840, 2160, MEMORY_BUDGET_GIB)  # 25 x 23.7 MiB <= 625 MiB
+    assert not keep_scanned_frames(27, 3840, 2160, MEMORY_BUDGET_GIB)
+    kept = 25 * picture
+    assert chunk_frames(per_frame, 64, MEMORY_BUDGET_GIB, picture, in_flight=3, reserved=kept) == \
+        (free - kept) // (3 * per_frame) == 2
+    assert keep_scanned_frames(64, 1920, 1080, MEMORY_BUDGET_GIB)
+
+
 def test_budget_must_be_positive():
     with pytest.raises(InputError, match="--memory-budget must be > 0"):
         JobOptions(memory_budget=0)
@@ -100,8 +115,10 @@ def test_edit_side_by_side_peak_stays_within_the_budget(cli_models, media, tmp_p
     picture = picture_bytes(width, height)
     common = dict(models=models, base_model=base, steps=1, guidance=1.0, batch_size=8, device="cpu",
                   progress=False, encoder=EncoderSettings(preset="ultrafast"))
-    # Budget for two frames of edit --side-by-side on the tiny model (64 x 64 faces) and the working memory.
-    budget_bytes = 2 * edit_frame_bytes(width, height, 64, True) + WORKING_PICTURES * picture
+    # Budget for chunks of two frames of edit --side-by-side on the tiny model (64 x 64 faces), as many chunks as
+    # the overlapped stages hold at once, and the working memory.
+    budget_bytes = 2 * CHUNKS_IN_FLIGHT * edit_frame_bytes(width, height, 64, True) + WORKING_PICTURES * picture
+    assert not keep_scanned_frames(COUNT, width, height, budget_bytes / GIB)  # too small to keep the scan's frames
     small = JobOptions(**common, memory_budget=budget_bytes / GIB)
     session = RenderSession(small)
     session.pipeline, session.faces.detector, session.faces.identity, session.faces.expressions  # load now
@@ -110,7 +127,7 @@ def test_edit_side_by_side_peak_stays_within_the_budget(cli_models, media, tmp_p
                                   monkeypatch)
     print(f"picture {picture / 2**20:.2f} MiB; budget {budget_bytes / 2**20:.1f} MiB: chunk {chunk}, peak "
           f"{peak / 2**20:.1f} MiB; default budget: chunk {whole}, peak {whole_peak / 2**20:.1f} MiB")
-    assert chunk == 2 and whole >= COUNT  # the default: the whole clip in one chunk
+    assert chunk == 2 and whole >= COUNT  # the default: the whole clip in one chunk (its frames kept from the scan)
     # The traced allocations (numpy's frame buffers and Python objects) stay within the budget.
     assert peak <= budget_bytes
     # The whole clip in one chunk holds four pictures per frame, as counted.

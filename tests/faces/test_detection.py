@@ -105,3 +105,35 @@ def test_non_maximum_suppression():
     scores = np.array([0.9, 0.95, 0.5, 0.8])
     assert non_maximum_suppression(boxes, scores, 0.5).tolist() == [1, 3, 2]
     assert non_maximum_suppression(boxes, scores, 0.5, mode="min").tolist() == [1, 2]
+
+
+def _same_faces(many, single):
+    assert len(many) == len(single)
+    for a, b in zip(many, single):
+        np.testing.assert_allclose(a.bbox, b.bbox, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(a.keypoints, b.keypoints, rtol=0, atol=1e-3)
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+
+
+def test_batched_scrfd_detection_equals_per_image_on_real_photos(tmp_path, astronaut, group_photo, hanks):
+    photos = [astronaut, group_photo, hanks, astronaut[::-1].copy()]  # different sizes: each its own letterbox
+    dynamic = ScrfdDetector(write_random_scrfd_onnx(tmp_path / "dynamic.onnx", dynamic_batch=True), device="cpu")
+    fixed = ScrfdDetector(write_random_scrfd_onnx(tmp_path / "fixed.onnx"), device="cpu")
+    assert dynamic.batched and not fixed.batched  # the published export has a batch of 1: per image
+    calls = []
+    run = dynamic.session.run
+    dynamic.session = type("Counting", (), {"run": lambda self, *a: calls.append(a[1]) or run(*a)})()
+    batched = dynamic.detect_many(photos)
+    assert len(calls) == 1 and next(iter(calls[0].values())).shape[0] == len(photos)  # one call for all
+    per_image = [dynamic.detect(photo) for photo in photos]
+    assert sum(len(faces) for faces in per_image) > 0
+    for many, single in zip(batched, per_image):
+        _same_faces(many, single)
+    for many, single in zip(fixed.detect_many(photos), [fixed.detect(photo) for photo in photos]):
+        _same_faces(many, single)
+
+
+def test_mtcnn_detect_many_equals_detect(detector, group_photo, hanks):
+    for many, single in zip(detector.detect_many([group_photo, hanks]), [detector.detect(group_photo),
+                                                                        detector.detect(hanks)]):
+        _same_faces(many, single)
