@@ -2,6 +2,7 @@
 
     python -m eval.bench_throughput --size tiny            # CPU proxy (random tiny weights)
     python -m eval.bench_throughput --size full --dtype bf16 --batch-size 8   # SD1.5-sized random weights, GPU
+    python -m eval.bench_throughput --e2e CLIP --identity PHOTO --size tiny   # the whole command, staged vs not
 
 (a) ``official``: stock diffusers pipeline, one frame per call, the reference UNet re-run for every call (the
 release's demo recipe, :mod:`eval.official_recipe`). (b) ``unoptimised``: :class:`retarget.ExpressionPipeline` on
@@ -11,6 +12,16 @@ self-attention Q/K/V, channels-last on CUDA). (d) ``compiled`` (``--compile``): 
 (inductor). (e) ``lcm`` (``--lcm-steps N``): (c) with a random LCM-LoRA of the published layout, N steps,
 guidance 1.5. Each path runs in its own process so its peak memory is its own. Also prints the FLOPs of one frame (torch FlopCounterMode) and, on CUDA, the share of the measured
 bf16 matmul peak that the batched path reaches. ``--models``/``--base-model`` run on real weights instead.
+
+End to end (``--e2e [CLIP]``): the command line itself (``retarget run``, and ``retarget edit`` with the photo as
+the expression source; ``--commands``), each in a fresh process, with the overlapped stages (``staged``) and with
+``--no-overlap`` (``sequential``, the same code one stage after another; ``--order`` picks one or both). Without
+CLIP a synthetic clip of a moving face (:mod:`retarget.testing.media`, ``--synthetic-frames``) is used, without
+``--identity`` the synthetic face photo. Weights: random of ``--size`` with the face models
+(:mod:`retarget.testing`), or ``--models``/``--base-model``. Per command and order it prints one JSON line (frames,
+frames/s over the whole process, model load and imports included, and over the job; time to the first finished
+frame; each stage's busy seconds, see :mod:`retarget.jobs.stage_times`; device, dtype, peak GPU and host memory),
+then a table and the speed-up of staged over sequential.
 """
 
 from __future__ import annotations
@@ -156,8 +167,101 @@ def matmul_peak_tflops(device) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
 
 
+def e2e_child(argv: list[str]) -> dict:
+    """Run ``retarget ARGV`` in this process; the job's stage record (see :mod:`retarget.jobs.stage_times`)."""
+    from retarget.cli import main as cli_main
+    from retarget.jobs.stage_times import last_job
+
+    code = cli_main(argv)
+    if code != 0:
+        raise SystemExit(f"retarget {' '.join(argv)} exited with {code}")
+    return last_job().summary()
+
+
+def e2e_inputs(args, folder: str) -> tuple[str, str, str, str]:
+    """(models, base_model, clip, photo) for the end-to-end mode, writing what was not given into ``folder``."""
+    from fractions import Fraction
+    from pathlib import Path
+
+    from PIL import Image
+
+    from retarget.testing.media import face_photo, moving_face_frames, write_clip
+
+    models, base = args.models, args.base_model
+    if not models:
+        from retarget.testing.checkpoints import write_random_checkpoint
+        from retarget.testing.face_models import write_random_face_models
+
+        ckpt = write_random_checkpoint(folder, size=args.size,
+                                       dtype=torch.float16 if args.size == "full" else torch.float32)
+        write_random_face_models(ckpt.models_dir)
+        models, base = str(ckpt.models_dir), str(ckpt.base_dir)
+    clip = args.e2e or str(write_clip(Path(folder) / "synthetic.mp4",
+                                      moving_face_frames(args.synthetic_frames, width=320, height=240), Fraction(25)))
+    photo = args.identity
+    if not photo:
+        photo = str(Path(folder) / "photo.png")
+        Image.fromarray(face_photo()).save(photo)
+    return models, base, clip, photo
+
+
+def e2e(args) -> int:
+    """The end-to-end comparison (see the module doc); prints JSON lines and a table."""
+    orders = ["staged", "sequential"] if args.order == "both" else [args.order]
+    commands = [c.strip() for c in args.commands.split(",") if c.strip()]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        models, base, clip, photo = e2e_inputs(args, tmp)
+        for command in commands:
+            for order in orders:
+                source = ["--identity", photo] if command == "run" else ["--expression", photo]
+                argv = [command, clip, *source, "-o", f"{tmp}/{command}-{order}.mp4", "--models", models,
+                        "--steps", str(args.steps), "--guidance", str(args.guidance), "--batch-size",
+                        str(args.batch_size), "--chunk-size", str(args.chunk_size), "--device", args.device,
+                        "--dtype", args.dtype, "--no-progress"] + (["--base-model", base] if base else []) \
+                    + ([] if order == "staged" else ["--no-overlap"])
+                begin = time.perf_counter()
+                done = subprocess.run([sys.executable, "-m", "eval.bench_throughput", "--e2e-child", json.dumps(argv)],
+                                      capture_output=True, text=True)
+                seconds = time.perf_counter() - begin
+                if done.returncode != 0:
+                    raise SystemExit(f"{command} ({order}) failed:\n{done.stderr[-3000:]}")
+                record = json.loads(done.stdout.strip().splitlines()[-1])
+                record.update(order=order, command_s=round(seconds, 3),
+                              command_frames_per_s=round(record["frames"] / seconds, 4))
+                results.append(record)
+                print(json.dumps(record), flush=True)
+    print(f"\nclip={clip} size={args.size} device={args.device} dtype={args.dtype} steps={args.steps} "
+          f"batch={args.batch_size} chunk={args.chunk_size}")
+    stages = list(results[0]["busy_s"])
+    header = f"{'command':>8} {'order':>10} {'frames':>6} {'fps cmd':>8} {'fps job':>8} {'first s':>8} " + \
+        " ".join(f"{name:>7}" for name in stages) + f" {'GPU MiB':>8} {'host MiB':>8}"
+    print(header)
+    for r in results:
+        gpu = "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:.0f}"
+        print(f"{r['command']:>8} {r['order']:>10} {r['frames']:>6} {r['command_frames_per_s']:>8.3f} "
+              f"{r['frames_per_s']:>8.3f} {r['first_frame_s']:>8.2f} "
+              + " ".join(f"{r['busy_s'][name]:>7.2f}" for name in stages) + f" {gpu:>8} {r['peak_host_mib']:>8.0f}")
+    for command in commands:
+        pair = {r["order"]: r for r in results if r["command"] == command}
+        if len(pair) == 2:
+            print(f"speed-up staged vs sequential, {command}: "
+                  f"{pair['staged']['command_frames_per_s'] / pair['sequential']['command_frames_per_s']:.2f}x "
+                  f"(whole command), {pair['staged']['frames_per_s'] / pair['sequential']['frames_per_s']:.2f}x (job)")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--e2e", nargs="?", const="", default=None, metavar="CLIP",
+                        help="end to end: time `retarget run`/`edit` on CLIP (default: a synthetic clip)")
+    parser.add_argument("--identity", help="(--e2e) identity photo (default: the synthetic face photo)")
+    parser.add_argument("--order", choices=["staged", "sequential", "both"], default="both",
+                        help="(--e2e) overlapped stages, --no-overlap, or both (default)")
+    parser.add_argument("--commands", default="run,edit", help="(--e2e) commands to time (default run,edit)")
+    parser.add_argument("--chunk-size", type=int, default=16, help="(--e2e) --chunk-size of the commands")
+    parser.add_argument("--synthetic-frames", type=int, default=48, help="(--e2e) frames of the synthetic clip")
+    parser.add_argument("--e2e-child", help=argparse.SUPPRESS)
     parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--models", help="models folder (default: random weights of --size in a temp folder)")
     parser.add_argument("--base-model", help="SD1.5 base folder (with --models)")
@@ -177,7 +281,12 @@ def main(argv=None) -> int:
     parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--lcm-lora", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.e2e_child:  # child process: one command
+        print(json.dumps(e2e_child(json.loads(args.e2e_child))))
+        return 0
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    if args.e2e is not None:
+        return e2e(args)
     args.frames = args.frames or (24 if args.size == "tiny" else 16)
     args.repeats = args.repeats or (3 if args.size == "tiny" else 1)
 
