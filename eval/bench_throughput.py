@@ -221,8 +221,8 @@ def e2e(args) -> int:
                         "--dtype", args.dtype, "--no-progress"] + (["--base-model", base] if base else []) \
                     + ([] if order == "staged" else ["--no-overlap"])
                 begin = time.perf_counter()
-                done = subprocess.run([sys.executable, "-m", "eval.bench_throughput", "--e2e-child", json.dumps(argv)],
-                                      capture_output=True, text=True)
+                child = [sys.executable, "-m", "eval.bench_throughput", "--e2e-child", json.dumps(argv)]
+                done = subprocess.run(child, capture_output=True, text=True)
                 seconds = time.perf_counter() - begin
                 if done.returncode != 0:
                     raise SystemExit(f"{command} ({order}) failed:\n{done.stderr[-3000:]}")

@@ -122,8 +122,8 @@ class JobOptions:
         from retarget.jobs.model_files import model_files_identity
 
         data = asdict(self)
-        for name in ("progress", "batch_size", "overlap", "memory_budget", "models", "encoder", "compile", "face_reference",
-                     "lcm_lora"):
+        for name in ("progress", "batch_size", "overlap", "memory_budget", "models", "encoder", "compile",
+                     "face_reference", "lcm_lora"):
             data.pop(name)
         data["models"] = str(self.models.resolve())
         data["face_reference"] = None if self.face_reference is None else file_identity(self.face_reference)

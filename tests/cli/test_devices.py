@@ -134,3 +134,30 @@ def test_session_puts_pipeline_smirk_and_onnx_models_on_the_process_gpu(gpus, cl
     explicit.faces.identity
     assert explicit.device == "cuda:0" and onnx_providers == [[("CUDAExecutionProvider", {"device_id": 0}),
                                                                 "CPUExecutionProvider"]]
+
+
+def test_background_pipeline_load_runs_on_the_process_gpu(gpus, cli_models, monkeypatch):
+    """The pipeline loaded on its own thread (overlapped with the face scan) is put on the launcher's GPU, and that
+    thread makes the GPU current too (the current CUDA device is per thread)."""
+    import threading
+
+    models, base = cli_models
+    gpus.set(2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    calls = []
+    from retarget.pipeline import ExpressionPipeline
+
+    def recording_pipeline(models_dir, base_model=None, device=None, dtype=None):
+        calls.append((device, threading.current_thread().name))
+        return "pipeline"
+
+    monkeypatch.setattr(ExpressionPipeline, "from_pretrained", staticmethod(recording_pipeline))
+    threads = []
+    monkeypatch.setattr(torch.cuda, "set_device",
+                        lambda index: threads.append((index, threading.current_thread().name)))
+    session = RenderSession(JobOptions(models=models, base_model=str(base), progress=False, device=None))
+    session.load(expressions=False, background=True)
+    assert session.pipeline == "pipeline"
+    assert calls == [("cuda:1", "retarget-load")]
+    assert (1, "retarget-load") in threads and (1, threading.current_thread().name) in threads

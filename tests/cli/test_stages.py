@@ -53,7 +53,8 @@ def renders(media, cli_models, tmp_path_factory):
         if (case, overlap) not in done:
             out = folder / f"{case}-{'staged' if overlap else 'sequential'}.mp4"
             args = ["--models", models, "--base-model", base, "--steps", "2", "--guidance", "1.0", "--batch-size",
-                    "4", "--chunk-size", "4", "--no-progress", "--device", "cpu", *LOSSLESS] + ([] if overlap else ["--no-overlap"])
+                    "4", "--chunk-size", "4", "--no-progress", "--device", "cpu", *LOSSLESS]
+            args += [] if overlap else ["--no-overlap"]
             assert main([str(a) for a in CASES[case](media) + ["-o", out, *args]]) == 0
             done[case, overlap] = out
         return done[case, overlap]
