@@ -34,7 +34,7 @@ from .models.attention import (
     ReferenceSelfAttnProcessor,
     fuse_self_attention_projections,
 )
-from .models.identity import IdentityEncoder
+from .models.identity import IdPromptEncoder
 from .models.loading import (
     LCM_ADAPTER_NAME,
     REFERENCE_ADAPTER_NAME,
@@ -159,7 +159,7 @@ class ExpressionPipeline:
         self.device, self.dtype = torch.device(device), dtype
         self.vae_dtype = dtype
         self.vae_batch_size = 8
-        self.identity_encoder = IdentityEncoder(text_encoder, tokenizer)
+        self.identity_encoder = IdPromptEncoder(text_encoder, tokenizer)
         self.adapters = AdapterWeights(unet, fold=False)
         self.has_lcm_adapter = False
         self.sampler = "dpm"

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retarget.errors import InputError, WeightsError
+from retarget.errors import InputError
+from retarget.faces.models import FaceModels
 
 from .cli import run_command
 from .manifest import ManifestWriter, SampleRecord, open_for_append
@@ -73,23 +74,23 @@ class FaceBatch:
 
 
 class Annotator:
-    """Detects, aligns and describes faces with a :class:`~retarget.faces.FaceAnalyzer`; writes samples."""
+    """Detects, aligns and describes faces with a :class:`~retarget.faces.FaceModels`; writes samples."""
 
-    def __init__(self, analyzer, writer: ManifestWriter, resolution: int, fps: float | None = None,
+    def __init__(self, face_models: FaceModels, writer: ManifestWriter, resolution: int, fps: float | None = None,
                  all_faces: bool = False, min_face: float = 0.0):
-        self.analyzer, self.writer = analyzer, writer
+        self.face_models, self.writer = face_models, writer
         self.resolution, self.fps = resolution, fps
         self.all_faces, self.min_face = all_faces, min_face
 
     def _faces(self, frame: np.ndarray, all_faces: bool) -> list:
-        faces = [f for f in self.analyzer.detect(frame) if f.size >= self.min_face]
+        faces = [f for f in self.face_models.detect(frame) if f.size >= self.min_face]
         return faces if all_faces else faces[:1]
 
     def _describe(self, batch: FaceBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(identity [n, 512], expression [n, 55], crops [n, S, S, 3])`` for the faces of ``batch``."""
-        identity = np.stack([self.analyzer.identity(f, k) for f, k in zip(batch.frames, batch.keypoints)])
-        expression = self.analyzer.expressions(batch.frames, np.stack(batch.keypoints))
-        crops = np.stack([self.analyzer.align_ffhq(f, k, self.resolution)[0]
+        identity = np.stack([self.face_models.identity.embed(f, k) for f, k in zip(batch.frames, batch.keypoints)])
+        expression = self.face_models.expressions.extract(batch.frames, np.stack(batch.keypoints))
+        crops = np.stack([self.face_models.align_ffhq(f, k, self.resolution)[0]
                           for f, k in zip(batch.frames, batch.keypoints)])
         return identity.astype(np.float32), expression.astype(np.float32), crops
 
@@ -195,8 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def annotate(args: argparse.Namespace) -> dict[str, int]:
     """Run the annotation; returns counts: ``inputs`` seen, ``skipped`` (done before), ``samples`` written."""
-    from retarget.faces import FaceAnalyzer
-
     if args.resolution < 16:
         raise InputError(f"--resolution must be at least 16, got {args.resolution}")
     if args.fps is not None and args.fps <= 0:
@@ -206,11 +205,8 @@ def annotate(args: argparse.Namespace) -> dict[str, int]:
     if not inputs:
         raise InputError(f"no images or videos in {source}")
     writer = open_for_append(args.output, args.resolution)
-    analyzer = FaceAnalyzer.from_models_dir(args.models, device=args.device)
-    if analyzer.identity_encoder is None or analyzer.expression_extractor is None:
-        raise WeightsError(f"annotating needs {Path(args.models) / 'antelopev2' / 'arcface.onnx'} and "
-                           f"{Path(args.models) / 'smirk' / 'SMIRK_em1.pt'}")
-    annotator = Annotator(analyzer, writer, args.resolution, args.fps, args.faces == "all", args.min_face)
+    face_models = FaceModels(args.models, device=args.device).load()  # fails now, naming a missing file
+    annotator = Annotator(face_models, writer, args.resolution, args.fps, args.faces == "all", args.min_face)
     counts = {"inputs": len(inputs), "skipped": 0, "samples": 0}
     for number, (path, kind) in enumerate(inputs, 1):
         rel = path.relative_to(source).as_posix()

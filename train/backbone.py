@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from retarget.errors import WeightsError
-from retarget.models.identity import IdentityEncoder
+from retarget.models.identity import IdPromptEncoder
 from retarget.models.loading import (
     load_identity_encoder_model,
     load_scheduler_config,
@@ -31,7 +31,7 @@ class Backbone:
     unet: nn.Module
     vae: nn.Module
     text_encoder: nn.Module
-    identity_encoder: IdentityEncoder
+    identity_encoder: IdPromptEncoder
     noise_scheduler: object
 
     @classmethod
@@ -54,7 +54,7 @@ class Backbone:
         vae = load_vae(base_dir / "vae")
         tokenizer = load_tokenizer(base_dir / "tokenizer")
         noise_scheduler = DDPMScheduler.from_config(load_scheduler_config(base_dir / "scheduler"))
-        backbone = cls(unet, vae, text_encoder, IdentityEncoder(text_encoder, tokenizer), noise_scheduler)
+        backbone = cls(unet, vae, text_encoder, IdPromptEncoder(text_encoder, tokenizer), noise_scheduler)
         for module in backbone.frozen_modules().values():
             module.eval().requires_grad_(False)
         return backbone

@@ -6,11 +6,11 @@ image-left mouth corner, image-right mouth corner.
 
 Typical use, models loaded once per run::
 
-    analyzer = FaceAnalyzer.from_models_dir("models")       # SCRFD if present, else offline MTCNN (logged)
-    faces = analyzer.detect(frame)                            # largest first
-    crop, transform = analyzer.align_ffhq(frame, faces[0].keypoints, 512)
-    identity = analyzer.photo_identity("person.jpg")          # float32 [512], unit norm
-    flame = analyzer.expressions(frames, keypoints)           # float32 [N, 55]
+    models = FaceModels("models")                             # each model loads on first use
+    faces = models.detect(frame)                              # largest first (SCRFD if present, else MTCNN)
+    crop, transform = models.align_ffhq(frame, faces[0].keypoints, 512)
+    identity = models.photo_identity("person.jpg")            # float32 [512], unit norm (ArcFace)
+    flame = models.expressions.extract(frames, keypoints)     # float32 [N, 55] (SMIRK)
     frame = paste_back(frame, generated_crop, transform, color_match=True)
 
 Errors: unreadable images raise :class:`~retarget.errors.InputError`, photos without a face
@@ -19,11 +19,11 @@ each message names the file.
 """
 
 from .alignment import ARCFACE_TEMPLATE_112, AlignTransform, arcface_transform, estimate_similarity, ffhq_transform
-from .analyzer import FaceAnalyzer
 from .detection import Detector, Face, load_detector
 from .expressions import ExpressionExtractor, SmirkExpressionEncoder, load_smirk_encoder
-from .identity import IdentityEncoder, robust_mean_embedding
+from .identity import ArcFaceEncoder, robust_mean_embedding
 from .image_io import load_image, to_rgb_uint8
+from .models import FaceModels
 from .pasteback import face_mask, match_color, paste_back
 from .smirk_crop import keypoint_crop_transform, landmark_crop_transform
 from .tracking import FaceTrack, FaceTracker, fill_keypoint_gaps, select_face
@@ -31,13 +31,13 @@ from .tracking import FaceTrack, FaceTracker, fill_keypoint_gaps, select_face
 __all__ = [
     "ARCFACE_TEMPLATE_112",
     "AlignTransform",
+    "ArcFaceEncoder",
     "Detector",
     "ExpressionExtractor",
     "Face",
-    "FaceAnalyzer",
+    "FaceModels",
     "FaceTrack",
     "FaceTracker",
-    "IdentityEncoder",
     "SmirkExpressionEncoder",
     "arcface_transform",
     "estimate_similarity",

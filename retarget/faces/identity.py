@@ -17,7 +17,7 @@ from ..errors import WeightsError
 from .alignment import arcface_transform
 from .onnx_session import open_onnx_session
 
-__all__ = ["ARCFACE_FILENAME", "EMBEDDING_SIZE", "IdentityEncoder", "robust_mean_embedding"]
+__all__ = ["ARCFACE_FILENAME", "EMBEDDING_SIZE", "ArcFaceEncoder", "robust_mean_embedding"]
 
 ARCFACE_FILENAME = "arcface.onnx"
 """File name of the published recognition model inside ``<models_dir>/antelopev2``."""
@@ -41,7 +41,7 @@ def _normalises_internally(model_path: str | os.PathLike) -> bool:
     return has_sub and has_mul
 
 
-class IdentityEncoder:
+class ArcFaceEncoder:
     """ArcFace recognition model: aligned crops to L2-normalised 512-d embeddings.
 
     Args:

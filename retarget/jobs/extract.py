@@ -11,7 +11,8 @@ from pathlib import Path
 
 from retarget.devices import resolve_device
 from retarget.jobs.common import check_output
-from retarget.jobs.frames import FaceModels, face_reference, scan_clip
+from retarget.faces.models import FaceModels
+from retarget.jobs.frames import face_reference, scan_clip
 from retarget.jobs.options import JobOptions
 from retarget.motion.motion_file import save_motion
 from retarget.video.reader import VideoReader

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from retarget.errors import InputError, NoFaceError
-from retarget.faces.detection import Face, load_detector
+from retarget.faces.detection import Face
+from retarget.faces.models import FaceModels
 from retarget.faces.tracking import FaceTracker, fill_keypoint_gaps
 from retarget.jobs.common import MEMORY_BUDGET_GIB, chunk_frames, picture_bytes
 from retarget.jobs.stage_times import StageTimes
@@ -33,44 +34,6 @@ IDENTITY_SAMPLES = 32
 
 #: Longest run of frames without a detection, between two detections, that a scan fills by interpolation.
 MAX_FILLED_GAP = 5
-
-
-class FaceModels:
-    """The face models of one session, each loaded on first use: ``detector`` (SCRFD when the models folder has
-    it, else the bundled MTCNN), ``identity`` (``antelopev2/arcface.onnx``), ``expressions`` (``smirk/SMIRK_em1.pt``,
-    fed ``channel_order`` "rgb" or "bgr", see :class:`~retarget.faces.expressions.ExpressionExtractor`).
-    Missing or broken files raise :class:`~retarget.errors.WeightsError` when first needed."""
-
-    def __init__(self, models_dir: Path, device: str | None = None, batch_size: int = 32, channel_order: str = "rgb"):
-        self.models_dir = Path(models_dir)
-        self.device = device
-        self.batch_size = batch_size
-        self.channel_order = channel_order
-        self._detector = self._identity = self._expressions = None
-
-    @property
-    def detector(self):
-        if self._detector is None:
-            self._detector = load_detector(self.models_dir, device=self.device)
-        return self._detector
-
-    @property
-    def identity(self):
-        if self._identity is None:
-            from retarget.faces.identity import ARCFACE_FILENAME, IdentityEncoder
-
-            self._identity = IdentityEncoder(self.models_dir / "antelopev2" / ARCFACE_FILENAME, device=self.device)
-        return self._identity
-
-    @property
-    def expressions(self):
-        if self._expressions is None:
-            from retarget.faces.expressions import ExpressionExtractor
-
-            self._expressions = ExpressionExtractor.from_models_dir(self.models_dir, device=self.device,
-                                                                    batch_size=self.batch_size,
-                                                                    channel_order=self.channel_order)
-        return self._expressions
 
 
 @dataclass

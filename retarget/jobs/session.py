@@ -12,7 +12,8 @@ import numpy as np
 
 from retarget.devices import resolve_device, use_device
 from retarget.errors import WeightsError
-from retarget.jobs.frames import FaceModels, FaceReference, face_reference
+from retarget.faces.models import FaceModels
+from retarget.jobs.frames import FaceReference, face_reference
 from retarget.jobs.options import JobOptions
 
 log = logging.getLogger(__name__)

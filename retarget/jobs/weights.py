@@ -49,9 +49,9 @@ LANDMARKER_MEMBERS = ("face_detector.tflite", "face_landmarks_detector.tflite")
 
 
 def _check_arcface(path: Path) -> None:
-    from retarget.faces.identity import IdentityEncoder
+    from retarget.faces.identity import ArcFaceEncoder
 
-    IdentityEncoder(path, device="cpu")
+    ArcFaceEncoder(path, device="cpu")
 
 
 def _check_scrfd(path: Path) -> None:

@@ -12,7 +12,7 @@ ID_TOKEN = "id"
 ARCFACE_DIM = 512
 
 
-class IdentityEncoder:
+class IdPromptEncoder:
     """Turns raw ArcFace vectors into Arc2Face prompt embeddings.
 
     The embedding is L2-normalised, zero-padded to the encoder width, and written over the token embedding of

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from retarget.jobs.edit import edit_job, read_expression_source
-from retarget.jobs.frames import MAX_FILLED_GAP, FaceModels, scan_clip
+from retarget.faces.models import FaceModels
+from retarget.jobs.frames import MAX_FILLED_GAP, scan_clip
 from retarget.jobs.options import JobOptions
 from retarget.jobs.session import RenderSession
 from retarget.testing.media import moving_face_frames, write_clip

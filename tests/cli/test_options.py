@@ -9,7 +9,8 @@ import pytest
 
 from retarget.cli import main
 from retarget.jobs import extract as extract_module
-from retarget.jobs.frames import FaceModels, photo_face
+from retarget.faces.models import FaceModels
+from retarget.jobs.frames import photo_face
 from retarget.jobs.session import RenderSession
 from retarget.motion import PartGains, apply_gains, fill_gaps, load_motion, neutral_frame, relative_motion
 from retarget.video.probe import probe_video

@@ -7,7 +7,8 @@ from skimage.transform import estimate_transform, warp
 
 from retarget.errors import WeightsError
 from retarget.faces.expressions import ExpressionExtractor, load_smirk_encoder
-from retarget.faces.smirk_crop import CANONICAL_FACE_KEYPOINTS, keypoint_crop_transform, landmark_crop_transform
+from retarget.faces.smirk_crop import (CANONICAL_FACE_KEYPOINTS, CANONICAL_FACE_OUTLINE, KEYPOINT_CROP_SCALE,
+                                       KEYPOINT_CROP_YAW_SHIFT, keypoint_crop_transform, landmark_crop_transform)
 from retarget.testing.face_models import SMIRK_PREFIX
 
 
@@ -65,14 +66,55 @@ def test_landmark_crop_is_the_published_recipe():
     assert np.mean(np.abs(ours - expected) <= 1) > 0.99
 
 
-def test_keypoint_crop_of_the_canonical_face_equals_the_landmark_crop():
+def test_keypoint_crop_of_the_canonical_face_is_the_shrunk_canonical_box():
     scale, shift = 12.0, np.array([300.0, 250.0])
     keypoints = CANONICAL_FACE_KEYPOINTS * scale + shift
     from_keypoints = keypoint_crop_transform(keypoints)
-    # Bounding box of the canonical face placed the same way: x +-7.743, y -8.262 .. 9.403 model units.
-    box = np.array([[-7.743, -8.262], [7.743, 9.403]]) * scale + shift
+    # Bounding box of the canonical face placed the same way (x +-7.743, y -8.262 .. 9.403 model units), shrunk by
+    # KEYPOINT_CROP_SCALE about its centre; a frontal nose gives no sideways shift.
+    box = np.array([[-7.743, -8.262], [7.743, 9.403]])
+    centre = box.mean(0)
+    box = (centre + KEYPOINT_CROP_SCALE * (box - centre)) * scale + shift
     from_box = landmark_crop_transform(box)
     assert np.allclose(from_keypoints.matrix, from_box.matrix, atol=1e-3)
+
+
+def test_keypoint_crop_shifts_against_the_noses_sideways_offset():
+    # A head turned to the image right: the nose is 1 model unit right of the canonical nose. Reference
+    # computation with scikit-image's similarity fit.
+    scale, shift, nose_offset = 10.0, np.array([200.0, 150.0]), 1.0
+    model = CANONICAL_FACE_KEYPOINTS.copy()
+    model[2, 0] += nose_offset
+    keypoints = model * scale + shift
+    fit = estimate_transform("similarity", CANONICAL_FACE_KEYPOINTS, keypoints).params
+    nose = np.linalg.solve(fit[:2, :2], keypoints[2] - fit[:2, 2])
+    outline = CANONICAL_FACE_OUTLINE.copy()
+    centre = (outline.min(0) + outline.max(0)) / 2
+    outline = centre + KEYPOINT_CROP_SCALE * (outline - centre)
+    outline[:, 0] += KEYPOINT_CROP_YAW_SHIFT * (nose[0] - CANONICAL_FACE_KEYPOINTS[2, 0])
+    outline = outline @ fit[:2, :2].T + fit[:2, 2]
+    expected = landmark_crop_transform(outline)
+    assert np.allclose(keypoint_crop_transform(keypoints).matrix, expected.matrix, atol=1e-6)
+    frontal = keypoint_crop_transform(CANONICAL_FACE_KEYPOINTS * scale + shift)
+    centre_x = lambda t: t.to_frame(np.array([[111.5, 111.5]]))[0, 0]  # noqa: E731
+    assert centre_x(keypoint_crop_transform(keypoints)) < centre_x(frontal) - 10  # moved left, by ~1.84 * 0.8 * 10 px
+
+
+# MediaPipe FaceLandmarker's landmark boxes (left, top, right, bottom pixels) of the bundled real photos, recorded
+# with mediapipe 1.2.3 and the published face_landmarker.task (python -m eval.smirk_crop_fit).
+MEDIAPIPE_BOXES = {"astronaut": (180.7, 71.8, 270.2, 177.4), "hanks": (0.7, 21.1, 84.3, 115.0)}
+
+
+@pytest.mark.parametrize("photo", sorted(MEDIAPIPE_BOXES))
+def test_keypoint_crop_is_near_the_published_crop_on_real_photos(photo, request, detector):
+    image = request.getfixturevalue(photo)
+    keypoints = detector.detect(image)[0].keypoints
+    published = landmark_crop_transform(np.array(MEDIAPIPE_BOXES[photo]).reshape(2, 2))
+    ours = keypoint_crop_transform(keypoints)
+    side = lambda t: 223.0 / t.scale  # noqa: E731  (crop side in frame pixels)
+    centre = lambda t: t.to_frame(np.array([[111.5, 111.5]]))[0]  # noqa: E731
+    assert abs(side(ours) / side(published) - 1) < 0.04
+    assert np.linalg.norm(centre(ours) - centre(published)) / side(published) < 0.04
 
 
 def test_keypoint_crop_frames_a_real_face(astronaut_face):

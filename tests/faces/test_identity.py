@@ -6,13 +6,13 @@ import pytest
 from insightface.utils.face_align import norm_crop
 
 from retarget.errors import NoFaceError, WeightsError
-from retarget.faces.analyzer import FaceAnalyzer
-from retarget.faces.identity import IdentityEncoder, robust_mean_embedding
+from retarget.faces.models import FaceModels
+from retarget.faces.identity import ArcFaceEncoder, robust_mean_embedding
 from retarget.testing.face_models import write_random_face_models, write_random_scrfd_onnx
 
 
 def test_random_arcface_gives_unit_512d_embeddings_equal_to_a_direct_run(arcface_path, group_photo, detector):
-    encoder = IdentityEncoder(arcface_path, device="cpu")
+    encoder = ArcFaceEncoder(arcface_path, device="cpu")
     faces = detector.detect(group_photo)
     keypoints = np.stack([face.keypoints for face in faces])
     embeddings = encoder.embed(group_photo, keypoints)
@@ -31,10 +31,10 @@ def test_random_arcface_gives_unit_512d_embeddings_equal_to_a_direct_run(arcface
 
 def test_wrong_model_and_missing_file_are_weights_errors(tmp_path):
     with pytest.raises(WeightsError, match="arcface.onnx"):
-        IdentityEncoder(tmp_path / "arcface.onnx")
+        ArcFaceEncoder(tmp_path / "arcface.onnx")
     scrfd = write_random_scrfd_onnx(tmp_path / "detector.onnx")
     with pytest.raises(WeightsError, match="detector.onnx"):
-        IdentityEncoder(scrfd)
+        ArcFaceEncoder(scrfd)
 
 
 def test_robust_mean_ignores_outlier_frames():
@@ -54,15 +54,15 @@ def test_robust_mean_ignores_outlier_frames():
     assert float(plain @ person) < 0.98
 
 
-def test_analyzer_loads_published_layout_once(tmp_path, astronaut, caplog):
+def test_face_models_loads_published_layout_once(tmp_path, astronaut, caplog):
     models = write_random_face_models(tmp_path / "models")
-    analyzer = FaceAnalyzer.from_models_dir(models, device="cpu")
-    identity = analyzer.photo_identity(astronaut)
+    face_models = FaceModels(models, device="cpu")
+    identity = face_models.photo_identity(astronaut)
     assert identity.shape == (512,) and abs(np.linalg.norm(identity) - 1) < 1e-5
-    face = analyzer.detect(astronaut)[0]
-    crop, transform = analyzer.align_ffhq(astronaut, face.keypoints)
+    face = face_models.detect(astronaut)[0]
+    crop, transform = face_models.align_ffhq(astronaut, face.keypoints)
     assert crop.shape == (512, 512, 3) and transform.size == 512
-    flame = analyzer.expressions([astronaut, astronaut], np.stack([face.keypoints] * 2))
+    flame = face_models.expressions.extract([astronaut, astronaut], np.stack([face.keypoints] * 2))
     assert flame.shape == (2, 55)
 
 
@@ -71,14 +71,29 @@ def test_photo_without_face_names_the_file(tmp_path, arcface_path):
 
     path = tmp_path / "wall.png"
     Image.fromarray(np.full((200, 300, 3), 180, np.uint8)).save(path)
-    analyzer = FaceAnalyzer.from_models_dir(arcface_path.parent.parent, device="cpu")
+    face_models = FaceModels(arcface_path.parent.parent, device="cpu")
     with pytest.raises(NoFaceError, match="wall.png"):
-        analyzer.photo_identity(path)
+        face_models.photo_identity(path)
 
 
 def test_missing_models_are_reported_when_used(tmp_path, astronaut, astronaut_face):
-    analyzer = FaceAnalyzer.from_models_dir(tmp_path, device="cpu")
+    face_models = FaceModels(tmp_path, device="cpu")
     with pytest.raises(WeightsError, match="arcface.onnx"):
-        analyzer.identity(astronaut, astronaut_face.keypoints)
+        face_models.identity.embed(astronaut, astronaut_face.keypoints)
     with pytest.raises(WeightsError, match="SMIRK_em1.pt"):
-        analyzer.expressions([astronaut], astronaut_face.keypoints[None])
+        face_models.expressions.extract([astronaut], astronaut_face.keypoints[None])
+
+
+def test_face_models_load_checks_files_up_front(tmp_path, arcface_path, astronaut):
+    # arcface present, SMIRK absent: loading only what exists works, loading everything names the missing file
+    models = arcface_path.parent.parent
+    assert FaceModels(models, device="cpu").load("detector", "identity").identity.model_path == arcface_path
+    with pytest.raises(WeightsError, match="SMIRK_em1.pt"):
+        FaceModels(models, device="cpu").load()
+    with pytest.raises(ValueError, match="unknown face model"):
+        FaceModels(models, device="cpu").load("landmarks")
+    # no models folder: detection still works (bundled MTCNN), identity says what is missing
+    detection_only = FaceModels(None, device="cpu")
+    assert len(detection_only.detect(astronaut)) == 1
+    with pytest.raises(WeightsError, match="no models folder"):
+        detection_only.photo_identity(astronaut)
