@@ -26,7 +26,7 @@ def extract_job(video, output, options: JobOptions, faces: FaceModels | None = N
                                 batch_size=max(8, options.batch_size), channel_order=options.smirk_channels)
     reference = face_reference(options.face_reference, faces) if options.face_reference is not None else None
     scan = scan_clip(reader, faces, options.face_index, chunk_size=options.chunk_size, progress=options.progress,
-                     reference=reference, memory_budget=options.memory_budget)
+                     reference=reference, memory_budget=options.memory_budget, overlap=options.overlap)
     metadata = {"source": Path(video).name, "frames": str(reader.info.frame_count)}
     if reference is None:
         metadata["face_index"] = str(options.face_index)

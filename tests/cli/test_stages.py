@@ -16,8 +16,8 @@ import torch
 
 from retarget.cli import main
 from retarget.errors import InputError
-from retarget.jobs import frames as frames_module
-from retarget.jobs.frames import ClipScan, FaceModels, frames_of_span, scan_clip
+from retarget.faces.models import FaceModels
+from retarget.jobs.frames import ClipScan, frames_of_span, scan_clip
 from retarget.jobs.stage_times import STAGES, last_job
 from retarget.jobs.stages import run_stages
 from retarget.testing.media import moving_face_frames, write_clip
@@ -150,7 +150,7 @@ def test_pipeline_load_failure_stops_a_long_scan_early(media, fast_args, cli_mod
     chunks, count = 2, 120
     clip = write_clip(tmp_path / "long.mp4", moving_face_frames(count), Fraction(25), audio=False)
     scanned = []
-    detect_many = frames_module.FaceModels.detector.fget
+    detect_many = FaceModels.detector.fget
 
     class SlowDetector:  # 50 ms per chunk: the whole scan takes at least 3 s
         def __init__(self, inner):
@@ -164,7 +164,7 @@ def test_pipeline_load_failure_stops_a_long_scan_early(media, fast_args, cli_mod
         def detect(self, image):
             return self.inner.detect(image)
 
-    monkeypatch.setattr(frames_module.FaceModels, "detector", property(lambda self: SlowDetector(detect_many(self))))
+    monkeypatch.setattr(FaceModels, "detector", property(lambda self: SlowDetector(detect_many(self))))
     args = list(fast_args)
     args[args.index("--models") + 1] = str(broken)
     args[args.index("--chunk-size") + 1] = str(chunks)
