@@ -167,8 +167,12 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
         """Prefetch thread: detect and follow the face through one chunk; the rows and frames found."""
         if kept is not None:
             kept[chunk.indices[0] - lo:chunk.indices[-1] + 1 - lo] = chunk.frames
+        detector = models.detector
         with times.stage("detect"):
-            found = models.detector.detect_many(chunk.frames)
+            if hasattr(detector, "detect_many"):
+                found = detector.detect_many(chunk.frames)
+            else:  # any object with ``detect`` (one frame) will do
+                found = [detector.detect(frame) for frame in chunk.frames]
         rows, crops = [], []
         for frame, index, detections in zip(chunk.frames, chunk.indices, found):
             candidates = None
