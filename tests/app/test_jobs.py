@@ -55,20 +55,26 @@ def test_progress_follows_the_jobs_frames(options, media, tmp_path):
     assert control.progress.fraction == 1.0
 
 
-def test_cancel_stops_the_render_and_the_render_resumes(options, media, tmp_path):
+@pytest.mark.parametrize("overlap", [True, False])
+def test_cancel_stops_the_render_and_the_render_resumes(overlap, options, media, tmp_path):
+    options.overlap = overlap
     output = tmp_path / "out.mp4"
     control = Recording(cancel_at=4)
     job = run(partial(run_job, media["clip"], media["photo"], output, options), control)
     assert job.cancelled and isinstance(job.error, JobCancelled)
     assert not output.exists()
     work = output.with_name(output.name + ".retarget-work")
-    assert len(list(work.glob("chunk_*"))) == 1  # stopped before the second chunk's diffusion batch
+    # The first chunk's 4 frames are reported once it is saved. In the sequential order that is before the second
+    # chunk renders, so the cancel stops at the second chunk's diffusion batch; overlapped, the second chunk has
+    # rendered by then (it renders while the first is saved): it is saved too, and the cancel stops at the third.
+    kept = 2 if overlap else 1
+    assert len(list(work.glob("chunk_*"))) == kept
 
     resumed = Recording()
     job = run(partial(run_job, media["clip"], media["photo"], output, options), resumed)
     assert job.error is None and not work.exists()
     render = [(done, total) for desc, done, total in resumed.reports if desc == "run clip.mp4"]
-    assert render[0] == (4, 12) and render[-1] == (12, 12)  # the finished chunk was kept
+    assert render[0] == (4 * kept, 12) and render[-1] == (12, 12)  # the finished chunks were kept
 
     fresh = run(partial(run_job, media["clip"], media["photo"], tmp_path / "fresh.mp4", options), JobControl())
     assert fresh.error is None
