@@ -98,7 +98,8 @@ def _render(items: list[Item], session) -> np.ndarray:
 
 
 def run_protocol(options: PaperOptions, session=None) -> dict:
-    """Run (or resume) the protocol; returns the results written to ``results.json``."""
+    """Run (or resume) the protocol; returns the results written to ``results.json``. ``session``: a
+    :class:`~retarget.jobs.session.RenderSession` built from ``options.job`` to reuse (default: a new one)."""
     from tqdm.auto import tqdm
 
     from retarget.evaluation.judges import identity_judges
@@ -106,6 +107,8 @@ def run_protocol(options: PaperOptions, session=None) -> dict:
 
     started = time.perf_counter()
     check_folders(options.identities, options.expressions)
+    if session is not None and session.options != options.job:
+        raise ValueError("the session was built with other job options than options.job")
     session = session or RenderSession(options.job)
     session.load()
     pipe = session.pipeline
@@ -176,8 +179,7 @@ def run_protocol(options: PaperOptions, session=None) -> dict:
                      "motion_frames": options.motion_frames},
         "run_key": store.key,
     }
-    labels = {judge.name: getattr(judge, "label", judge.name) for judge in judges}
-    table = table_markdown(summary, judge_names, labels, with_fid=fid_note["computed"])
+    table = table_markdown(summary, judge_names, with_fid=fid_note["computed"])
     write_outputs(store.root, per_image_rows(entries, judge_names, store.root), results, table)
     for skipped in (skipped_ids, skipped_exprs):
         if skipped:

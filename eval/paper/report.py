@@ -26,6 +26,7 @@ from retarget.video.atomic import atomic_output
 from .scoring import EXP_KEYS
 
 CONDITION_LABELS = {"id": "ID-conditioned", "reference": "+ reference adapter"}
+JUDGE_LABELS = {"arcface": "ArcFace", "sface": "SFace"}
 
 
 def per_image_rows(entries: list[tuple], judges: list[str], root: Path) -> list[dict]:
@@ -72,9 +73,9 @@ def _number(value, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def table_markdown(summary: dict, judges: list[str], judge_labels: dict[str, str], with_fid: bool) -> str:
+def table_markdown(summary: dict, judges: list[str], with_fid: bool) -> str:
     """The paper's table: one row per condition (see the module doc for the columns)."""
-    header = ["Condition", "Images"] + [f"ID sim. ({judge_labels.get(j, j)}) ↑" for j in judges] + ["3D Exp-MSE ↓"]
+    header = ["Condition", "Images"] + [f"ID sim. ({JUDGE_LABELS.get(j, j)}) ↑" for j in judges] + ["3D Exp-MSE ↓"]
     header += ["FID ↓"] * with_fid + ["Faces found"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for condition, entry in summary.items():
