@@ -58,7 +58,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1), len(mu1)):
         raise ValueError(f"mismatched statistics: {mu1.shape}, {sigma1.shape} vs {mu2.shape}, {sigma2.shape}")
     diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+    covmean = linalg.sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
         offset = np.eye(len(sigma1)) * eps
         covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
@@ -130,5 +130,23 @@ class InceptionFeatures:
 
 
 def fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    """FID between two feature sets ``[N, D]`` and ``[M, D]`` (N, M >= 2)."""
-    return frechet_distance(*statistics(features_a), *statistics(features_b))
+    """FID between two feature sets ``[N, D]`` and ``[M, D]`` (N, M >= 2), exactly as
+    :func:`frechet_distance` of their :func:`statistics`.
+
+    With fewer samples than dimensions (the usual case for a small grid and 2048-d features) the trace of the
+    covariances' square-root product is computed in the samples' span instead of with a ``D x D`` matrix square
+    root: with centred features ``A [N, D]`` and ``B [M, D]``, ``S1 = A^T A / (N-1)`` and ``S2 = B^T B / (M-1)``,
+    the nonzero eigenvalues of ``S1 S2`` are the squared singular values of ``A B^T / sqrt((N-1)(M-1))``, so
+    ``tr (S1 S2)^(1/2)`` is the sum of those singular values (no regularisation needed).
+    """
+    a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"need two feature sets [N>=2, D] of one width, got {a.shape} and {b.shape}")
+    if min(len(a), len(b)) >= a.shape[1]:
+        return frechet_distance(*statistics(a), *statistics(b))
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    ca, cb = a - mu_a, b - mu_b
+    scale_a, scale_b = len(a) - 1, len(b) - 1
+    trace_root = np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / np.sqrt(scale_a * scale_b)
+    diff = mu_a - mu_b
+    return float(diff @ diff + (ca**2).sum() / scale_a + (cb**2).sum() / scale_b - 2.0 * trace_root)

@@ -65,3 +65,16 @@ def paper_session(paper_weights):
     from retarget.jobs.session import RenderSession
 
     return RenderSession(job_options(*paper_weights)).load()
+
+
+@pytest.fixture(scope="session")
+def random_inception(tmp_path_factory):
+    """A state-dict file of torchvision's Inception-v3 with random weights (the layout of the real file)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
+    path = tmp_path_factory.mktemp("inception") / "inception_v3_google-random.pth"
+    torch.save(model.state_dict(), path)
+    return path

@@ -302,3 +302,30 @@ def test_command_line_writes_the_table(paper_weights, paper_inputs, tmp_path, ca
     lines = captured.out.splitlines()
     assert len(lines) == 3 and lines[2].startswith("| ID-conditioned | 3 |")
     assert "FID" in captured.err or "FID" in captured.out
+
+
+def test_fid_with_local_inception_weights(full_run, paper_inputs, paper_session, tmp_path, monkeypatch,
+                                          random_inception):
+    from eval.paper.fid import InceptionFeatures, fid
+    from retarget.faces.image_io import load_image
+
+    calls = Calls(monkeypatch)
+    out = copy_run(full_run, tmp_path)
+    results = run(out, paper_inputs, paper_session, fid=True, inception=random_inception)
+    assert calls.rows == [] and results["fid"]["computed"] and results["fid"]["real_images"] == 2
+    features = InceptionFeatures(random_inception)
+    faces = paper_session.faces
+    references = []
+    for name in IDENTITIES:
+        photo = load_image(paper_inputs["identities"] / f"{name}.png")
+        references.append(faces.align_ffhq(photo, faces.largest_face(photo).keypoints, 32)[0])
+    real = features(references)
+    table = (out / "table.md").read_text().splitlines()
+    assert "FID ↓" in table[0]
+    column = [c.strip() for c in table[0].strip("|").split("|")].index("FID ↓")
+    for condition, line in zip(CONDITIONS, table[2:]):
+        generated = features([load_image(out / "images" / condition / f"{i}__{e}.png")
+                              for i in IDENTITIES for e in EXPRESSIONS])
+        expected = fid(generated, real)
+        assert results["conditions"][condition]["fid"] == pytest.approx(expected, rel=1e-4)
+        assert [c.strip() for c in line.strip("|").split("|")][column] == f"{expected:.3f}"
