@@ -80,7 +80,7 @@ class RunStore:
         self.key = json.loads(json.dumps(key))  # normalised as it will read back
         self.started_over = False
 
-    def open(self) -> "RunStore":
+    def open(self) -> RunStore:
         """Create the folder; remove the images and records of a run with another key (logged)."""
         self.root.mkdir(parents=True, exist_ok=True)
         key_path = self.root / KEY_FILE

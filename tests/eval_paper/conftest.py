@@ -53,8 +53,8 @@ def paper_inputs(tmp_path_factory):
 def job_options(models, base, **overrides):
     from retarget.jobs.options import JobOptions
 
-    settings = dict(models=models, base_model=str(base), steps=2, guidance=1.0, seed=0, per_frame_noise=True,
-                    batch_size=3, device="cpu", progress=False)
+    settings = {"models": models, "base_model": str(base), "steps": 2, "guidance": 1.0, "seed": 0, "per_frame_noise": True,
+                    "batch_size": 3, "device": "cpu", "progress": False}
     settings.update(overrides)
     return JobOptions(**settings)
 

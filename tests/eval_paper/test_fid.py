@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from eval.paper.fid import InceptionFeatures, fid, find_inception_weights, frechet_distance, statistics
+from eval.paper.fid import (
+    InceptionFeatures,
+    fid,
+    find_inception_weights,
+    frechet_distance,
+    statistics,
+)
 from retarget.errors import WeightsError
 
 

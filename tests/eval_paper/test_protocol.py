@@ -28,8 +28,8 @@ GRID = len(IDENTITIES) * len(EXPRESSIONS) * len(CONDITIONS)
 
 
 def run(out, inputs, session, **overrides):
-    settings = dict(job=session.options, identities=inputs["identities"], expressions=inputs["expressions"],
-                    out=out, motion_frames=2, undetected="template", fid=False)
+    settings = {"job": session.options, "identities": inputs["identities"], "expressions": inputs["expressions"],
+                "out": out, "motion_frames": 2, "undetected": "template", "fid": False}
     settings.update(overrides)
     return run_protocol(PaperOptions(**settings), session=session)
 
@@ -162,7 +162,7 @@ def test_conditions_differ_and_equal_a_single_render(full_run, paper_inputs, pap
     embedding = faces.identity.embed(photo, face.keypoints)
     reference, _ = faces.align_ffhq(photo, face.keypoints, pipe.image_size)
     target = paper_inputs["motion_values"][0]
-    noise_index = int(hashlib.sha256("astronaut\0motion@00000".encode()).hexdigest()[:8], 16)
+    noise_index = int(hashlib.sha256(b"astronaut\0motion@00000").hexdigest()[:8], 16)
     latents = clip_noise(0, [noise_index], pipe.latent_shape, per_frame=True)
     saved = {c: load_image(out / "images" / c / "astronaut__motion@00000.png").astype(int) for c in CONDITIONS}
     assert (saved["id"] != saved["reference"]).mean() > 0.05  # (the tiny model's reference effect is small)
@@ -257,10 +257,15 @@ def test_changed_model_file_starts_over(paper_weights, paper_inputs, tmp_path, m
 
 
 def test_motion_file_expressions_are_its_valid_frames(full_run, paper_inputs):
-    out, results, _ = full_run
-    records = json.loads((out / "records" / "id" / "astronaut__motion@00003.json").read_text())
-    assert np.allclose(records["render"]["target"], paper_inputs["motion_values"][3], atol=1e-6)
-    assert MOTION_VALID[3] and not MOTION_VALID[2]
+    """motion.npz has valid frames 0, 1 and 3; two of them evenly spread are frames 0 and 3."""
+    out = full_run[0]
+    valid = [k for k, ok in enumerate(MOTION_VALID) if ok]
+    assert valid == [0, 1, 3]
+    for frame in (0, 3):
+        record = json.loads((out / "records" / "id" / f"astronaut__motion@{frame:05d}.json").read_text())
+        assert np.allclose(record["render"]["target"], paper_inputs["motion_values"][frame], atol=1e-6)
+    assert sorted(p.name for p in (out / "records" / "id").glob("astronaut__motion@*")) == [
+        "astronaut__motion@00000.json", "astronaut__motion@00003.json"]
 
 
 @pytest.mark.parametrize("case", ["limit0", "empty", "no_face"])
