@@ -125,8 +125,8 @@ def run_protocol(options: PaperOptions, session=None) -> dict:
 
     key = dict(options.job.render_key(), device_type=pipe.device.type, resolved_dtype=str(pipe.dtype),
                protocol="paper-images-1")
-    store = RunStore(options.out, key).open()
     items = grid(conditions, identities, expressions)
+    store = RunStore(options.out, key).open()
     scoring = _scoring_record(judges, options.undetected)
     records = {id(item): store.record(item) for item in items}
     done = {id(i) for i in items if records[id(i)] is not None and records[id(i)]["scores"].get("scoring") == scoring}

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from retarget.video.atomic import atomic_output
+from retarget.errors import InputError
+from retarget.video.atomic import atomic_output, discard
 
 from .inputs import Expression, Identity
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 KEY_FILE = "run-key.json"
 SUBFOLDERS = ("images", "records")
+OUTPUT_FILES = ("per_image.csv", "results.json", "table.md")
 
 
 def write_json(path: Path, data) -> None:
@@ -81,9 +83,14 @@ class RunStore:
         self.started_over = False
 
     def open(self) -> RunStore:
-        """Create the folder; remove the images and records of a run with another key (logged)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Create the folder; remove the outputs of a run with another key (logged). A folder that has
+        ``images/`` or ``records/`` but no ``run-key.json`` is not a run folder: :class:`InputError`, nothing
+        is removed."""
         key_path = self.root / KEY_FILE
+        if not key_path.is_file() and any((self.root / sub).exists() for sub in SUBFOLDERS):
+            raise InputError(f"{self.root} has images/ or records/ but no {KEY_FILE}: not a run folder of this "
+                             "protocol; give a new or empty folder")
+        self.root.mkdir(parents=True, exist_ok=True)
         previous = None
         if key_path.is_file():
             try:
@@ -91,11 +98,13 @@ class RunStore:
             except (OSError, ValueError):
                 previous = None
         if previous != self.key:
-            if any((self.root / sub).exists() for sub in SUBFOLDERS):
+            if previous is not None:
                 log.warning("%s: the models or settings differ from the previous run's: starting over", self.root)
                 self.started_over = True
             for sub in SUBFOLDERS:
                 shutil.rmtree(self.root / sub, ignore_errors=True)
+            for name in OUTPUT_FILES:
+                discard(self.root / name)
             write_json(key_path, self.key)
         return self
 
@@ -132,8 +141,18 @@ class RunStore:
 
 
 def grid(conditions: list[str], identities: list[Identity], expressions: list[Expression]) -> list[Item]:
-    """Every (condition, identity, expression) in that order: conditions outermost, expressions innermost."""
-    return [Item(c, i, e) for c in conditions for i in identities for e in expressions]
+    """Every (condition, identity, expression) in that order: conditions outermost, expressions innermost.
+    Two cells whose file names would be the same (``a__b`` x ``c`` and ``a`` x ``b__c``) are an
+    :class:`InputError`."""
+    items = [Item(c, i, e) for c in conditions for i in identities for e in expressions]
+    names: dict[str, Item] = {}
+    for item in items[:len(identities) * len(expressions)]:
+        other = names.setdefault(item.name, item)
+        if other is not item:
+            raise InputError(f"identity {item.identity.name!r} with expression {item.expression.name!r} and identity "
+                             f"{other.identity.name!r} with expression {other.expression.name!r} would share the "
+                             f"file name {item.name}.png: rename one of the files")
+    return items
 
 
 def batches(items: list[Item], batch_size: int) -> list[list[Item]]:

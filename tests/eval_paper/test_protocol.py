@@ -334,3 +334,30 @@ def test_fid_with_local_inception_weights(full_run, paper_inputs, paper_session,
         expected = fid(generated, real)
         assert results["conditions"][condition]["fid"] == pytest.approx(expected, rel=1e-4)
         assert [c.strip() for c in line.strip("|").split("|")][column] == f"{expected:.3f}"
+
+
+def test_a_folder_that_is_not_a_run_folder_is_left_alone(paper_inputs, paper_session, tmp_path):
+    from retarget.errors import InputError
+
+    out = tmp_path / "mine"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "holiday.jpg").write_bytes(b"not ours")
+    with pytest.raises(InputError, match="not a run folder"):
+        run(out, paper_inputs, paper_session, limit=1)
+    assert (out / "images" / "holiday.jpg").read_bytes() == b"not ours"
+
+
+def test_cells_that_would_share_a_file_name_are_an_error():
+    from eval.paper.inputs import Expression, Identity
+    from eval.paper.store import grid
+    from retarget.errors import InputError
+
+    def identity(name):
+        return Identity(name, None, {}, None, None, {}, None, None)
+
+    def expression(name):
+        return Expression(name, np.zeros(55, np.float32), None, {})
+
+    assert len(grid(CONDITIONS, [identity("a"), identity("b")], [expression("c")])) == 4
+    with pytest.raises(InputError, match="a__b__c.png"):
+        grid(CONDITIONS, [identity("a__b"), identity("a")], [expression("c"), expression("b__c")])
