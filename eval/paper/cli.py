@@ -44,13 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Inception-v3 weights (torchvision layout) for FID (default: torchvision's file in the "
                              "local torch hub cache, if any; nothing is downloaded)")
     parser.add_argument("--no-fid", action="store_true", help="skip FID")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per diffusion call (default 8)")
-    parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
-    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance (default 3.0)")
-    parser.add_argument("--expression-scale", type=float, default=1.0, help="expression adapter weight (1.0)")
-    parser.add_argument("--reference-scale", type=float, default=0.8, help="reference LoRA weight (0.8)")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="images per diffusion call (default 8)")
+    parser.add_argument("--steps", type=int, default=25, metavar="N", help="denoising steps (default 25)")
+    parser.add_argument("--guidance", type=float, default=3.0, metavar="G", help="classifier-free guidance (default 3.0)")
+    parser.add_argument("--expression-scale", type=float, default=1.0, metavar="S", help="expression adapter weight (1.0)")
+    parser.add_argument("--reference-scale", type=float, default=0.8, metavar="S", help="reference LoRA weight (0.8)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="noise seed (default 0)")
+    parser.add_argument("--device", default=None, metavar="DEV", help="cpu, cuda or cuda:N (default: CUDA when available)")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None,
                         help="default bf16 on GPUs that support it, fp16 on other GPUs, fp32 on the CPU")
     parser.add_argument("--smirk-channels", choices=("rgb", "bgr"), default="rgb",
