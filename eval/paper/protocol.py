@@ -81,8 +81,9 @@ def _score(items: list[Item], images: np.ndarray, session, judges, undetected: s
     scores = score_images(images, np.stack([i.expression.values for i in items]),
                           [i.identity.judged for i in items], [i.identity.crop_keypoints for i in items],
                           session.faces, judges, undetected)
-    for s in scores:
+    for item, s in zip(items, scores):
         s["scoring"] = _scoring_record(judges, undetected)
+        s["target"] = [float(v) for v in item.expression.values]
     return scores
 
 

@@ -54,7 +54,6 @@ def summarise(entries: list[tuple], judges: list[str], conditions: list[str]) ->
     summary = {}
     for condition in conditions:
         scores = [s for item, _, s in entries if item.condition == condition]
-        targets = [item.expression.values for item, _, s in entries if item.condition == condition and s["scored"]]
         scored = [s for s in scores if s["scored"]]
         entry = {"images": len(scores), "faces_found": sum(s["face_found"] for s in scores), "scored": len(scored),
                  "id_similarity": {}, "exp": {key: None for key in EXP_KEYS}}
@@ -63,7 +62,8 @@ def summarise(entries: list[tuple], judges: list[str], conditions: list[str]) ->
             entry["id_similarity"][judge] = float(np.mean(values)) if values else None
         if scored:
             achieved = np.array([s["achieved"] for s in scored], np.float32)
-            metrics = exp_mse(achieved, np.stack(targets).astype(np.float32), np.ones(len(scored), bool))
+            targets = np.array([s["target"] for s in scored], np.float32)  # the values each image was given
+            metrics = exp_mse(achieved, targets, np.ones(len(scored), bool))
             entry["exp"] = {key: float(metrics[key]) for key in EXP_KEYS}
         summary[condition] = entry
     return summary

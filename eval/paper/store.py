@@ -7,7 +7,7 @@ Layout under ``OUT``::
     records/<condition>/<identity>__<expression>.json   {"render": {...}, "scores": {...}}
 
 An image counts as done when its PNG and its record exist and the record's ``render`` entry (the identity photo's
-and the expression source's fingerprints and the expression values) matches the current inputs. A run whose key
+and the expression source's fingerprints and the expression's name) matches the current inputs. A run whose key
 differs from ``run-key.json`` (other model files, steps, seed, ...) removes ``images/`` and ``records/`` and starts
 over. Every file is written atomically (:mod:`retarget.video.atomic`), so a killed run leaves whole files only.
 """
@@ -68,10 +68,11 @@ class Item:
         return int(digest[:8], 16)
 
     def render_record(self) -> dict:
-        """What determines this image besides the run key: the inputs' fingerprints and the target values."""
+        """What determines this image besides the run key: the input files' fingerprints and the expression's
+        name (the target values are a function of these and the keyed models and settings; they are not compared
+        themselves, since re-extracting them in other batches may change their last bits)."""
         return {"identity": self.identity.fingerprint, "expression": self.expression.fingerprint,
-                "expression_name": self.expression.name,
-                "target": [round(float(v), 7) for v in self.expression.values]}
+                "expression_name": self.expression.name}
 
 
 class RunStore:

@@ -263,7 +263,7 @@ def test_motion_file_expressions_are_its_valid_frames(full_run, paper_inputs):
     assert valid == [0, 1, 3]
     for frame in (0, 3):
         record = json.loads((out / "records" / "id" / f"astronaut__motion@{frame:05d}.json").read_text())
-        assert np.allclose(record["render"]["target"], paper_inputs["motion_values"][frame], atol=1e-6)
+        assert np.allclose(record["scores"]["target"], paper_inputs["motion_values"][frame], atol=1e-6)
     assert sorted(p.name for p in (out / "records" / "id").glob("astronaut__motion@*")) == [
         "astronaut__motion@00000.json", "astronaut__motion@00003.json"]
 
@@ -361,3 +361,19 @@ def test_cells_that_would_share_a_file_name_are_an_error():
     assert len(grid(CONDITIONS, [identity("a"), identity("b")], [expression("c")])) == 4
     with pytest.raises(InputError, match="a__b__c.png"):
         grid(CONDITIONS, [identity("a__b"), identity("a")], [expression("c"), expression("b__c")])
+
+
+def test_a_changed_identity_photo_renders_only_its_images(full_run, paper_inputs, paper_session, tmp_path,
+                                                          monkeypatch):
+    inputs = dict(paper_inputs, identities=tmp_path / "identities")
+    shutil.copytree(paper_inputs["identities"], inputs["identities"])
+    photo = np.asarray(Image.open(inputs["identities"] / "hanks.png").convert("RGB"))
+    Image.fromarray(np.ascontiguousarray(photo[:, ::-1])).save(inputs["identities"] / "hanks.png")  # mirrored
+    calls = Calls(monkeypatch)
+    out = copy_run(full_run, tmp_path)
+    results = run(out, inputs, paper_session)
+    assert sum(calls.rows) == 8 and results["run"]["reused"] == 8
+    old = {(r["condition"], r["identity"], r["expression"]): r for r in read_csv(full_run[0] / "per_image.csv")}
+    for row in read_csv(out / "per_image.csv"):
+        if row["identity"] == "astronaut":
+            assert row == old[(row["condition"], row["identity"], row["expression"])]
