@@ -189,7 +189,15 @@ def _steady_keypoints(scan: ClipScan) -> np.ndarray:
 
 
 def _scan(path: Path, models: FaceModels, chunk_size: int, memory_budget: float, progress: bool,
-          allow_empty: bool = False) -> tuple[VideoReader, ClipScan]:
+          allow_empty: bool = False, cache: dict | None = None) -> tuple[VideoReader, ClipScan]:
+    """Open and scan a clip (the largest face followed, expressions read); a clip given twice (e.g. a clip
+    scored against itself) is scanned once through ``cache``. ``allow_empty``: a clip without any face gives an
+    all-invalid scan instead of :class:`NoFaceError`."""
+    key = Path(path).resolve()
+    if cache is not None and key in cache:
+        if not allow_empty and not cache[key][1].detected.any():
+            raise NoFaceError(f"{path}: no frame shows a face")
+        return cache[key]
     reader = VideoReader(path)
     try:
         scan = scan_clip(reader, models, 0, chunk_size=chunk_size, progress=progress, memory_budget=memory_budget)
@@ -200,6 +208,8 @@ def _scan(path: Path, models: FaceModels, chunk_size: int, memory_budget: float,
         log.warning("%s: no frame has a face", path.name)
         scan = ClipScan(np.zeros((count, 5, 2), np.float32), np.zeros(count, bool), reader.info.frame_times(),
                         reader.info.frame_rate, np.zeros((count, DIM), np.float32))
+    if cache is not None:
+        cache[key] = (reader, scan)
     return reader, scan
 
 
@@ -226,11 +236,13 @@ def evaluate_clip(inputs: EvalInputs, models: FaceModels, *, chunk_size: int = 6
     :func:`~retarget.evaluation.judges.identity_judges`. One-line errors (InputError, NoFaceError, WeightsError)
     for unusable inputs."""
     judges = judges if judges is not None else identity_judges(models)
-    out_reader, out_scan = _scan(inputs.output, models, chunk_size, memory_budget, progress, allow_empty=True)
+    scans: dict = {}
+    out_reader, out_scan = _scan(inputs.output, models, chunk_size, memory_budget, progress, allow_empty=True,
+                                 cache=scans)
     count = out_reader.info.frame_count
     times = out_reader.info.frame_times()
     reference_path = inputs.original if inputs.mode == "edit" else inputs.driving
-    ref_reader, ref_scan = _scan(reference_path, models, chunk_size, memory_budget, progress)
+    ref_reader, ref_scan = _scan(reference_path, models, chunk_size, memory_budget, progress, cache=scans)
     ref_count = ref_reader.info.frame_count
     lo, hi = clip_range(ref_reader, inputs.start, inputs.end)
     ref_times = ref_reader.info.frame_times()
@@ -253,7 +265,7 @@ def evaluate_clip(inputs: EvalInputs, models: FaceModels, *, chunk_size: int = 6
 
     driving_scan = ref_scan if inputs.mode == "run" else None
     if inputs.mode == "edit" and inputs.driving is not None:
-        _, driving_scan = _scan(inputs.driving, models, chunk_size, memory_budget, progress)
+        _, driving_scan = _scan(inputs.driving, models, chunk_size, memory_budget, progress, cache=scans)
     target, raw = _targets(inputs, driving_scan, target_times)
     target_valid = target.valid & scored
     driving_valid = raw.valid & scored
