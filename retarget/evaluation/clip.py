@@ -236,6 +236,10 @@ def evaluate_clip(inputs: EvalInputs, models: FaceModels, *, chunk_size: int = 6
     :func:`~retarget.evaluation.judges.identity_judges`. One-line errors (InputError, NoFaceError, WeightsError)
     for unusable inputs."""
     judges = judges if judges is not None else identity_judges(models)
+    by_photo = inputs.identity is not None
+    if by_photo:  # read first: a photo without a face fails before the clips are scanned
+        image, face = photo_face(inputs.identity, models, 0)
+        photo_embeddings = {judge.name: judge.embed(image, face.keypoints) for judge in judges}
     scans: dict = {}
     out_reader, out_scan = _scan(inputs.output, models, chunk_size, memory_budget, progress, allow_empty=True,
                                  cache=scans)
@@ -275,12 +279,8 @@ def evaluate_clip(inputs: EvalInputs, models: FaceModels, *, chunk_size: int = 6
     # Identity: the judges' alignment at the detected keypoints; flicker: a crop at the smoothed ones.
     out_pixels = _pixel_pass(out_reader, output_face, judges, out_scan.keypoints, _steady_keypoints(out_scan),
                              chunk_size, memory_budget)
-    by_photo = inputs.identity is not None
     ref_pixels = _pixel_pass(ref_reader, ref_scan.detected, [] if by_photo else judges, ref_scan.keypoints,
                              _steady_keypoints(ref_scan), chunk_size, memory_budget)
-    if by_photo:
-        image, face = photo_face(inputs.identity, models, 0)
-        photo_embeddings = {judge.name: judge.embed(image, face.keypoints) for judge in judges}
     identity: dict[str, np.ndarray] = {}
     for judge in judges:
         values = np.full(count, np.nan, np.float32)

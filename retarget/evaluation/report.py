@@ -72,7 +72,6 @@ def per_frame_rows(evaluation: ClipEvaluation) -> list[list]:
     """One row per output frame, in :func:`csv_columns` order; empty cells where a value is not defined."""
     e = evaluation
     errors = e.frame_errors()
-    scored = e.expression_valid
 
     def cell(value):
         return "" if value is None or not np.isfinite(value) else f"{float(value):.6g}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-from fractions import Fraction
 
 import numpy as np
 import pytest
