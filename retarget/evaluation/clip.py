@@ -265,14 +265,16 @@ def evaluate_clip(inputs: EvalInputs, models: FaceModels, *, chunk_size: int = 6
                              f"{ref_count}: an edit keeps the original's frames")
         reference_index = np.arange(count)
         scored = (reference_index >= lo) & (reference_index < hi)
-        target_times = np.clip(ref_times - ref_times[lo], 0.0, None)
+        target_times = ref_times[lo:hi] - ref_times[lo]
 
     driving_scan = ref_scan if inputs.mode == "run" else None
     if inputs.mode == "edit" and inputs.driving is not None:
         _, driving_scan = _scan(inputs.driving, models, chunk_size, memory_budget, progress, cache=scans)
-    target, raw = _targets(inputs, driving_scan, target_times)
-    target_valid = target.valid & scored
-    driving_valid = raw.valid & scored
+    target_values, target_valid = np.zeros((count, DIM), np.float32), np.zeros(count, bool)
+    driving_values, driving_valid = np.zeros((count, DIM), np.float32), np.zeros(count, bool)
+    target, raw = _targets(inputs, driving_scan, target_times)  # for the scored frames, in order
+    target_values[scored], target_valid[scored] = target.values, target.valid
+    driving_values[scored], driving_valid[scored] = raw.values, raw.valid
 
     output_face = out_scan.detected.copy()
     reference_face = ref_scan.detected[reference_index]
@@ -299,8 +301,7 @@ def evaluate_clip(inputs: EvalInputs, models: FaceModels, *, chunk_size: int = 6
     evaluation = ClipEvaluation(
         inputs=inputs, times=times, reference_index=reference_index, output_face=output_face,
         reference_face=reference_face, identity=identity, achieved=out_scan.expressions.astype(np.float32),
-        target=target.values.astype(np.float32), target_valid=target_valid,
-        driving_values=raw.values.astype(np.float32), driving_valid=driving_valid,
+        target=target_values, target_valid=target_valid, driving_values=driving_values, driving_valid=driving_valid,
         landmarks=normalised_landmarks(out_scan.keypoints, output_face),
         reference_landmarks=normalised_landmarks(ref_scan.keypoints[reference_index], reference_face),
         flicker=flicker_out, reference_flicker=flicker_ref,

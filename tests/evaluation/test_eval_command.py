@@ -240,3 +240,34 @@ def test_bad_inputs_one_line(tmp_path, capsys, media, face_models_dir, case):
     assert len([line for line in lines if line.startswith("retarget: error:")]) == 1
     if case != "report_is_file":
         assert not report.exists()
+
+
+def test_edit_range_scores_only_the_edited_frames(tmp_path, capsys, media, face_models_dir):
+    """--start 0.1 s: frames 3.. were edited, with source time 0 at frame 3; frames 3-9 have a face (10, 11 are
+    blank), so 7 frames are scored for expression, and their targets are the source's frames 0-6."""
+    code, err = _eval(capsys, media["clip"], "--original", media["clip"], "--driving", media["clip"], "--start", 0.1,
+                      "-o", tmp_path / "rep", "--smooth", "none", *_common(face_models_dir))
+    assert code == 0, err
+    metrics, rows = _read(tmp_path / "rep")
+    assert metrics["expression"]["frames"] == 7
+    assert [r["exp_mse"] != "" for r in rows] == [False] * 3 + [True] * 7 + [False] * 2
+    assert float(rows[3]["target_exp00"]) == pytest.approx(float(rows[0]["achieved_exp00"]), abs=1e-5)
+    assert float(rows[9]["target_exp00"]) == pytest.approx(float(rows[6]["achieved_exp00"]), abs=1e-5)
+
+
+def test_chunking_does_not_change_the_numbers(media, face_models_dir):
+    """Streaming in chunks of 3 frames (flicker carried across chunk ends) gives the numbers of one chunk."""
+    from retarget.evaluation.clip import EvalInputs, evaluate_clip
+
+    models = FaceModels(face_models_dir, device="cpu")
+    inputs = EvalInputs(media["clip"], driving=media["clip"], identity=media["photo"], smooth="none")
+    small = evaluate_clip(inputs, models, chunk_size=3, progress=False)
+    whole = evaluate_clip(inputs, models, chunk_size=64, progress=False)
+    np.testing.assert_array_equal(small.flicker, whole.flicker)
+    # SMIRK runs on batches of a chunk's faces: float rounding differs with the batch, nothing else.
+    np.testing.assert_allclose(small.achieved, whole.achieved, atol=1e-5)
+    for name in whole.identity:
+        np.testing.assert_array_equal(small.identity[name], whole.identity[name])
+    assert small.summary["stability"]["flicker"] == whole.summary["stability"]["flicker"]
+    assert small.summary["stability"]["landmark_jitter"] == whole.summary["stability"]["landmark_jitter"]
+    assert np.isfinite(whole.flicker).sum() == 9  # pairs (k - 1, k) with a face in both: k = 1..9
