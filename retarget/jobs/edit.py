@@ -45,7 +45,7 @@ from retarget.motion.track import MotionTrack
 from retarget.video.audio import AudioSource
 from retarget.video.compose import side_by_side_chunk
 from retarget.video.reader import VideoReader
-from retarget.video.resume import ChunkedRender, file_identity
+from retarget.video.resume import ChunkedRender, file_identity, output_lock
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,15 @@ def edit_job(video, expression, output, options: JobOptions, *, start: float | N
 
     ``session`` and ``source`` (already read, see :func:`read_expression_source`) let ``batch`` reuse them.
     """
-    stats = StageTimes("edit")
     output = check_output(output, inputs=(video, expression, options.face_reference))
+    with output_lock(output):  # from before the face scan: a second process writing OUT stops at once
+        return _render_edit(video, expression, output, options, start, end, side_by_side, session, source)
+
+
+def _render_edit(video, expression, output: Path, options: JobOptions, start: float | None, end: float | None,
+                 side_by_side: bool, session: RenderSession | None, source: ExpressionSource | None) -> Path:
+    """:func:`edit_job` once ``output`` is checked and its work folder locked."""
+    stats = StageTimes("edit")
     reader = VideoReader(video)
     info = reader.info
     lo, hi = clip_range(reader, start, end)

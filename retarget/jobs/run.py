@@ -37,7 +37,7 @@ from retarget.jobs.stages import CHUNKS_IN_FLIGHT, run_stages
 from retarget.provenance.metadata import job_tags
 from retarget.video.compose import side_by_side_chunk
 from retarget.video.reader import VideoReader
-from retarget.video.resume import ChunkedRender, file_identity
+from retarget.video.resume import ChunkedRender, file_identity, output_lock
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,16 @@ def run_job(driving, identity, output, options: JobOptions, *, reference: bool =
     ``start``/``end`` (seconds, ``None`` = open) limit the rendered part of ``driving``. ``session`` and
     ``photo`` (``identity`` already read, see :func:`identity_from_photo`) let ``batch`` reuse what it loaded once.
     """
-    stats = StageTimes("run")
     output = check_output(output, inputs=(driving, identity, options.face_reference))
+    with output_lock(output):  # from before the face scan: a second process writing OUT stops at once
+        return _render_run(driving, identity, output, options, reference, side_by_side, start, end, session, photo)
+
+
+def _render_run(driving, identity, output: Path, options: JobOptions, reference: bool, side_by_side: bool,
+                start: float | None, end: float | None, session: RenderSession | None,
+                photo: PhotoIdentity | None) -> Path:
+    """:func:`run_job` once ``output`` is checked and its work folder locked."""
+    stats = StageTimes("run")
     reader = VideoReader(driving)
     info = reader.info
     lo, hi = clip_range(reader, start, end)

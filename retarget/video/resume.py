@@ -73,6 +73,19 @@ def file_identity(path: str | os.PathLike, sample_bytes: int = 1 << 20) -> dict:
     return {"name": path.name, "size": size, "sha256_ends": digest.hexdigest()}
 
 
+def work_folder(out_path: str | os.PathLike) -> Path:
+    """The work folder of the output ``out_path``: ``OUT.mp4.retarget-work`` beside it."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name + WORK_SUFFIX)
+
+
+def output_lock(out_path: str | os.PathLike) -> FolderLock:
+    """Lock ``out_path``'s work folder now (see :mod:`retarget.video.work_lock`), for a job to hold from its start
+    (before the face scan) until its output is complete; a :class:`ChunkedRender` of the same output made by the
+    same process shares the lock. Use as a context manager. Raises InputError when another process holds it."""
+    return FolderLock(work_folder(out_path), str(out_path))
+
+
 class ChunkedRender:
     """The chunks of one render job and their on-disk state (see module doc).
 
@@ -97,7 +110,7 @@ class ChunkedRender:
         if total_frames < 1 or chunk_size < 1:
             raise ValueError("total_frames and chunk_size must be >= 1")
         self.out_path = Path(out_path)
-        self.work_dir = self.out_path.with_name(self.out_path.name + WORK_SUFFIX)
+        self.work_dir = work_folder(self.out_path)
         self.total_frames = int(total_frames)
         self.chunk_size = int(chunk_size)
         self.rate = Fraction(rate)

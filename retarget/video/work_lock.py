@@ -75,6 +75,12 @@ class FolderLock:
             os.close(fd)
         raise InputError(f"{what}: cannot lock the work folder {self.folder} (it keeps being removed)")
 
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
     def release(self) -> None:
         """Give up this hold; the last holder of the process removes the lock file, then the folder if that left
         it empty (a job that failed before its first chunk leaves nothing behind), and unlocks. Safe to call more
