@@ -115,8 +115,10 @@ def run_path(args) -> dict:
                 pipe(data["id_embed"], data["expressions"][start:stop], reference_image=data["reference"] if reference_on else None,
                      latents=data["latents"][start:stop], num_inference_steps=args.steps, guidance_scale=args.guidance)
 
+    begin = time.perf_counter()
     render(min(args.warmup, args.frames))  # warm-up (kernels, allocator, compile)
     _sync(device)
+    warmup_seconds = time.perf_counter() - begin
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rounds = []
@@ -127,7 +129,7 @@ def run_path(args) -> dict:
         rounds.append(time.perf_counter() - start)
     seconds = min(rounds)
     return {"path": args.path, "frames": args.frames, "seconds": seconds, "frames_per_s": args.frames / seconds,
-            "peak_memory_mb": _peak_memory_mb(device)}
+            "warmup_s": warmup_seconds, "peak_memory_mb": _peak_memory_mb(device)}
 
 
 def flops_per_frame(models, base_model, steps: int, guidance: float, reference_on: bool) -> float:
@@ -197,7 +199,8 @@ def e2e_inputs(args, folder: str) -> tuple[str, str, str, str]:
         write_random_face_models(ckpt.models_dir)
         models, base = str(ckpt.models_dir), str(ckpt.base_dir)
     clip = args.e2e or str(write_clip(Path(folder) / "synthetic.mp4",
-                                      moving_face_frames(args.synthetic_frames, width=320, height=240), Fraction(25)))
+                                      moving_face_frames(args.synthetic_frames, width=320, height=240),
+                                      Fraction(args.synthetic_fps)))
     photo = args.identity
     if not photo:
         photo = str(Path(folder) / "photo.png")
@@ -261,6 +264,7 @@ def main(argv=None) -> int:
     parser.add_argument("--commands", default="run,edit", help="(--e2e) commands to time (default run,edit)")
     parser.add_argument("--chunk-size", type=int, default=16, help="(--e2e) --chunk-size of the commands")
     parser.add_argument("--synthetic-frames", type=int, default=48, help="(--e2e) frames of the synthetic clip")
+    parser.add_argument("--synthetic-fps", default="25", help="(--e2e) frame rate of the synthetic clip (e.g. 30000/1001)")
     parser.add_argument("--e2e-child", help=argparse.SUPPRESS)
     parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--models", help="models folder (default: random weights of --size in a temp folder)")
@@ -273,6 +277,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None)
     parser.add_argument("--compile", action="store_true", help="also time the batched path with torch.compile")
+    parser.add_argument("--paths", help=f"only these paths, comma-separated ({', '.join(PATHS)}); default: "
+                                        "official, unoptimised, batched, plus compiled/lcm when asked for")
     parser.add_argument("--lcm-steps", type=int, default=0,
                         help="also time few-step sampling with a random LCM-LoRA at this many steps")
     parser.add_argument("--warmup", type=int, default=2)
@@ -301,6 +307,13 @@ def main(argv=None) -> int:
             ckpt = write_random_checkpoint(tmp, size=args.size, dtype=torch.float16 if args.size == "full" else torch.float32)
             args.models, args.base_model = str(ckpt.models_dir), str(ckpt.base_dir)
         paths = ["official", "unoptimised", "batched"] + ["compiled"] * args.compile + ["lcm"] * (args.lcm_steps > 0)
+        if args.paths:
+            wanted = [p.strip() for p in args.paths.split(",") if p.strip()]
+            unknown = sorted(set(wanted) - set(PATHS))
+            if unknown:
+                parser.error(f"--paths: unknown path(s) {', '.join(unknown)} (choose from {', '.join(PATHS)})")
+            paths = wanted
+            args.lcm_steps = args.lcm_steps or (6 if "lcm" in paths else 0)
         if args.lcm_steps > 0:
             args.lcm_lora = _write_random_lcm_lora(args.models, tmp)
         results = {}
@@ -325,12 +338,15 @@ def main(argv=None) -> int:
         r = results[path]
         note = f"  ({args.lcm_steps} steps, guidance 1.5)" if path == "lcm" else ""
         print(f"{path:>11}: {r['frames_per_s']:8.3f} frames/s  {r['seconds']:8.2f} s  "
-              f"peak memory {r['peak_memory_mb']:9.1f} MB{note}")
-    official = results["official"]["frames_per_s"]
-    for path in paths[1:]:
-        print(f"speed-up {path} vs official: {results[path]['frames_per_s'] / official:.2f}x")
-    print(f"speed-up batched vs unoptimised: "
-          f"{results['batched']['frames_per_s'] / results['unoptimised']['frames_per_s']:.2f}x")
+              f"first batch {r['warmup_s']:7.2f} s  peak memory {r['peak_memory_mb']:9.1f} MB{note}")
+        print(json.dumps({"bench": "pipeline", "size": args.size, "device": args.device, "dtype": args.dtype,
+                          "batch": args.batch_size, **r}))
+    if "official" in results:
+        for path in [p for p in paths if p != "official"]:
+            print(f"speed-up {path} vs official: {results[path]['frames_per_s'] / results['official']['frames_per_s']:.2f}x")
+    if "batched" in results and "unoptimised" in results:
+        print(f"speed-up batched vs unoptimised: "
+              f"{results['batched']['frames_per_s'] / results['unoptimised']['frames_per_s']:.2f}x")
     if args.device.startswith("cuda"):
         peak = matmul_peak_tflops(torch.device(args.device))
         for path in [p for p in paths if p in ("batched", "compiled")]:
