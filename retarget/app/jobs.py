@@ -115,8 +115,17 @@ def controlled_bar(control: JobControl) -> type:
     return ControlledBar
 
 
+#: Threads of a job: the job's own thread and the workers the jobs start (pipeline load, prefetch, finish), all
+#: named with this prefix (one controlled job runs at a time, so they belong to it).
+JOB_THREAD_PREFIX = "retarget-"
+
+
+def _job_thread(thread_id: int, job_thread_id: int, name: str) -> bool:
+    return thread_id == job_thread_id or name.startswith(JOB_THREAD_PREFIX)
+
+
 class _ThreadRecords(logging.Handler):
-    """Collects the formatted messages of one thread's records."""
+    """Collects the formatted messages of one job's records: its own thread's and its workers'."""
 
     def __init__(self, thread_id: int):
         super().__init__(logging.WARNING)
@@ -125,7 +134,7 @@ class _ThreadRecords(logging.Handler):
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self.thread_id:
+        if _job_thread(record.thread, self.thread_id, record.threadName or ""):
             self.messages.append(self.format(record))
 
 
@@ -172,7 +181,9 @@ def start_job(function: Callable[[], object], control: JobControl | None = None)
             shown = warnings.showwarning
 
             def show(message, category, filename, lineno, file=None, line=None):
-                if threading.get_ident() == records.thread_id and Path(filename).is_relative_to(_PACKAGE):
+                current = threading.current_thread()
+                if (_job_thread(current.ident, records.thread_id, current.name)
+                        and Path(filename).is_relative_to(_PACKAGE)):
                     line_text = f"WARNING {Path(filename).stem}: {message}"
                     # Deprecations are for developers, not for the person in the page; repeats are shown once.
                     if not issubclass(category, _DEVELOPER_WARNINGS) and line_text not in records.messages:

@@ -105,6 +105,19 @@ def test_warnings_of_the_job_thread_are_collected():
     first = run(job, JobControl())
     assert first.value == "done" and first.warnings == ["WARNING retarget.test: frame 7 has two faces"]
 
+    from retarget.jobs.stages import run_stages
+
+    def staged():  # the jobs' worker threads (prefetch, finish) belong to the job
+        run_stages([0, 1], prepare=lambda item: log.warning("prefetch %d", item),
+                   process=lambda item, prepared: item,
+                   finish=lambda item, prepared, result: log.warning("finish %d", item))
+        return "staged"
+
+    staged_job = run(staged, JobControl())
+    assert staged_job.value == "staged"
+    assert sorted(staged_job.warnings) == [f"WARNING retarget.test: {stage} {i}" for stage in ("finish", "prefetch")
+                                           for i in (0, 1)]
+
     turned = np.array([56756, 32768, 0, -32768, 56756, 0, 0, 0, 1 << 30])  # 30 degrees in 16.16 fixed point
     second = run(partial(orientation_from_display_matrix, turned), JobControl())
     assert second.error is None
