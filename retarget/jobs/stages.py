@@ -15,8 +15,9 @@ k+1 prepared, item k processed, item k-1 being finished); callers size their chu
 Errors: an exception in a worker is raised again, unchanged, on the calling thread (so a job's one-line errors
 stay the same); an exception on the calling thread (including ``KeyboardInterrupt`` and the web app's cancel,
 which its progress bars raise in :func:`run_stages`'s ``done`` callback or in ``process``) stops the runner:
-nothing new is started, the ``finish`` already running completes (a chunk being saved is saved whole, so a resumed
-job keeps it), and the exception propagates. ``done`` runs on the calling thread, after the item's ``finish``.
+nothing new is prepared or processed, the ``finish`` already handed over runs to its end, whether or not the finish
+thread has started it (the item it saves was processed: a rendered chunk is saved whole, so a resumed job keeps
+it), and the exception propagates. ``done`` runs on the calling thread, after the item's ``finish``.
 
 Imports run one way: the jobs (``run``, ``edit``, the face scan) use this module; it uses none of them.
 """
@@ -72,11 +73,12 @@ def run_stages(items: Iterable, prepare: Callable, process: Callable, finish: Ca
             ahead = prefetcher.submit(fetch)
             item, prepared = got
             result = process(item, prepared)
+            handed = finisher.submit(finished, item, prepared, result)  # runs after the previous finish
             if behind is not None:
                 behind.result()
                 if done is not None:
                     done(behind_item)
-            behind, behind_item = finisher.submit(finished, item, prepared, result), item
+            behind, behind_item = handed, item
             count += 1
         if behind is not None:
             behind.result()
@@ -86,4 +88,4 @@ def run_stages(items: Iterable, prepare: Callable, process: Callable, finish: Ca
     finally:
         ahead.cancel()
         prefetcher.shutdown(wait=True, cancel_futures=True)
-        finisher.shutdown(wait=True, cancel_futures=True)
+        finisher.shutdown(wait=True)  # a finish already handed over still runs: its item's work is done

@@ -113,14 +113,16 @@ def test_worker_failure_is_one_line_keeps_finished_chunks_and_resumes(renders, m
     assert_one_line_error(code, err, "RuntimeError: disk full while saving")
     assert all(name.startswith("retarget-finish") for name in threads)  # saved on the finish thread
     manifest = json.loads((tmp_path / f"out.mp4{WORK_SUFFIX}" / "manifest.json").read_text())
-    assert sorted(manifest["chunks"]) == ["0"] and not out.exists()  # the finished chunk only
+    # chunk 1 failed; chunk 2 had rendered and been handed to the finish thread before the failure was seen, so it
+    # was saved as well
+    assert sorted(manifest["chunks"]) == ["0", "2"] and not out.exists()
     monkeypatch.setattr(ChunkedRender, "save_chunk", original)
     saved = []
     monkeypatch.setattr(ChunkedRender, "save_chunk",
                         lambda self, index, frames, **kw: saved.append(index) or original(self, index, frames, **kw))
     code, err = run_cli(argv, capsys)
     assert code == 0, err
-    assert saved == [1, 2]  # chunk 0 resumed from disk
+    assert saved == [1]  # chunks 0 and 2 resumed from disk
     np.testing.assert_array_equal(decoded(out), decoded(renders("edit", True)))
 
 
@@ -225,3 +227,26 @@ def test_runner_orders_bounds_and_propagates():
     with pytest.raises(ValueError, match="item 3"):
         run_stages(range(100), lambda i: started.append(i) or i, lambda i, p: p, broken)
     assert max(started) <= 6  # stopped within the items in flight
+
+
+def test_a_stop_in_done_still_saves_every_processed_item():
+    # The web app's cancel and Ctrl-C arrive in ``done`` (the progress bar) or in ``process``: every item already
+    # processed (a rendered chunk) is still finished (saved), whatever the finish thread was doing at that moment.
+    for stop_at in range(4):
+        processed, finished = [], []
+
+        def process(item, prepared):
+            processed.append(item)
+            return item
+
+        def finish(item, prepared, result):
+            time.sleep(0.05 if item == 0 else 0)  # the finish thread lags behind
+            finished.append(item)
+
+        def done(item):
+            if item == stop_at:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            run_stages(range(10), lambda i: i, process, finish, done=done)
+        assert finished == processed and len(processed) == stop_at + 2
