@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tests.cli.conftest import cli_models, media  # noqa: F401  (shared fixtures)
+from tests.cli.conftest import media  # noqa: F401  (shared fixture; cli_models is in tests/conftest.py)
 
 FAST = {"steps": 2, "guidance": 1.0}
 

