@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -89,14 +90,14 @@ def _unit_rows(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-class _AlignedJudge:
+class _AlignedJudge(ABC):
     """Shared alignment for judges that embed ArcFace-aligned crops; subclasses provide :meth:`embed_crops`."""
 
     name: str = ""
 
-    def embed_crops(self, crops: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+    @abstractmethod
+    def embed_crops(self, crops: np.ndarray) -> np.ndarray:
         """RGB uint8 ``[N, 112, 112, 3]`` aligned crops -> float32 ``[N, D]``, unit rows."""
-        raise NotImplementedError
 
     def embed(self, image: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
         return self.embed_many([image], np.asarray(keypoints, dtype=np.float32)[None])[0]
