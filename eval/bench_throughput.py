@@ -34,9 +34,11 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 PATHS = ("official", "unoptimised", "batched", "compiled", "lcm")
+E2E_ORDERS = ("staged", "sequential", "compiled")
 
 
 def _write_random_lcm_lora(models: str, folder: str) -> str:
@@ -74,6 +76,36 @@ def _inputs(frames: int, latent_shape, image_size: int, seed: int = 0):
     )
 
 
+def _to_uint8(images) -> np.ndarray:
+    """``[B, H, W, 3]`` images in [0, 1] (float) or already 8-bit, as uint8."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images
+    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+
+
+def compare_outputs(candidate: np.ndarray, reference: np.ndarray) -> dict:
+    """How far two renders of the same inputs are apart: grey levels (0-255) and PSNR (dB)."""
+    diff = np.abs(candidate.astype(np.int16) - reference.astype(np.int16))
+    mse = float((diff.astype(np.float64) ** 2).mean())
+    return {"max_abs": int(diff.max()), "mean_abs": round(float(diff.mean()), 4),
+            "psnr_db": float("inf") if mse == 0 else round(10 * np.log10(255.0**2 / mse), 2)}
+
+
+def _write_profile(render_batch, device, path: str, rows: int = 30) -> None:
+    """Profile one batch (torch.profiler) and write the operators and kernels by their own device time (CPU time
+    on the CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        render_batch()
+        _sync(device)
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    with open(path, "w") as handle:
+        handle.write(prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=70))
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -93,9 +125,12 @@ def run_path(args) -> dict:
         data = _inputs(args.frames, (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size), size)
 
         def render(count):
+            images = []
             for i in range(count):
-                recipe.render_one(data["id_embed"], data["expressions"][i], reference_image=data["reference"] if reference_on else None,
-                                  latents=data["latents"][i:i + 1], num_inference_steps=args.steps, guidance_scale=args.guidance)
+                images.append(recipe.render_one(
+                    data["id_embed"], data["expressions"][i], reference_image=data["reference"] if reference_on else None,
+                    latents=data["latents"][i:i + 1], num_inference_steps=args.steps, guidance_scale=args.guidance))
+            return np.stack([np.asarray(image) for image in images[:args.batch_size]])
     else:
         from retarget import ExpressionPipeline
 
@@ -110,10 +145,15 @@ def run_path(args) -> dict:
         data = _inputs(args.frames, pipe.latent_shape, pipe.image_size)
 
         def render(count):
+            first = None
             for start in range(0, count, args.batch_size):
                 stop = min(count, start + args.batch_size)
-                pipe(data["id_embed"], data["expressions"][start:stop], reference_image=data["reference"] if reference_on else None,
-                     latents=data["latents"][start:stop], num_inference_steps=args.steps, guidance_scale=args.guidance)
+                images = pipe(data["id_embed"], data["expressions"][start:stop],
+                              reference_image=data["reference"] if reference_on else None,
+                              latents=data["latents"][start:stop], num_inference_steps=args.steps,
+                              guidance_scale=args.guidance).images
+                first = images if first is None else first
+            return first
 
     begin = time.perf_counter()
     render(min(args.warmup, args.frames))  # warm-up (kernels, allocator, compile)
@@ -124,21 +164,27 @@ def run_path(args) -> dict:
     rounds = []
     for _ in range(args.repeats):  # the fastest round: the least disturbed by other work on a shared machine
         start = time.perf_counter()
-        render(args.frames)
+        first_batch = render(args.frames)
         _sync(device)
         rounds.append(time.perf_counter() - start)
     seconds = min(rounds)
+    peak_memory_mb = _peak_memory_mb(device)
+    if args.save_output:  # the first batch as 8-bit images, for comparing the paths' results
+        np.save(args.save_output, _to_uint8(first_batch))
+    if args.profile:
+        _write_profile(lambda: render(min(args.batch_size, args.frames)), device, args.profile)
     return {"path": args.path, "frames": args.frames, "seconds": seconds, "frames_per_s": args.frames / seconds,
-            "warmup_s": warmup_seconds, "peak_memory_mb": _peak_memory_mb(device)}
+            "warmup_s": warmup_seconds, "peak_memory_mb": peak_memory_mb}
 
 
-def flops_per_frame(models, base_model, steps: int, guidance: float, reference_on: bool) -> float:
+def flops_per_frame(models, base_model, steps: int, guidance: float, reference_on: bool, device="cpu",
+                    dtype=torch.float32) -> float:
     """FLOPs of one output frame: steps x UNet (x2 with CFG) + VAE decode + (reference pass, amortised away)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from retarget import ExpressionPipeline
 
-    pipe = ExpressionPipeline.from_pretrained(models, base_model, device="cpu", dtype=torch.float32)
+    pipe = ExpressionPipeline.from_pretrained(models, base_model, device=device, dtype=dtype)
     data = _inputs(1, pipe.latent_shape, pipe.image_size)
     pipe(data["id_embed"], data["expressions"], reference_image=data["reference"] if reference_on else None,
          latents=data["latents"], num_inference_steps=1, guidance_scale=guidance)  # reference cached now
@@ -180,6 +226,16 @@ def e2e_child(argv: list[str]) -> dict:
     return last_job().summary()
 
 
+def write_models(folder: str, size: str) -> dict:
+    """Random weights of ``size`` (fp16 at full size) with the face models under ``folder``; their folders."""
+    from retarget.testing.checkpoints import write_random_checkpoint
+    from retarget.testing.face_models import write_random_face_models
+
+    ckpt = write_random_checkpoint(folder, size=size, dtype=torch.float16 if size == "full" else torch.float32)
+    write_random_face_models(ckpt.models_dir)
+    return {"models": str(ckpt.models_dir), "base_model": str(ckpt.base_dir)}
+
+
 def e2e_inputs(args, folder: str) -> tuple[str, str, str, str]:
     """(models, base_model, clip, photo) for the end-to-end mode, writing what was not given into ``folder``."""
     from fractions import Fraction
@@ -191,13 +247,8 @@ def e2e_inputs(args, folder: str) -> tuple[str, str, str, str]:
 
     models, base = args.models, args.base_model
     if not models:
-        from retarget.testing.checkpoints import write_random_checkpoint
-        from retarget.testing.face_models import write_random_face_models
-
-        ckpt = write_random_checkpoint(folder, size=args.size,
-                                       dtype=torch.float16 if args.size == "full" else torch.float32)
-        write_random_face_models(ckpt.models_dir)
-        models, base = str(ckpt.models_dir), str(ckpt.base_dir)
+        written = write_models(folder, args.size)
+        models, base = written["models"], written["base_model"]
     clip = args.e2e or str(write_clip(Path(folder) / "synthetic.mp4",
                                       moving_face_frames(args.synthetic_frames, width=320, height=240),
                                       Fraction(args.synthetic_fps)))
@@ -210,7 +261,10 @@ def e2e_inputs(args, folder: str) -> tuple[str, str, str, str]:
 
 def e2e(args) -> int:
     """The end-to-end comparison (see the module doc); prints JSON lines and a table."""
-    orders = ["staged", "sequential"] if args.order == "both" else [args.order]
+    orders = ["staged", "sequential"] if args.order == "both" else [o.strip() for o in args.order.split(",")]
+    unknown = sorted(set(orders) - set(E2E_ORDERS))
+    if unknown:
+        raise SystemExit(f"--order: unknown {', '.join(unknown)} (choose from {', '.join(E2E_ORDERS)} or both)")
     commands = [c.strip() for c in args.commands.split(",") if c.strip()]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -222,7 +276,7 @@ def e2e(args) -> int:
                         "--steps", str(args.steps), "--guidance", str(args.guidance), "--batch-size",
                         str(args.batch_size), "--chunk-size", str(args.chunk_size), "--device", args.device,
                         "--dtype", args.dtype, "--no-progress"] + (["--base-model", base] if base else []) \
-                    + ([] if order == "staged" else ["--no-overlap"])
+                    + {"staged": [], "sequential": ["--no-overlap"], "compiled": ["--compile"]}[order]
                 begin = time.perf_counter()
                 child = [sys.executable, "-m", "eval.bench_throughput", "--e2e-child", json.dumps(argv)]
                 done = subprocess.run(child, capture_output=True, text=True)
@@ -246,11 +300,13 @@ def e2e(args) -> int:
               f"{r['frames_per_s']:>8.3f} {r['first_frame_s']:>8.2f} "
               + " ".join(f"{r['busy_s'][name]:>7.2f}" for name in stages) + f" {gpu:>8} {r['peak_host_mib']:>8.0f}")
     for command in commands:
-        pair = {r["order"]: r for r in results if r["command"] == command}
-        if len(pair) == 2:
-            print(f"speed-up staged vs sequential, {command}: "
-                  f"{pair['staged']['command_frames_per_s'] / pair['sequential']['command_frames_per_s']:.2f}x "
-                  f"(whole command), {pair['staged']['frames_per_s'] / pair['sequential']['frames_per_s']:.2f}x (job)")
+        by_order = {r["order"]: r for r in results if r["command"] == command}
+        for faster, slower in (("staged", "sequential"), ("compiled", "staged")):
+            if faster in by_order and slower in by_order:
+                a, b = by_order[faster], by_order[slower]
+                print(f"speed-up {faster} vs {slower}, {command}: "
+                      f"{a['command_frames_per_s'] / b['command_frames_per_s']:.2f}x (whole command), "
+                      f"{a['frames_per_s'] / b['frames_per_s']:.2f}x (job)")
     return 0
 
 
@@ -259,8 +315,9 @@ def main(argv=None) -> int:
     parser.add_argument("--e2e", nargs="?", const="", default=None, metavar="CLIP",
                         help="end to end: time `retarget run`/`edit` on CLIP (default: a synthetic clip)")
     parser.add_argument("--identity", help="(--e2e) identity photo (default: the synthetic face photo)")
-    parser.add_argument("--order", choices=["staged", "sequential", "both"], default="both",
-                        help="(--e2e) overlapped stages, --no-overlap, or both (default)")
+    parser.add_argument("--order", default="both",
+                        help="(--e2e) comma-separated: staged (overlapped stages), sequential (--no-overlap), "
+                             "compiled (staged with --compile); both = staged,sequential (default)")
     parser.add_argument("--commands", default="run,edit", help="(--e2e) commands to time (default run,edit)")
     parser.add_argument("--chunk-size", type=int, default=16, help="(--e2e) --chunk-size of the commands")
     parser.add_argument("--synthetic-frames", type=int, default=48, help="(--e2e) frames of the synthetic clip")
@@ -284,11 +341,25 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=None,
                         help="time the clip this many times per path and keep the fastest (default 3 tiny, 1 full)")
+    parser.add_argument("--compare", action="store_true",
+                        help="save each path's first batch and print how far it is from the batched path's (grey "
+                             "levels, PSNR); with --fp32-reference also from an fp32 render of the unoptimised path")
+    parser.add_argument("--fp32-reference", action="store_true",
+                        help="(with --compare) also render the first batch with the unoptimised path in fp32")
+    parser.add_argument("--profile-dir", help="write a torch.profiler table of one batch of the batched path here")
+    parser.add_argument("--write-models", metavar="DIR",
+                        help="only write random weights of --size with the face models into DIR and print their "
+                             "folders as JSON (reuse them with --models/--base-model)")
     parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--lcm-lora", help=argparse.SUPPRESS)
+    parser.add_argument("--save-output", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.e2e_child:  # child process: one command
         print(json.dumps(e2e_child(json.loads(args.e2e_child))))
+        return 0
+    if args.write_models:
+        print(json.dumps(write_models(args.write_models, args.size)))
         return 0
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     if args.e2e is not None:
@@ -316,20 +387,51 @@ def main(argv=None) -> int:
             args.lcm_steps = args.lcm_steps or (6 if "lcm" in paths else 0)
         if args.lcm_steps > 0:
             args.lcm_lora = _write_random_lcm_lora(args.models, tmp)
-        results = {}
-        for path in paths:
+        results, outputs = {}, {}
+
+        def child(path, dtype=args.dtype, frames=args.frames, warmup=args.warmup, repeats=args.repeats, tag=None):
             cmd = [sys.executable, "-m", "eval.bench_throughput", "--path", path, "--models", args.models,
-                   "--frames", str(args.frames), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+                   "--frames", str(frames), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                    "--guidance", str(args.guidance), "--reference", args.reference, "--device", args.device,
-                   "--dtype", args.dtype, "--warmup", str(args.warmup), "--lcm-steps", str(args.lcm_steps),
-                   "--repeats", str(args.repeats)]
+                   "--dtype", dtype, "--warmup", str(warmup), "--lcm-steps", str(args.lcm_steps),
+                   "--repeats", str(repeats)]
             if args.base_model:
                 cmd += ["--base-model", args.base_model]
             if path == "lcm":
                 cmd += ["--lcm-lora", args.lcm_lora]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            results[path] = json.loads(out.strip().splitlines()[-1])
-        flops = flops_per_frame(args.models, args.base_model, args.steps, args.guidance, args.reference == "on")
+            if args.compare:
+                outputs[tag or path] = f"{tmp}/{tag or path}.npy"
+                cmd += ["--save-output", outputs[tag or path]]
+            if args.profile_dir and path == "batched":
+                cmd += ["--profile", f"{args.profile_dir}/profile_batched.txt"]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"path {tag or path} failed:\n{done.stderr[-3000:]}")
+            return json.loads(done.stdout.strip().splitlines()[-1])
+
+        for path in paths:
+            results[path] = child(path)
+            r = results[path]
+            print(f"{path:>11}: {r['frames_per_s']:8.3f} frames/s, first batch {r['warmup_s']:.2f} s, "
+                  f"peak memory {r['peak_memory_mb']:.0f} MB", flush=True)
+        if args.compare and args.fp32_reference:
+            child("unoptimised", dtype="fp32", frames=min(args.frames, args.batch_size, 4), warmup=0, repeats=1,
+                  tag="fp32")
+        flops = flops_per_frame(args.models, args.base_model, args.steps, args.guidance, args.reference == "on",
+                                device=args.device, dtype=_dtype(args.dtype))
+        differences = {}
+        if args.compare and "batched" in outputs:
+            batched = np.load(outputs["batched"])
+            for name, file in outputs.items():
+                if name != "batched":
+                    other = np.load(file)
+                    count = min(len(other), len(batched))
+                    differences[f"{name} vs batched"] = compare_outputs(other[:count], batched[:count])
+            if "fp32" in outputs and "unoptimised" in outputs:
+                fp32, unoptimised = np.load(outputs["fp32"]), np.load(outputs["unoptimised"])
+                count = min(len(fp32), len(unoptimised))
+                differences[f"unoptimised vs fp32 ({args.dtype} noise)"] = compare_outputs(unoptimised[:count],
+                                                                                           fp32[:count])
 
     print(f"size={args.size} device={args.device} dtype={args.dtype} steps={args.steps} guidance={args.guidance} "
           f"reference={args.reference} frames={args.frames} batch={args.batch_size} best of {args.repeats}")
@@ -347,6 +449,10 @@ def main(argv=None) -> int:
     if "batched" in results and "unoptimised" in results:
         print(f"speed-up batched vs unoptimised: "
               f"{results['batched']['frames_per_s'] / results['unoptimised']['frames_per_s']:.2f}x")
+    for name, difference in differences.items():
+        print(f"difference {name}: max {difference['max_abs']} grey levels, mean {difference['mean_abs']}, "
+              f"PSNR {difference['psnr_db']} dB")
+        print(json.dumps({"bench": "difference", "pair": name, **difference}))
     if args.device.startswith("cuda"):
         peak = matmul_peak_tflops(torch.device(args.device))
         for path in [p for p in paths if p in ("batched", "compiled")]:

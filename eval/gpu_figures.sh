@@ -2,24 +2,48 @@
 # Every GPU figure of the README's Benchmarks section in one run, on random weights of the published sizes:
 #   bash eval/gpu_figures.sh            # SD1.5-sized weights, bf16 (a GPU with >= 16 GB)
 #   SIZE=tiny DTYPE=fp32 bash eval/gpu_figures.sh   # the same steps at tiny size (a check of the script, any machine)
-# 1. the pipeline paths at batch 16 (official recipe, unoptimised, batched, compiled, LCM 6 steps), with FLOPs and
-#    the share of the measured matmul peak; 2. the same compiled path again in a new process (the persistent compile
-#    cache: the second run's first batch shows the compile cost left); 3. `retarget run` end to end on a synthetic
-#    clip (FRAMES frames at 30 fps, default 300 = 10 s), overlapped stages against --no-overlap.
-# Each step prints its own table; the JSON lines can be collected with `grep '^{'`.
-set -euo pipefail
+# 0. the weights, written once (random, published sizes, with the face models) into WORK;
+# 1. the pipeline paths at batch BATCH (PATHS; default unoptimised, batched, compiled, LCM at 6 steps), with FLOPs,
+#    the share of the measured matmul peak, how far each path's first batch is from the batched path's and from an
+#    fp32 render, and a torch.profiler table of one batched batch (PROFILE_DIR);
+# 2. the same compiled path again in a new process (the persistent compile cache: the second run's first batch
+#    shows the compile cost left);
+# 3. `retarget run` end to end on a synthetic clip (FRAMES frames at 30 fps, default 300 = 10 s): overlapped stages,
+#    --no-overlap, and overlapped with --compile (ORDERS).
+# Each step prints its own table; the JSON lines can be collected with `grep '^{'`. TIMEOUT1..3 (seconds) bound
+# steps 1-3, so one slow step still leaves the others' figures.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 size=${SIZE:-full}
 dtype=${DTYPE:-bf16}
 frames=${FRAMES:-300}
 batch=${BATCH:-16}
+paths=${PATHS:-unoptimised,batched,compiled,lcm}
+orders=${ORDERS:-staged,sequential,compiled}
+work=${WORK:-$(mktemp -d)}
+profile_dir=${PROFILE_DIR:-$work}
 python=${PYTHON:-python}
-echo "== 1. pipeline paths, batch $batch, $size, $dtype"
-"$python" -m eval.bench_throughput --size "$size" --dtype "$dtype" --batch-size "$batch" --frames "$batch" \
-    --repeats 1 --warmup "$batch" --compile --lcm-steps 6
-echo "== 2. compiled path again (persistent compile cache)"
-"$python" -m eval.bench_throughput --size "$size" --dtype "$dtype" --batch-size "$batch" --frames "$batch" \
-    --repeats 1 --warmup "$batch" --paths compiled
-echo "== 3. retarget run end to end, $frames frames at 30 fps"
-"$python" -m eval.bench_throughput --e2e --size "$size" --dtype "$dtype" --batch-size "$batch" --chunk-size 64 \
-    --synthetic-frames "$frames" --synthetic-fps 30 --commands run --order both
+step() {  # step SECONDS COMMAND...
+    local seconds=$1; shift
+    timeout --signal=INT --kill-after=20 "$seconds" "$@" || echo "== step failed or timed out (exit $?)"
+}
+
+echo "== 0. weights ($size) in $work"
+start=$(date +%s)
+folders=$("$python" -m eval.bench_throughput --write-models "$work/weights" --size "$size") || exit 1
+models=$("$python" -c 'import json, sys; print(json.loads(sys.argv[1])["models"])' "$folders")
+base=$("$python" -c 'import json, sys; print(json.loads(sys.argv[1])["base_model"])' "$folders")
+echo "weights written in $(( $(date +%s) - start )) s"
+common=(--size "$size" --dtype "$dtype" --batch-size "$batch" --models "$models" --base-model "$base")
+
+echo "== 1. pipeline paths, batch $batch, $size, $dtype: $paths"
+step "${TIMEOUT1:-1800}" "$python" -m eval.bench_throughput "${common[@]}" --frames "$batch" --repeats 1 \
+    --warmup "$batch" --paths "$paths" --compare --fp32-reference --profile-dir "$profile_dir"
+if [[ ",$paths," == *",compiled,"* ]]; then
+    echo "== 2. compiled path again (persistent compile cache)"
+    step "${TIMEOUT2:-900}" "$python" -m eval.bench_throughput "${common[@]}" --frames "$batch" --repeats 1 \
+        --warmup "$batch" --paths compiled
+fi
+echo "== 3. retarget run end to end, $frames frames at 30 fps: $orders"
+step "${TIMEOUT3:-1800}" "$python" -m eval.bench_throughput --e2e "${common[@]}" --chunk-size 64 --synthetic-frames "$frames" \
+    --synthetic-fps 30 --commands run --order "$orders"
