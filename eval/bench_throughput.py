@@ -281,13 +281,16 @@ def e2e(args) -> int:
                 child = [sys.executable, "-m", "eval.bench_throughput", "--e2e-child", json.dumps(argv)]
                 done = subprocess.run(child, capture_output=True, text=True)
                 seconds = time.perf_counter() - begin
-                if done.returncode != 0:
-                    raise SystemExit(f"{command} ({order}) failed:\n{done.stderr[-3000:]}")
+                if done.returncode != 0:  # report it and go on with the others
+                    print(f"{command} ({order}) failed:\n{done.stderr[-3000:]}", flush=True)
+                    continue
                 record = json.loads(done.stdout.strip().splitlines()[-1])
                 record.update(order=order, command_s=round(seconds, 3),
                               command_frames_per_s=round(record["frames"] / seconds, 4))
                 results.append(record)
                 print(json.dumps(record), flush=True)
+    if not results:
+        raise SystemExit("every command failed")
     print(f"\nclip={clip} size={args.size} device={args.device} dtype={args.dtype} steps={args.steps} "
           f"batch={args.batch_size} chunk={args.chunk_size}")
     stages = list(results[0]["busy_s"])
@@ -405,13 +408,17 @@ def main(argv=None) -> int:
             if args.profile_dir and path == "batched":
                 cmd += ["--profile", f"{args.profile_dir}/profile_batched.txt"]
             done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise SystemExit(f"path {tag or path} failed:\n{done.stderr[-3000:]}")
+            if done.returncode != 0:  # report it and go on with the other paths
+                print(f"path {tag or path} failed:\n{done.stderr[-3000:]}", flush=True)
+                outputs.pop(tag or path, None)
+                return None
             return json.loads(done.stdout.strip().splitlines()[-1])
 
         for path in paths:
-            results[path] = child(path)
-            r = results[path]
+            r = child(path)
+            if r is None:
+                continue
+            results[path] = r
             print(f"{path:>11}: {r['frames_per_s']:8.3f} frames/s, first batch {r['warmup_s']:.2f} s, "
                   f"peak memory {r['peak_memory_mb']:.0f} MB", flush=True)
         if args.compare and args.fp32_reference:
@@ -436,6 +443,9 @@ def main(argv=None) -> int:
     print(f"size={args.size} device={args.device} dtype={args.dtype} steps={args.steps} guidance={args.guidance} "
           f"reference={args.reference} frames={args.frames} batch={args.batch_size} best of {args.repeats}")
     print(f"FLOPs per frame: {flops / 1e12:.4f} TFLOP")
+    paths = [path for path in paths if path in results]
+    if not paths:
+        raise SystemExit("every path failed")
     for path in paths:
         r = results[path]
         note = f"  ({args.lcm_steps} steps, guidance 1.5)" if path == "lcm" else ""
