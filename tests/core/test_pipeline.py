@@ -193,3 +193,26 @@ def test_low_precision_weights_track_fp32(tiny_checkpoint, pipe, inputs):
     full = pipe(inputs["ids"][0], inputs["expressions"][:2], **kw).images
     assert low.dtype == np.float32 and low.shape == full.shape
     assert np.abs(low - full).mean() < 0.02
+
+
+def test_a_pipeline_that_rendered_other_jobs_renders_like_a_fresh_one(tiny_checkpoint, inputs):
+    """What a pipeline keeps between calls (identity prompt, reference features and their keys/values, folded
+    LoRA weights) never leaks into a later job: after jobs with other references, scales, steps, guidance and
+    batch sizes, a job's faces are bit-identical to a fresh pipeline's."""
+    from retarget import ExpressionPipeline
+
+    def load():
+        return ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+
+    ids, expressions, latents, ref = inputs["ids"], inputs["expressions"], inputs["latents"], inputs["reference"]
+    job = dict(reference_image=ref, reference_scale=0.8, expression_scale=1.5, num_inference_steps=2,
+               guidance_scale=1.0, latents=latents)
+    fresh = load()(ids[0], expressions, **job).images
+    warm = load()
+    for _ in range(2):  # new banks may reuse the memory (and id()) of freed ones
+        warm(ids[1], expressions[:2], reference_image=255 - ref, reference_scale=0.3, num_inference_steps=1,
+             guidance_scale=2.0, latents=latents[:2])
+        warm(ids, expressions, reference_image=[ref, 255 - ref, ref], reference_scale=1.0, num_inference_steps=1,
+             latents=latents)
+        warm(ids[2], expressions[:1], num_inference_steps=1, latents=latents[:1])
+        np.testing.assert_array_equal(warm(ids[0], expressions, **job).images, fresh)
