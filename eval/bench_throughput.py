@@ -8,14 +8,19 @@
 release's demo recipe, :mod:`eval.official_recipe`). (b) ``unoptimised``: :class:`retarget.ExpressionPipeline` on
 a whole clip in batches, reference features computed once, the reference LoRA computed by peft and separate
 Q/K/V projections. (c) ``batched``: the same with the default speed settings (LoRA folded into the weights, fused
-self-attention Q/K/V, channels-last on CUDA). (d) ``compiled`` (``--compile``): (c) with ``torch.compile``
-(inductor). (e) ``lcm`` (``--lcm-steps N``): (c) with a random LCM-LoRA of the published layout, N steps,
-guidance 1.5. Each path runs in its own process so its peak memory is its own. Also prints the FLOPs of one frame (torch FlopCounterMode) and, on CUDA, the share of the measured
-bf16 matmul peak that the batched path reaches. ``--models``/``--base-model`` run on real weights instead.
+self-attention Q/K/V). (c') ``channels-last`` (only with ``--paths``): (c) with the UNet and VAE in channels-last.
+(d) ``compiled`` (``--compile``): (c) with ``torch.compile`` (inductor; the UNet in channels-last). (e) ``lcm``
+(``--lcm-steps N``): (c) with a random LCM-LoRA of the published layout, N steps, guidance 1.5. Each path runs in
+its own process so its peak memory is its own. Also prints the FLOPs of one frame (torch FlopCounterMode) and, on
+CUDA, the share of the measured bf16 matmul peak that the batched and compiled paths reach. ``--compare`` prints how
+far each path's first batch is from the batched path's (and, with ``--fp32-reference``, the dtype's own noise
+against an fp32 render); ``--profile-dir`` writes a torch.profiler table of one batched batch.
+``--models``/``--base-model`` run on real weights instead.
 
 End to end (``--e2e [CLIP]``): the command line itself (``retarget run``, and ``retarget edit`` with the photo as
 the expression source; ``--commands``), each in a fresh process, with the overlapped stages (``staged``) and with
-``--no-overlap`` (``sequential``, the same code one stage after another; ``--order`` picks one or both). Without
+``--no-overlap`` (``sequential``, the same code one stage after another) and staged with ``--compile``
+(``compiled``); ``--order`` picks them. Without
 CLIP a synthetic clip of a moving face (:mod:`retarget.testing.media`, ``--synthetic-frames``) is used, without
 ``--identity`` the synthetic face photo. Weights: random of ``--size`` with the face models
 (:mod:`retarget.testing`), or ``--models``/``--base-model``. Per command and order it prints one JSON line (frames,
@@ -37,7 +42,7 @@ import time
 import numpy as np
 import torch
 
-PATHS = ("official", "unoptimised", "batched", "compiled", "lcm")
+PATHS = ("official", "unoptimised", "batched", "channels-last", "compiled", "lcm")
 E2E_ORDERS = ("staged", "sequential", "compiled")
 
 
@@ -137,6 +142,8 @@ def run_path(args) -> dict:
         pipe = ExpressionPipeline.from_pretrained(args.models, args.base_model, device=device, dtype=dtype)
         if args.path == "unoptimised":
             pipe.optimize(fold_lora=False, fuse_qkv=False, channels_last=False)
+        if args.path == "channels-last":
+            pipe.optimize(channels_last=True)
         if args.path == "compiled":
             pipe.compile()
         if args.path == "lcm":
@@ -456,16 +463,17 @@ def main(argv=None) -> int:
     if "official" in results:
         for path in [p for p in paths if p != "official"]:
             print(f"speed-up {path} vs official: {results[path]['frames_per_s'] / results['official']['frames_per_s']:.2f}x")
-    if "batched" in results and "unoptimised" in results:
-        print(f"speed-up batched vs unoptimised: "
-              f"{results['batched']['frames_per_s'] / results['unoptimised']['frames_per_s']:.2f}x")
+    if "unoptimised" in results:
+        for path in [p for p in paths if p not in ("official", "unoptimised")]:
+            print(f"speed-up {path} vs unoptimised: "
+                  f"{results[path]['frames_per_s'] / results['unoptimised']['frames_per_s']:.2f}x")
     for name, difference in differences.items():
         print(f"difference {name}: max {difference['max_abs']} grey levels, mean {difference['mean_abs']}, "
               f"PSNR {difference['psnr_db']} dB")
         print(json.dumps({"bench": "difference", "pair": name, **difference}))
     if args.device.startswith("cuda"):
         peak = matmul_peak_tflops(torch.device(args.device))
-        for path in [p for p in paths if p in ("batched", "compiled")]:
+        for path in [p for p in paths if p in ("batched", "channels-last", "compiled")]:
             achieved = flops * results[path]["frames_per_s"] / 1e12
             print(f"bf16 matmul peak {peak:.0f} TFLOP/s; {path} path {achieved:.0f} TFLOP/s = "
                   f"{100 * achieved / peak:.1f}% of peak")

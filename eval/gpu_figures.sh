@@ -3,9 +3,9 @@
 #   bash eval/gpu_figures.sh            # SD1.5-sized weights, bf16 (a GPU with >= 16 GB)
 #   SIZE=tiny DTYPE=fp32 bash eval/gpu_figures.sh   # the same steps at tiny size (a check of the script, any machine)
 # 0. the weights, written once (random, published sizes, with the face models) into WORK;
-# 1. the pipeline paths at batch BATCH (PATHS; default unoptimised, batched, compiled, LCM at 6 steps), with FLOPs,
-#    the share of the measured matmul peak, how far each path's first batch is from the batched path's and from an
-#    fp32 render, and a torch.profiler table of one batched batch (PROFILE_DIR);
+# 1. the pipeline paths at batch BATCH (PATHS; default batched, channels-last, unoptimised, compiled, LCM at 6 steps),
+#    with FLOPs, the share of the measured matmul peak, how far each path's first batch is from the batched path's
+#    and from an fp32 render, and a torch.profiler table of one batched batch (PROFILE_DIR);
 # 2. the same compiled path again in a new process (the persistent compile cache: the second run's first batch
 #    shows the compile cost left);
 # 3. `retarget run` end to end on a synthetic clip (FRAMES frames at 30 fps, default 300 = 10 s): overlapped stages,
@@ -18,7 +18,7 @@ size=${SIZE:-full}
 dtype=${DTYPE:-bf16}
 frames=${FRAMES:-300}
 batch=${BATCH:-16}
-paths=${PATHS:-unoptimised,batched,compiled,lcm}
+paths=${PATHS:-batched,channels-last,unoptimised,compiled,lcm}
 orders=${ORDERS:-staged,sequential,compiled}
 work=${WORK:-$(mktemp -d)}
 profile_dir=${PROFILE_DIR:-$work}

@@ -61,6 +61,9 @@ def test_compiled_unet_traces_once_for_every_batch_and_clip(tiny_checkpoint):
 
     eager = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
     eager.static_batch_size = BATCH  # the same padded shapes, without compiling
+    assert compiled.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)  # compile() sets it
+    assert not compiled.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)  # eager VAE
+    torch.nn.Module.to(eager.unet, memory_format=torch.channels_last)  # the same weights' layout, eager
     assert np.array_equal(a, _render(eager, first, 0.8, 1.0))
     assert np.array_equal(b, _render(eager, second, 0.5, 0.6))
     assert a.shape == (7, 32, 32, 3) and b.shape == (5, 32, 32, 3)

@@ -106,6 +106,8 @@ def test_fused_projection_skips_lora_while_it_is_active(tiny_checkpoint, clip):
 
 
 def test_channels_last_equals_contiguous(pipe, clip):
+    assert pipe.unet.conv_in.weight.is_contiguous()  # off by default (eager channels-last is slower on CUDA)
+    assert pipe.vae.decoder.conv_in.weight.is_contiguous()
     contiguous = _render(pipe, clip)
     pipe.optimize(channels_last=True)
     try:
