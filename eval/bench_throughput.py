@@ -381,20 +381,20 @@ def main(argv=None) -> int:
         print(json.dumps(run_path(args)))
         return 0
 
+    paths = ["official", "unoptimised", "batched"] + ["compiled"] * args.compile + ["lcm"] * (args.lcm_steps > 0)
+    if args.paths:
+        wanted = [p.strip() for p in args.paths.split(",") if p.strip()]
+        unknown = sorted(set(wanted) - set(PATHS))
+        if unknown:
+            parser.error(f"--paths: unknown path(s) {', '.join(unknown)} (choose from {', '.join(PATHS)})")
+        paths = wanted
+        args.lcm_steps = args.lcm_steps or (6 if "lcm" in paths else 0)
     with tempfile.TemporaryDirectory() as tmp:
         if not args.models:
             from retarget.testing.checkpoints import write_random_checkpoint
 
             ckpt = write_random_checkpoint(tmp, size=args.size, dtype=torch.float16 if args.size == "full" else torch.float32)
             args.models, args.base_model = str(ckpt.models_dir), str(ckpt.base_dir)
-        paths = ["official", "unoptimised", "batched"] + ["compiled"] * args.compile + ["lcm"] * (args.lcm_steps > 0)
-        if args.paths:
-            wanted = [p.strip() for p in args.paths.split(",") if p.strip()]
-            unknown = sorted(set(wanted) - set(PATHS))
-            if unknown:
-                parser.error(f"--paths: unknown path(s) {', '.join(unknown)} (choose from {', '.join(PATHS)})")
-            paths = wanted
-            args.lcm_steps = args.lcm_steps or (6 if "lcm" in paths else 0)
         if args.lcm_steps > 0:
             args.lcm_lora = _write_random_lcm_lora(args.models, tmp)
         results, outputs = {}, {}

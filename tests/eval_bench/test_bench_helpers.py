@@ -1,0 +1,47 @@
+"""The throughput benchmark's own arithmetic: how far two renders are apart, and its argument checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from eval.bench_throughput import _to_uint8, compare_outputs, main
+
+
+def test_identical_renders_are_zero_apart():
+    images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+    assert compare_outputs(images, images.copy()) == {"max_abs": 0, "mean_abs": 0.0, "psnr_db": math.inf}
+
+
+def test_difference_equals_the_closed_form():
+    reference = np.full((1, 2, 2, 3), 100, np.uint8)
+    candidate = reference.copy()
+    candidate[0, 0, 0, 0] = 110  # one value of 12 off by 10
+    candidate[0, 1, 1, 2] = 97  # and one by -3
+    difference = compare_outputs(candidate, reference)
+    mse = (10**2 + 3**2) / 12
+    assert difference["max_abs"] == 10
+    assert difference["mean_abs"] == round(13 / 12, 4)
+    assert difference["psnr_db"] == round(10 * math.log10(255**2 / mse), 2)
+    assert compare_outputs(reference, candidate) == difference  # symmetric; no uint8 wrap-around
+
+
+def test_float_images_round_to_8_bit():
+    images = np.array([[[[0.0, 0.5, 1.0]]]], np.float32)
+    np.testing.assert_array_equal(_to_uint8(images), [[[[0, 128, 255]]]])
+    np.testing.assert_array_equal(_to_uint8(np.array([[[[-0.2, 1.3, 0.498]]]])), [[[[0, 255, 127]]]])
+    already = np.array([[[[1, 2, 3]]]], np.uint8)
+    assert _to_uint8(already) is already
+
+
+def test_unknown_end_to_end_order_is_refused():
+    with pytest.raises(SystemExit, match="unknown fast"):
+        main(["--e2e", "--order", "staged,fast"])
+
+
+def test_unknown_path_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["--paths", "batched,fastest"])
+    assert "unknown path(s) fastest" in capsys.readouterr().err
