@@ -14,7 +14,8 @@ self-attention Q/K/V). (c') ``channels-last`` (only with ``--paths``): (c) with 
 its own process so its peak memory is its own. Also prints the FLOPs of one frame (torch FlopCounterMode) and, on
 CUDA, the share of the measured bf16 matmul peak that the batched and compiled paths reach. ``--compare`` prints how
 far each path's first batch is from the batched path's (and, with ``--fp32-reference``, the dtype's own noise
-against an fp32 render); ``--profile-dir`` writes a torch.profiler table of one batched batch.
+against an fp32 render); ``--profile-dir`` writes a torch.profiler table of one batch of the batched and the
+compiled path.
 ``--models``/``--base-model`` run on real weights instead.
 
 End to end (``--e2e [CLIP]``): the command line itself (``retarget run``, and ``retarget edit`` with the photo as
@@ -356,7 +357,8 @@ def main(argv=None) -> int:
                              "levels, PSNR); with --fp32-reference also from an fp32 render of the unoptimised path")
     parser.add_argument("--fp32-reference", action="store_true",
                         help="(with --compare) also render the first batch with the unoptimised path in fp32")
-    parser.add_argument("--profile-dir", help="write a torch.profiler table of one batch of the batched path here")
+    parser.add_argument("--profile-dir", help="write a torch.profiler table of one batch of the batched and the "
+                                              "compiled path here (profile_<path>.txt)")
     parser.add_argument("--write-models", metavar="DIR",
                         help="only write random weights of --size with the face models into DIR and print their "
                              "folders as JSON (reuse them with --models/--base-model)")
@@ -412,8 +414,8 @@ def main(argv=None) -> int:
             if args.compare:
                 outputs[tag or path] = f"{tmp}/{tag or path}.npy"
                 cmd += ["--save-output", outputs[tag or path]]
-            if args.profile_dir and path == "batched":
-                cmd += ["--profile", f"{args.profile_dir}/profile_batched.txt"]
+            if args.profile_dir and path in ("batched", "compiled") and tag is None:
+                cmd += ["--profile", f"{args.profile_dir}/profile_{path}.txt"]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:  # report it and go on with the other paths
                 print(f"path {tag or path} failed:\n{done.stderr[-3000:]}", flush=True)

@@ -5,13 +5,15 @@
 # 0. the weights, written once (random, published sizes, with the face models) into WORK;
 # 1. the pipeline paths at batch BATCH (PATHS; default batched, channels-last, unoptimised, compiled, LCM at 6 steps),
 #    with FLOPs, the share of the measured matmul peak, how far each path's first batch is from the batched path's
-#    and from an fp32 render, and a torch.profiler table of one batched batch (PROFILE_DIR);
+#    and from an fp32 render, and torch.profiler tables of one batched and one compiled batch (PROFILE_DIR);
 # 2. the same compiled path again in a new process (the persistent compile cache: the second run's first batch
 #    shows the compile cost left);
 # 3. `retarget run` end to end on a synthetic clip (FRAMES frames at 30 fps, default 300 = 10 s): overlapped stages,
 #    --no-overlap, and overlapped with --compile (ORDERS).
 # Each step prints its own table; the JSON lines can be collected with `grep '^{'`. TIMEOUT1..3 (seconds) bound
-# steps 1-3, so one slow step still leaves the others' figures.
+# steps 1-3, so one slow step still leaves the others' figures; STEPS picks steps (default "1 2 3"). A run with the
+# same WORK reuses the weights (and the compile cache stays on the machine), so the steps can be split over two runs
+# on one machine, e.g. STEPS="1 2" then STEPS=3.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 size=${SIZE:-full}
@@ -22,28 +24,40 @@ paths=${PATHS:-batched,channels-last,unoptimised,compiled,lcm}
 orders=${ORDERS:-staged,sequential,compiled}
 work=${WORK:-$(mktemp -d)}
 profile_dir=${PROFILE_DIR:-$work}
+steps=${STEPS:-1 2 3}
 python=${PYTHON:-python}
 step() {  # step SECONDS COMMAND...
     local seconds=$1; shift
     timeout --signal=INT --kill-after=20 "$seconds" "$@" || echo "== step failed or timed out (exit $?)"
 }
 
-echo "== 0. weights ($size) in $work"
-start=$(date +%s)
-folders=$("$python" -m eval.bench_throughput --write-models "$work/weights" --size "$size") || exit 1
+if [ -f "$work/weights.json" ]; then  # written by an earlier run with the same WORK
+    echo "== 0. weights: reusing $work/weights"
+else
+    echo "== 0. weights ($size) in $work"
+    mkdir -p "$work"
+    start=$(date +%s)
+    "$python" -m eval.bench_throughput --write-models "$work/weights" --size "$size" > "$work/weights.json.tmp" \
+        && mv "$work/weights.json.tmp" "$work/weights.json" || exit 1
+    echo "weights written in $(( $(date +%s) - start )) s"
+fi
+folders=$(cat "$work/weights.json")
 models=$("$python" -c 'import json, sys; print(json.loads(sys.argv[1])["models"])' "$folders")
 base=$("$python" -c 'import json, sys; print(json.loads(sys.argv[1])["base_model"])' "$folders")
-echo "weights written in $(( $(date +%s) - start )) s"
 common=(--size "$size" --dtype "$dtype" --batch-size "$batch" --models "$models" --base-model "$base")
 
-echo "== 1. pipeline paths, batch $batch, $size, $dtype: $paths"
-step "${TIMEOUT1:-1800}" "$python" -m eval.bench_throughput "${common[@]}" --frames "$batch" --repeats 1 \
-    --warmup "$batch" --paths "$paths" --compare --fp32-reference --profile-dir "$profile_dir"
-if [[ ",$paths," == *",compiled,"* ]]; then
+if [[ " $steps " == *" 1 "* ]]; then
+    echo "== 1. pipeline paths, batch $batch, $size, $dtype: $paths"
+    step "${TIMEOUT1:-1800}" "$python" -m eval.bench_throughput "${common[@]}" --frames "$batch" --repeats 1 \
+        --warmup "$batch" --paths "$paths" --compare --fp32-reference --profile-dir "$profile_dir"
+fi
+if [[ " $steps " == *" 2 "* && ",$paths," == *",compiled,"* ]]; then
     echo "== 2. compiled path again (persistent compile cache)"
     step "${TIMEOUT2:-900}" "$python" -m eval.bench_throughput "${common[@]}" --frames "$batch" --repeats 1 \
         --warmup "$batch" --paths compiled
 fi
-echo "== 3. retarget run end to end, $frames frames at 30 fps: $orders"
-step "${TIMEOUT3:-1800}" "$python" -m eval.bench_throughput --e2e "${common[@]}" --chunk-size 64 --synthetic-frames "$frames" \
-    --synthetic-fps 30 --commands run --order "$orders"
+if [[ " $steps " == *" 3 "* ]]; then
+    echo "== 3. retarget run end to end, $frames frames at 30 fps: $orders"
+    step "${TIMEOUT3:-1800}" "$python" -m eval.bench_throughput --e2e "${common[@]}" --chunk-size 64 \
+        --synthetic-frames "$frames" --synthetic-fps 30 --commands run --order "$orders"
+fi
