@@ -377,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("retarget.faces").setLevel(logging.DEBUG if debug else logging.INFO)  # names the face models
+    logging.getLogger("retarget.pipeline.compile").setLevel(logging.DEBUG if debug else logging.INFO)
     if not debug:
         import warnings
 

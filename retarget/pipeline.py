@@ -50,6 +50,7 @@ from .models.loading import (
 )
 
 log = logging.getLogger(__name__)
+compile_log = logging.getLogger(__name__ + ".compile")  # the notice of a (slow) first compile; the CLI shows it
 
 
 @dataclass
@@ -118,10 +119,15 @@ def use_persistent_inductor_cache(cache_dir=None) -> Path:
 
     ``cache_dir`` wins; else ``$TORCHINDUCTOR_CACHE_DIR`` when the user set it; else
     ``$XDG_CACHE_HOME/retarget/inductor`` (``~/.cache/retarget/inductor``), so a second run reuses the compiled
-    artefacts of the first instead of recompiling in a temporary folder.
+    artefacts of the first instead of recompiling in a temporary folder. Importing ``torch._inductor`` (diffusers
+    does) writes inductor's default temporary folder (``/tmp/torchinductor_<user>``) into the variable, so that
+    value counts as unset.
     """
-    if cache_dir is None and os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if cache_dir is None and chosen and os.path.abspath(chosen) != os.path.abspath(default_cache_dir()):
+        return Path(chosen)
     if cache_dir is None:
         root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         cache_dir = Path(root) / "retarget" / "inductor"
@@ -166,6 +172,7 @@ class ExpressionPipeline:
         self.static_batch_size = 0
         self._grow_static_batch = False
         self._denoiser = None
+        self._compiled_inputs: set[tuple] = set()  # (rows, guidance on, reference on) the compiled UNet has seen
         self._bank_version: tuple | None = None
         self._identity_cache: tuple[str, torch.Tensor] | None = None
         self._reference_cache: tuple[str, ReferenceBank] | None = None
@@ -511,6 +518,10 @@ class ExpressionPipeline:
         step_generators = [torch.Generator().manual_seed(_row_seed(row)) for row in latents]
         latents = latents * scheduler.init_noise_sigma
         unet = self._denoiser if self._denoiser is not None else self.unet
+        if self._denoiser is not None and (rows, do_cfg, bank is not None) not in self._compiled_inputs:
+            self._compiled_inputs.add((rows, do_cfg, bank is not None))
+            compile_log.info("compiling the UNet for batches of %d (the first time on this machine takes a minute or more; "
+                     "later runs load it from %s)", rows, os.environ.get("TORCHINDUCTOR_CACHE_DIR", "the cache"))
         steps = scheduler.timesteps
         if progress:
             from tqdm.auto import tqdm

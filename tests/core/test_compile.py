@@ -38,7 +38,7 @@ def _render(pipe, clip, reference_scale, expression_scale, after_batch=None):
     return np.concatenate(out)
 
 
-def test_compiled_unet_traces_once_for_every_batch_and_clip(tiny_checkpoint):
+def test_compiled_unet_traces_once_for_every_batch_and_clip(tiny_checkpoint, caplog):
     from torch._dynamo.testing import CompileCounter
     from torch._dynamo.utils import counters
 
@@ -52,9 +52,12 @@ def test_compiled_unet_traces_once_for_every_batch_and_clip(tiny_checkpoint):
     first, second = _clip(1, 7), _clip(2, 5)  # 3 + 3 + 1 and 3 + 2 frames: the last batches are padded
 
     graphs = []
-    a = _render(compiled, first, 0.8, 1.0, after_batch=lambda: graphs.append(counter.frame_count))
-    b = _render(compiled, second, 0.5, 0.6)  # another identity, reference, reference and expression scale
+    with caplog.at_level("INFO", logger="retarget.pipeline.compile"):
+        a = _render(compiled, first, 0.8, 1.0, after_batch=lambda: graphs.append(counter.frame_count))
+        b = _render(compiled, second, 0.5, 0.6)  # another identity, reference, reference and expression scale
     assert graphs == [1, 1, 1] and counter.frame_count == 1  # traced at the first batch, never again
+    notices = [r.getMessage() for r in caplog.records if r.getMessage().startswith("compiling the UNet")]
+    assert len(notices) == 1 and notices[0].startswith(f"compiling the UNet for batches of {BATCH} ")  # told once
     assert sum(counters["graph_break"].values()) == 0
     assert counter.op_count > 100  # the whole UNet is one graph
     assert compiled.static_batch_size == BATCH
@@ -98,6 +101,10 @@ def test_inductor_cache_defaults_to_a_persistent_folder(tmp_path, monkeypatch):
     assert use_persistent_inductor_cache() == tmp_path / "xdg" / "retarget" / "inductor"
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "xdg" / "retarget" / "inductor")
     assert (tmp_path / "xdg" / "retarget" / "inductor").is_dir()
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what importing torch._inductor writes
+    assert use_persistent_inductor_cache() == tmp_path / "xdg" / "retarget" / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice is kept
     assert use_persistent_inductor_cache() == tmp_path / "mine"
     assert use_persistent_inductor_cache(tmp_path / "given") == tmp_path / "given"  # an explicit folder wins
