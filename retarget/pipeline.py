@@ -520,8 +520,9 @@ class ExpressionPipeline:
         unet = self._denoiser if self._denoiser is not None else self.unet
         if self._denoiser is not None and (rows, do_cfg, bank is not None) not in self._compiled_inputs:
             self._compiled_inputs.add((rows, do_cfg, bank is not None))
-            compile_log.info("compiling the UNet for batches of %d (the first time on this machine takes a minute or more; "
-                     "later runs load it from %s)", rows, os.environ.get("TORCHINDUCTOR_CACHE_DIR", "the cache"))
+            compile_log.info("compiling the UNet for batches of %d (the first time on this machine takes a minute or "
+                             "more; later runs load it from %s)", rows,
+                             os.environ.get("TORCHINDUCTOR_CACHE_DIR", "the cache"))
         steps = scheduler.timesteps
         if progress:
             from tqdm.auto import tqdm
