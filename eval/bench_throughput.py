@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -391,6 +392,8 @@ def main(argv=None) -> int:
             parser.error(f"--paths: unknown path(s) {', '.join(unknown)} (choose from {', '.join(PATHS)})")
         paths = wanted
         args.lcm_steps = args.lcm_steps or (6 if "lcm" in paths else 0)
+    if args.profile_dir:
+        os.makedirs(args.profile_dir, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         if not args.models:
             from retarget.testing.checkpoints import write_random_checkpoint
