@@ -9,7 +9,8 @@ release's demo recipe, :mod:`eval.official_recipe`). (b) ``unoptimised``: :class
 a whole clip in batches, reference features computed once, the reference LoRA computed by peft and separate
 Q/K/V projections. (c) ``batched``: the same with the default speed settings (LoRA folded into the weights, fused
 self-attention Q/K/V). (c') ``channels-last`` (only with ``--paths``): (c) with the UNet and VAE in channels-last.
-(d) ``compiled`` (``--compile``): (c) with ``torch.compile`` (inductor; the UNet in channels-last). (e) ``lcm``
+(d) ``compiled`` (``--compile``): (c) with ``torch.compile`` (inductor; the UNet in channels-last); in ``--paths``
+``compiled:MODE`` picks a compile mode (``reduce-overhead``: CUDA graphs; ``max-autotune``...). (e) ``lcm``
 (``--lcm-steps N``): (c) with a random LCM-LoRA of the published layout, N steps, guidance 1.5. Each path runs in
 its own process so its peak memory is its own. Also prints the FLOPs of one frame (torch FlopCounterMode) and, on
 CUDA, the share of the measured bf16 matmul peak that the batched and compiled paths reach. ``--compare`` prints how
@@ -45,6 +46,8 @@ import numpy as np
 import torch
 
 PATHS = ("official", "unoptimised", "batched", "channels-last", "compiled", "lcm")
+#: ``torch.compile`` modes the compiled path can be timed with, as ``compiled:MODE`` in ``--paths``.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 E2E_ORDERS = ("staged", "sequential", "compiled")
 
 
@@ -61,6 +64,21 @@ def _write_random_lcm_lora(models: str, folder: str) -> str:
     path = str(Path(folder) / "lcm_lora.safetensors")
     save_file(random_lcm_lora(unet, rank=64, generator=torch.Generator().manual_seed(0), std=0.01), path)
     return path
+
+
+def parse_paths(text: str) -> list[str]:
+    """``--paths``: comma-separated names of :data:`PATHS`, the compiled one optionally as ``compiled:MODE``
+    (one of :data:`COMPILE_MODES`, e.g. ``compiled:reduce-overhead`` for CUDA graphs). Raises ValueError."""
+    wanted = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in wanted if p.partition(":")[0] not in PATHS]
+    if unknown:
+        raise ValueError(f"unknown path(s) {', '.join(unknown)} (choose from {', '.join(PATHS)})")
+    modes = [p for p in wanted if ":" in p and (p.partition(":")[0] != "compiled"
+                                                or p.partition(":")[2] not in COMPILE_MODES)]
+    if modes:
+        raise ValueError(f"unknown mode in {', '.join(modes)} (only the compiled path takes one: "
+                         f"compiled:{{{','.join(COMPILE_MODES)}}})")
+    return wanted
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -147,7 +165,7 @@ def run_path(args) -> dict:
         if args.path == "channels-last":
             pipe.optimize(channels_last=True)
         if args.path == "compiled":
-            pipe.compile()
+            pipe.compile(mode=None if args.compile_mode in (None, "default") else args.compile_mode)
         if args.path == "lcm":
             pipe.load_lcm_lora(args.lcm_lora)
             args.steps, args.guidance = args.lcm_steps, 1.5
@@ -182,7 +200,8 @@ def run_path(args) -> dict:
         np.save(args.save_output, _to_uint8(first_batch))
     if args.profile:
         _write_profile(lambda: render(min(args.batch_size, args.frames)), device, args.profile)
-    return {"path": args.path, "frames": args.frames, "seconds": seconds, "frames_per_s": args.frames / seconds,
+    name = args.path + (f":{args.compile_mode}" if args.compile_mode else "")
+    return {"path": name, "frames": args.frames, "seconds": seconds, "frames_per_s": args.frames / seconds,
             "warmup_s": warmup_seconds, "peak_memory_mb": peak_memory_mb}
 
 
@@ -346,7 +365,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None)
     parser.add_argument("--compile", action="store_true", help="also time the batched path with torch.compile")
-    parser.add_argument("--paths", help=f"only these paths, comma-separated ({', '.join(PATHS)}); default: "
+    parser.add_argument("--paths", help=f"only these paths, comma-separated ({', '.join(PATHS)}; the compiled one "
+                                        f"also as compiled:MODE, MODE one of {', '.join(COMPILE_MODES)}); default: "
                                         "official, unoptimised, batched, plus compiled/lcm when asked for")
     parser.add_argument("--lcm-steps", type=int, default=0,
                         help="also time few-step sampling with a random LCM-LoRA at this many steps")
@@ -367,6 +387,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lcm-lora", help=argparse.SUPPRESS)
     parser.add_argument("--save-output", help=argparse.SUPPRESS)
     parser.add_argument("--profile", help=argparse.SUPPRESS)
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.e2e_child:  # child process: one command
         print(json.dumps(e2e_child(json.loads(args.e2e_child))))
@@ -386,11 +407,10 @@ def main(argv=None) -> int:
 
     paths = ["official", "unoptimised", "batched"] + ["compiled"] * args.compile + ["lcm"] * (args.lcm_steps > 0)
     if args.paths:
-        wanted = [p.strip() for p in args.paths.split(",") if p.strip()]
-        unknown = sorted(set(wanted) - set(PATHS))
-        if unknown:
-            parser.error(f"--paths: unknown path(s) {', '.join(unknown)} (choose from {', '.join(PATHS)})")
-        paths = wanted
+        try:
+            paths = parse_paths(args.paths)
+        except ValueError as exc:
+            parser.error(f"--paths: {exc}")
         args.lcm_steps = args.lcm_steps or (6 if "lcm" in paths else 0)
     if args.profile_dir:
         os.makedirs(args.profile_dir, exist_ok=True)
@@ -405,20 +425,23 @@ def main(argv=None) -> int:
         results, outputs = {}, {}
 
         def child(path, dtype=args.dtype, frames=args.frames, warmup=args.warmup, repeats=args.repeats, tag=None):
-            cmd = [sys.executable, "-m", "eval.bench_throughput", "--path", path, "--models", args.models,
+            base, _, mode = path.partition(":")
+            cmd = [sys.executable, "-m", "eval.bench_throughput", "--path", base, "--models", args.models,
                    "--frames", str(frames), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                    "--guidance", str(args.guidance), "--reference", args.reference, "--device", args.device,
                    "--dtype", dtype, "--warmup", str(warmup), "--lcm-steps", str(args.lcm_steps),
                    "--repeats", str(repeats)]
             if args.base_model:
                 cmd += ["--base-model", args.base_model]
+            if mode:
+                cmd += ["--compile-mode", mode]
             if path == "lcm":
                 cmd += ["--lcm-lora", args.lcm_lora]
             if args.compare:
                 outputs[tag or path] = f"{tmp}/{tag or path}.npy"
                 cmd += ["--save-output", outputs[tag or path]]
-            if args.profile_dir and path in ("batched", "compiled") and tag is None:
-                cmd += ["--profile", f"{args.profile_dir}/profile_{path}.txt"]
+            if args.profile_dir and base in ("batched", "compiled") and tag is None:
+                cmd += ["--profile", f"{args.profile_dir}/profile_{path.replace(':', '-')}.txt"]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:  # report it and go on with the other paths
                 print(f"path {tag or path} failed:\n{done.stderr[-3000:]}", flush=True)
@@ -478,7 +501,7 @@ def main(argv=None) -> int:
         print(json.dumps({"bench": "difference", "pair": name, **difference}))
     if args.device.startswith("cuda"):
         peak = matmul_peak_tflops(torch.device(args.device))
-        for path in [p for p in paths if p in ("batched", "channels-last", "compiled")]:
+        for path in [p for p in paths if p.partition(":")[0] in ("batched", "channels-last", "compiled")]:
             achieved = flops * results[path]["frames_per_s"] / 1e12
             print(f"bf16 matmul peak {peak:.0f} TFLOP/s; {path} path {achieved:.0f} TFLOP/s = "
                   f"{100 * achieved / peak:.1f}% of peak")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from eval.bench_throughput import _to_uint8, compare_outputs, main
+from eval.bench_throughput import _to_uint8, compare_outputs, main, parse_paths
 
 
 def test_identical_renders_are_zero_apart():
@@ -45,3 +45,14 @@ def test_unknown_path_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--paths", "batched,fastest"])
     assert "unknown path(s) fastest" in capsys.readouterr().err
+
+
+def test_compile_modes_are_parsed_and_checked():
+    assert parse_paths(" batched, compiled,compiled:reduce-overhead ,") == [
+        "batched", "compiled", "compiled:reduce-overhead"]
+    with pytest.raises(ValueError, match="unknown mode in compiled:fastest"):
+        parse_paths("compiled:fastest")
+    with pytest.raises(ValueError, match="unknown mode in batched:max-autotune"):
+        parse_paths("batched:max-autotune")
+    with pytest.raises(ValueError, match="unknown path"):
+        parse_paths("warp:max-autotune")
