@@ -330,6 +330,9 @@ def e2e(args) -> int:
         print(f"{r['command']:>8} {r['order']:>10} {r['frames']:>6} {r['command_frames_per_s']:>8.3f} "
               f"{r['frames_per_s']:>8.3f} {r['first_frame_s']:>8.2f} "
               + " ".join(f"{r['busy_s'][name]:>7.2f}" for name in stages) + f" {gpu:>8} {r['peak_host_mib']:>8.0f}")
+    for r in results:  # what each load was spent on
+        parts = ", ".join(f"{name} {seconds:.2f}" for name, seconds in r.get("load_parts_s", {}).items())
+        print(f"load s, {r['command']} {r['order']}: {parts or '-'}")
     for command in commands:
         by_order = {r["order"]: r for r in results if r["command"] == command}
         for faster, slower in (("staged", "sequential"), ("compiled", "staged")):

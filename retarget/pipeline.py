@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,22 @@ def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.d
         dtype = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
                  "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[dtype]
     return device, dtype
+
+
+class _LoadClock:
+    """Seconds per part of :meth:`ExpressionPipeline.from_pretrained` (``parts``, in order), for load profiles."""
+
+    def __init__(self):
+        self.parts: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str, sync=None) -> None:
+        """Close part ``name`` now (after the device's queued work, for a CUDA ``sync`` device)."""
+        if sync is not None and torch.device(sync).type == "cuda":
+            torch.cuda.synchronize(torch.device(sync))
+        now = time.perf_counter()
+        self.parts[name] = round(self.parts.get(name, 0.0) + now - self._last, 4)
+        self._last = now
 
 
 def _digest(*tensors: torch.Tensor) -> str:
@@ -148,10 +165,11 @@ class ExpressionPipeline:
     without holding a second copy in memory.
 
     Speed settings (:meth:`optimize`, applied by :meth:`from_pretrained`): LoRA adapters folded into the weights,
-    one matmul for the self-attention Q/K/V, channels-last on CUDA; :meth:`compile` for ``torch.compile``. Fast
-    sampling: :meth:`load_lcm_lora`. ``static_batch_size``: calls with fewer frames are padded to this many rows
-    (the extra rows are discarded), so a compiled UNet sees one shape; :meth:`compile` keeps it at the largest
-    batch seen.
+    one matmul for the self-attention Q/K/V; :meth:`compile` for ``torch.compile`` (with the UNet in channels-last).
+    Fast sampling: :meth:`load_lcm_lora`. ``static_batch_size``: calls with fewer frames are padded to this many
+    rows (the extra rows are discarded), so a compiled UNet sees one shape; :meth:`compile` keeps it at the largest
+    batch seen. ``load_seconds``: after :meth:`from_pretrained`, the seconds of each part of the load, in order
+    (``imports`` of the libraries, ``unet``, ``adapters``, ``encoder``, ``vae``, ``to_device``, ``setup``).
     """
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler_config: dict, expression_projection,
@@ -176,6 +194,7 @@ class ExpressionPipeline:
         self._bank_version: tuple | None = None
         self._identity_cache: tuple[str, torch.Tensor] | None = None
         self._reference_cache: tuple[str, ReferenceBank] | None = None
+        self.load_seconds: dict[str, float] = {}
         with torch.no_grad():
             self._empty_prompt = self.identity_encoder.encode_empty().to(dtype)
             zeros = torch.zeros(1, expression_projection.n_values, device=self.device, dtype=dtype)
@@ -196,7 +215,14 @@ class ExpressionPipeline:
         """
         device, dtype = default_device_dtype(device, dtype)
         files = ModelFiles.locate(models_dir, base_model)
+        clock = _LoadClock()
+        import diffusers.models  # noqa: F401  (the libraries' own imports are a large share of a load: timed apart)
+        import peft  # noqa: F401
+        import transformers.models.clip  # noqa: F401
+
+        clock.lap("imports")
         unet = load_unet(files.unet_dir, dtype)
+        clock.lap("unet")
         if unet.config.cross_attention_dim is None:
             raise WeightsError(f"{files.unet_dir}: the UNet has no cross-attention")
         context = AttentionContext()
@@ -204,7 +230,9 @@ class ExpressionPipeline:
         has_reference = files.reference_lora is not None
         if has_reference:
             load_reference_lora(unet, files.reference_lora)
+        clock.lap("adapters")
         text_encoder = load_identity_encoder_model(files.encoder_dir, dtype)
+        clock.lap("encoder")
         if text_encoder.config.hidden_size != unet.config.cross_attention_dim:
             raise WeightsError(
                 f"{files.encoder_dir}: the identity encoder is {text_encoder.config.hidden_size}-d, the UNet expects "
@@ -213,13 +241,17 @@ class ExpressionPipeline:
         vae = load_vae(files.base_dir / "vae", dtype)
         tokenizer = load_tokenizer(files.base_dir / "tokenizer")
         scheduler_config = load_scheduler_config(files.base_dir / "scheduler")
+        clock.lap("vae")
         # The backbone weights were loaded in ``dtype``; the adapters' new layers follow. (nn.Module.to: diffusers'
         # override warns about float32 modules on every dtype cast, even when the model has none.)
         for module in (unet, vae, text_encoder, projection):
             torch.nn.Module.to(module, device=device, dtype=dtype)
+        clock.lap("to_device", sync=device)
         log.info("loaded %s on %s (%s)", models_dir, device, dtype)
         pipe = cls(unet, vae, text_encoder, tokenizer, scheduler_config, projection, context, has_reference, device, dtype)
         pipe.optimize()
+        clock.lap("setup", sync=device)
+        pipe.load_seconds = clock.parts
         return pipe
 
     def load_lcm_lora(self, path) -> None:

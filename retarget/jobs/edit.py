@@ -145,6 +145,7 @@ def _render_edit(video, expression, output: Path, options: JobOptions, start: fl
     pipe = session.pipeline
     if own_session:
         stats.add("load", session.load_seconds)
+        stats.set_load_parts(session.load_parts)
     stats.set_model(pipe.device, pipe.dtype)
     size = pipe.image_size
     key = {

@@ -102,6 +102,7 @@ def _render_run(driving, identity, output: Path, options: JobOptions, reference:
     pipe = session.pipeline
     if own_session:
         stats.add("load", session.load_seconds)
+        stats.set_load_parts(session.load_parts)
     stats.set_model(pipe.device, pipe.dtype)
     size = pipe.image_size
     reference_image = photo.aligned(size) if reference else None

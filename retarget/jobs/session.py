@@ -44,6 +44,7 @@ class RenderSession:
         self._loader: threading.Thread | None = None
         self._load_error: BaseException | None = None
         self.load_seconds = 0.0
+        self.load_parts: dict[str, float] = {}  # seconds of each part of load_seconds (face models, then the pipeline's)
 
     def load(self, expressions: bool = True, background: bool = False) -> "RenderSession":
         """Load and check every model file the job needs now: the face detector, ArcFace, SMIRK (unless
@@ -58,7 +59,9 @@ class RenderSession:
         begin = time.perf_counter()
         for name in ("detector", "identity") + (("expressions",) if expressions else ()):
             getattr(self.faces, name)  # each property loads and checks its file
-        self.load_seconds += time.perf_counter() - begin
+        seconds = time.perf_counter() - begin
+        self.load_seconds += seconds
+        self.load_parts["face_models"] = round(self.load_parts.get("face_models", 0.0) + seconds, 4)
         if background:
             self.start_loading()
         else:
@@ -110,6 +113,7 @@ class RenderSession:
         o = self.options
         pipe = ExpressionPipeline.from_pretrained(o.models, base_model=o.base_model, device=self.device,
                                                   dtype=o.dtype)
+        loaded = time.perf_counter()
         if o.lcm_lora is not None:
             pipe.load_lcm_lora(o.lcm_lora)
         if o.vae_fp32:
@@ -117,7 +121,10 @@ class RenderSession:
         if o.compile:
             pipe.compile()
         self._pipeline = pipe
-        self.load_seconds += time.perf_counter() - begin
+        end = time.perf_counter()
+        self.load_seconds += end - begin
+        self.load_parts.update(pipe.load_seconds)
+        self.load_parts["options"] = round(end - loaded, 4)  # LCM-LoRA, VAE upcast, compile set-up
 
     @property
     def face_reference(self) -> FaceReference | None:

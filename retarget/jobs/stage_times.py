@@ -41,6 +41,7 @@ class StageTimes:
         self.wall_s: float | None = None
         self.device = "cpu"
         self.dtype = "fp32"
+        self.load_parts: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def add(self, name: str, seconds: float) -> None:
@@ -72,20 +73,26 @@ class StageTimes:
         self.dtype = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(
             str(dtype).replace("torch.", ""), str(dtype).replace("torch.", ""))
 
+    def set_load_parts(self, parts: dict[str, float]) -> None:
+        """Record what the ``load`` stage's seconds were spent on (e.g. ``imports``, ``unet``, ``to_device``)."""
+        self.load_parts = {name: round(float(value), 4) for name, value in parts.items()}
+
     def finish(self) -> None:
         """Stop the clock (``wall_s``)."""
         self.wall_s = time.perf_counter() - self.started
 
     def summary(self) -> dict:
         """The figures as a JSON-ready dict: ``command``, ``frames``, ``wall_s``, ``frames_per_s``,
-        ``first_frame_s``, ``busy_s`` (per stage), ``device``, ``dtype``, ``peak_gpu_mib`` (None without CUDA),
-        ``peak_host_mib`` (the process's peak resident set)."""
+        ``first_frame_s``, ``busy_s`` (per stage), ``load_parts_s`` (the ``load`` stage's parts, empty when not
+        recorded), ``device``, ``dtype``, ``peak_gpu_mib`` (None without CUDA), ``peak_host_mib`` (the process's
+        peak resident set)."""
         wall = self.wall_s if self.wall_s is not None else time.perf_counter() - self.started
         return {
             "command": self.command, "frames": self.frames, "wall_s": round(wall, 4),
             "frames_per_s": round(self.frames / wall, 4) if wall > 0 else None,
             "first_frame_s": None if self.first_frame_s is None else round(self.first_frame_s, 4),
             "busy_s": {name: round(value, 4) for name, value in self.busy.items()},
+            "load_parts_s": dict(self.load_parts),
             "device": self.device, "dtype": self.dtype,
             "peak_gpu_mib": peak_gpu_mib(self.device), "peak_host_mib": peak_host_mib(),
         }

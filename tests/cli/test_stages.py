@@ -88,6 +88,12 @@ def test_stage_recorder_figures_are_consistent(case, overlap, working, media, fa
         assert 0 <= busy <= wall, (stage, busy, wall)
         assert busy > 0 or stage not in working, stage
     assert 0 < summary["first_frame_s"] <= wall
+    parts = summary["load_parts_s"]  # what the load stage was spent on, in order, adding up to it
+    assert list(parts) == ["face_models", "imports", "unet", "adapters", "encoder", "vae", "to_device", "setup",
+                           "options"]
+    assert all(seconds >= 0 for seconds in parts.values()) and parts["unet"] > 0
+    load = summary["busy_s"]["load"]
+    assert 0 <= load - sum(parts.values()) <= 0.05 + 0.05 * load, (load, parts)
     assert summary["frames_per_s"] == pytest.approx(FRAMES / wall, rel=1e-2)
     assert summary["device"] == "cpu" and summary["dtype"] == "fp32" and summary["peak_gpu_mib"] is None
     assert summary["peak_host_mib"] > 0
