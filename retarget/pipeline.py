@@ -495,12 +495,15 @@ class ExpressionPipeline:
         attention). ``reference_scale``: weight of the reference LoRA. ``expression_scale``: weight of the
         expression branch (0 equals the adapter off). ``guidance_scale``: CFG weight; 1 skips the unconditional
         pass. ``latents``: initial noise ``[B, 4, h, w]``; else drawn from ``generator``, the same for every frame
-        unless ``per_frame_noise``. Returns images in ``output_type`` "np", "pil" or "pt".
+        unless ``per_frame_noise``. Returns images in ``output_type`` "np", "pil" or "pt", or with "latent" the
+        final latents ``[B, 4, h, w]`` (not decoded).
 
         A batch smaller than :attr:`static_batch_size` runs padded to that size (its last frame repeated) and only
         its ``B`` frames are returned. With the LCM sampler, the noise added at each step is drawn per frame from a
         seed of that frame's initial noise.
         """
+        if output_type not in ("np", "pil", "pt", "latent"):
+            raise ValueError(f"output_type must be 'np', 'pil', 'pt' or 'latent', got {output_type!r}")
         expressions = torch.as_tensor(np.asarray(expressions, dtype=np.float32) if not isinstance(expressions, torch.Tensor) else expressions)
         if expressions.ndim == 1:
             expressions = expressions[None]
@@ -575,6 +578,8 @@ class ExpressionPipeline:
             self._prepare_attention(None, None, 1.0, None, None)
 
         latents = latents[:batch]
+        if output_type == "latent":
+            return ExpressionPipelineOutput(latents)
         images = self.decode(latents)
         if output_type == "pt":
             return ExpressionPipelineOutput(images)
@@ -583,4 +588,33 @@ class ExpressionPipeline:
             return ExpressionPipelineOutput(array)
         if output_type == "pil":
             return ExpressionPipelineOutput([Image.fromarray((a * 255).round().astype(np.uint8)) for a in array])
-        raise ValueError(f"output_type must be 'np', 'pil' or 'pt', got {output_type!r}")
+        raise AssertionError(output_type)  # checked above
+
+    def warm_up(self, frames: int, guidance_scale: float = 3.0, reference: str | None = "shared",
+                reference_scale: float = 0.8, decode: bool = True) -> None:
+        """Pay the one-time costs of the first batch now: run one denoising step on a stand-in batch shaped like
+        a job's first batch (and decode it with ``decode``), e.g. on a background thread while a clip is scanned.
+
+        The one-time costs are CUDA's kernel loading and library set-up and, after :meth:`compile`, the compile
+        (or its load from the cache) for this batch shape. ``frames``: the job's first batch (the batch size, or
+        fewer for a shorter clip). ``reference``: ``"shared"`` (one reference image for every frame, as ``run``
+        passes), ``"per_frame"`` (one per frame, as ``edit`` passes) or None (no reference). The stand-in inputs
+        (grey reference, zero expressions, zero noise) leave nothing behind that changes later results: the
+        identity and reference caches are cleared, the adapters are set again by the next call, and
+        :attr:`static_batch_size` is restored (a first real batch of another size only misses the warm-up).
+        """
+        if reference not in ("shared", "per_frame", None):
+            raise ValueError(f"reference must be 'shared', 'per_frame' or None, got {reference!r}")
+        size = self.image_size
+        grey = np.full((size, size, 3), 128, np.uint8)
+        references = None if reference is None else grey if reference == "shared" else [grey] * frames
+        identity = torch.zeros(512)
+        identity[0] = 1.0
+        static_batch_size = self.static_batch_size
+        try:
+            self(identity, torch.zeros(frames, self.expression_projection.n_values), reference_image=references,
+                 reference_scale=reference_scale, num_inference_steps=1, guidance_scale=guidance_scale,
+                 latents=torch.zeros(frames, *self.latent_shape), output_type="np" if decode else "latent")
+        finally:
+            self._identity_cache = self._reference_cache = self._bank_version = None
+            self.static_batch_size = static_batch_size

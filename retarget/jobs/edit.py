@@ -116,8 +116,9 @@ def _render_edit(video, expression, output: Path, options: JobOptions, start: fl
     info = reader.info
     lo, hi = clip_range(reader, start, end)
     own_session = session is None
+    first_batch = (max(1, min(options.batch_size, options.chunk_size, hi - lo)), "per_frame")  # a guess: faces vary
     session = (session or RenderSession(options)).load(expressions=needs_expressions(expression, options),
-                                                       background=options.overlap)
+                                                       background=options.overlap, warm_up=first_batch)
     source = source if source is not None else read_expression_source(expression, session)
     if options.relative and source.track is None:
         raise InputError(f"{source.path}: --relative needs a video or motion file as SOURCE, not a photo "

@@ -88,7 +88,8 @@ def _render_run(driving, identity, output: Path, options: JobOptions, reference:
     info = reader.info
     lo, hi = clip_range(reader, start, end)
     own_session = session is None
-    session = (session or RenderSession(options)).load(background=options.overlap)
+    first_batch = (max(1, min(options.batch_size, options.chunk_size, hi - lo)), "shared" if reference else None)
+    session = (session or RenderSession(options)).load(background=options.overlap, warm_up=first_batch)
     photo = photo if photo is not None else identity_from_photo(identity, session)
     keep = side_by_side and keep_scanned_frames(hi - lo, info.width, info.height, options.memory_budget)
     scan = scan_clip(reader, session.faces, options.face_index, chunk_size=options.chunk_size,

@@ -30,8 +30,11 @@ class RenderSession:
     (the face models, which the scan needs, load first, on the calling thread). The weight files' headers are
     read before the thread starts (a file that is not a weights file fails at once); any other load error is
     kept and raised by :meth:`check_loading`, which the scan calls between its chunks, so broken weights stop
-    the job within one chunk of the scan, and by :attr:`pipeline`. ``load_seconds``: the time spent loading
-    models (face models and pipeline), for :mod:`retarget.jobs.stage_times`."""
+    the job within one chunk of the scan, and by :attr:`pipeline`. Given the job's first batch (``warm_up``), that
+    thread then also pays the first batch's one-time costs (see :meth:`~retarget.pipeline.ExpressionPipeline.warm_up`:
+    CUDA set-up, the compile with ``--compile``) while the scan runs. ``load_seconds``: the time spent loading
+    models (face models and pipeline, warm-up included), for :mod:`retarget.jobs.stage_times`, and ``load_parts``
+    what it was spent on."""
 
     def __init__(self, options: JobOptions):
         self.options = options
@@ -46,10 +49,16 @@ class RenderSession:
         self.load_seconds = 0.0
         self.load_parts: dict[str, float] = {}  # seconds of each part of load_seconds (face models, then the pipeline's)
 
-    def load(self, expressions: bool = True, background: bool = False) -> "RenderSession":
+    def load(self, expressions: bool = True, background: bool = False,
+             warm_up: tuple[int, str | None] | None = None) -> "RenderSession":
         """Load and check every model file the job needs now: the face detector, ArcFace, SMIRK (unless
         ``expressions`` is False: a job that reads no expressions) and the diffusion pipeline (on a background
         thread with ``background``, see the class doc). Returns ``self``.
+
+        ``warm_up``: ``(frames, reference)`` of the job's first diffusion batch (``reference`` as in
+        :meth:`~retarget.pipeline.ExpressionPipeline.warm_up`). With ``background``, on CUDA or with
+        ``options.compile``, the loading thread renders a one-step stand-in batch of that shape after the load.
+        A wrong guess costs time only: results never depend on it.
 
         Raises :class:`~retarget.errors.WeightsError` (one line) for a missing models folder or a missing or
         broken file.
@@ -63,15 +72,15 @@ class RenderSession:
         self.load_seconds += seconds
         self.load_parts["face_models"] = round(self.load_parts.get("face_models", 0.0) + seconds, 4)
         if background:
-            self.start_loading()
+            self.start_loading(warm_up)
         else:
             _ = self.pipeline
         return self
 
-    def start_loading(self) -> None:
-        """Start loading the pipeline on a background thread (no-op when it is loaded or loading). Reads the
-        weight files' headers first (see :func:`~retarget.models.formats.check_headers`), raising at once for a
-        file that is not a weights file."""
+    def start_loading(self, warm_up: tuple[int, str | None] | None = None) -> None:
+        """Start loading the pipeline on a background thread (no-op when it is loaded or loading), then warming
+        it up for ``warm_up`` (see :meth:`load`). Reads the weight files' headers first (see
+        :func:`~retarget.models.formats.check_headers`), raising at once for a file that is not a weights file."""
         if self._pipeline is not None or self._loader is not None:
             return
         from retarget.models.formats import check_headers
@@ -82,7 +91,7 @@ class RenderSession:
         def target():
             use_device(self.device)  # the current CUDA device is per thread
             try:
-                self._build_pipeline()
+                self._build_pipeline(warm_up)
             except BaseException as error:  # kept for check_loading / pipeline on the job's thread
                 self._load_error = error
 
@@ -106,7 +115,7 @@ class RenderSession:
             self._build_pipeline()
         return self._pipeline
 
-    def _build_pipeline(self) -> None:
+    def _build_pipeline(self, warm_up: tuple[int, str | None] | None = None) -> None:
         from retarget.pipeline import ExpressionPipeline
 
         begin = time.perf_counter()
@@ -120,11 +129,16 @@ class RenderSession:
             pipe.upcast_vae()
         if o.compile:
             pipe.compile()
+        options_done = time.perf_counter()
+        if warm_up is not None and (pipe.device.type == "cuda" or o.compile):
+            frames, reference = warm_up
+            pipe.warm_up(frames, o.guidance, reference, o.reference_scale, decode=pipe.device.type == "cuda")
         self._pipeline = pipe
         end = time.perf_counter()
         self.load_seconds += end - begin
         self.load_parts.update(pipe.load_seconds)
-        self.load_parts["options"] = round(end - loaded, 4)  # LCM-LoRA, VAE upcast, compile set-up
+        self.load_parts["options"] = round(options_done - loaded, 4)  # LCM-LoRA, VAE upcast, compile set-up
+        self.load_parts["warm_up"] = round(end - options_done, 4)
 
     @property
     def face_reference(self) -> FaceReference | None:

@@ -6,6 +6,8 @@ the models are then opened on the CPU while the devices they were asked for are 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import onnxruntime
 import pytest
 import torch
@@ -16,6 +18,9 @@ from retarget.faces import expressions as expressions_module
 from retarget.faces.onnx_session import execution_providers
 from retarget.jobs.options import JobOptions
 from retarget.jobs.session import RenderSession
+
+#: What a stubbed ``ExpressionPipeline.from_pretrained`` returns: the session reads only its load profile.
+STAND_IN = SimpleNamespace(load_seconds={})
 
 LAUNCHER_VARIABLES = LOCAL_RANK_VARIABLES + ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "ACCELERATE_MIXED_PRECISION")
 
@@ -116,13 +121,13 @@ def test_session_puts_pipeline_smirk_and_onnx_models_on_the_process_gpu(gpus, cl
 
     def recording_pipeline(models_dir, base_model=None, device=None, dtype=None):
         pipeline_calls.append(device)
-        return "pipeline"
+        return STAND_IN
 
     monkeypatch.setattr(ExpressionPipeline, "from_pretrained", staticmethod(recording_pipeline))
 
     session = RenderSession(JobOptions(models=models, base_model=str(base), progress=False)).load()
     assert session.device == "cuda:1" and gpus.current_calls == [1]
-    assert pipeline_calls == ["cuda:1"] and session.pipeline == "pipeline"
+    assert pipeline_calls == ["cuda:1"] and session.pipeline is STAND_IN
     assert smirk_devices == ["cuda:1"]
     # detector (three MTCNN stages, or SCRFD) and ArcFace, each asked for the CUDA provider on device 1
     assert len(onnx_providers) >= 2
@@ -150,7 +155,7 @@ def test_background_pipeline_load_runs_on_the_process_gpu(gpus, cli_models, monk
 
     def recording_pipeline(models_dir, base_model=None, device=None, dtype=None):
         calls.append((device, threading.current_thread().name))
-        return "pipeline"
+        return STAND_IN
 
     monkeypatch.setattr(ExpressionPipeline, "from_pretrained", staticmethod(recording_pipeline))
     threads = []
@@ -158,6 +163,6 @@ def test_background_pipeline_load_runs_on_the_process_gpu(gpus, cli_models, monk
                         lambda index: threads.append((index, threading.current_thread().name)))
     session = RenderSession(JobOptions(models=models, base_model=str(base), progress=False, device=None))
     session.load(expressions=False, background=True)
-    assert session.pipeline == "pipeline"
+    assert session.pipeline is STAND_IN
     assert calls == [("cuda:1", "retarget-load")]
     assert (1, "retarget-load") in threads and (1, threading.current_thread().name) in threads

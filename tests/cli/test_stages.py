@@ -90,7 +90,8 @@ def test_stage_recorder_figures_are_consistent(case, overlap, working, media, fa
     assert 0 < summary["first_frame_s"] <= wall
     parts = summary["load_parts_s"]  # what the load stage was spent on, in order, adding up to it
     assert list(parts) == ["face_models", "imports", "unet", "adapters", "encoder", "vae", "to_device", "setup",
-                           "options"]
+                           "options", "warm_up"]
+    assert parts["warm_up"] == 0  # on the CPU without --compile there is nothing to warm up
     assert all(seconds >= 0 for seconds in parts.values()) and parts["unet"] > 0
     load = summary["busy_s"]["load"]
     assert 0 <= load - sum(parts.values()) <= 0.05 + 0.05 * load, (load, parts)
@@ -161,7 +162,8 @@ def test_pipeline_load_failure_stops_a_long_scan_early(media, fast_args, cli_mod
     clip = write_clip(tmp_path / "long.mp4", moving_face_frames(count), Fraction(25), audio=False)
     sessions, scanned, failed_at = [], [], []
     start_loading = RenderSession.start_loading
-    monkeypatch.setattr(RenderSession, "start_loading", lambda self: sessions.append(self) or start_loading(self))
+    monkeypatch.setattr(RenderSession, "start_loading",
+                        lambda self, *a, **k: sessions.append(self) or start_loading(self, *a, **k))
     detector = FaceModels.detector.fget
 
     class WaitingDetector:  # the first chunk waits for the background load to fail, whatever the machine's speed
@@ -256,3 +258,41 @@ def test_a_stop_in_done_still_saves_every_processed_item():
         with pytest.raises(KeyboardInterrupt):
             run_stages(range(10), lambda i: i, process, finish, done=done)
         assert finished == processed and len(processed) == stop_at + 2
+
+
+@pytest.mark.parametrize("case", ["run", "edit"])
+def test_compile_happens_during_the_scan_and_changes_nothing(case, media, fast_args, tmp_path, monkeypatch):
+    """With --compile and overlapped stages the loading thread compiles the first batch's graph (a one-step
+    stand-in batch) while the clip is scanned; the render reuses it, and the output equals the sequential order's,
+    which compiles at its first batch."""
+    from torch._dynamo.testing import CompileCounter
+
+    from retarget.pipeline import ExpressionPipeline
+
+    compile_threads, counters = [], []
+    original = ExpressionPipeline.compile
+
+    def counting_compile(self, **kwargs):
+        counter = CompileCounter()
+        counters.append(counter)
+
+        def backend(graph, example_inputs):
+            compile_threads.append(threading.current_thread().name)
+            return counter(graph, example_inputs)
+
+        original(self, backend=backend)
+
+    monkeypatch.setattr(ExpressionPipeline, "compile", counting_compile)
+    outputs = {}
+    for order in ("staged", "sequential"):
+        torch._dynamo.reset()
+        out = tmp_path / f"{order}.mp4"
+        argv = CASES[case](media) + ["-o", out, *fast_args, *LOSSLESS, "--compile"]
+        assert main([str(a) for a in argv + ([] if order == "staged" else ["--no-overlap"])]) == 0
+        outputs[order] = decoded(out)
+        parts = last_job().summary()["load_parts_s"]
+        assert (parts["warm_up"] > 0) == (order == "staged"), (order, parts)
+    torch._dynamo.reset()
+    assert [c.frame_count for c in counters] == [1, 1]  # one graph per process-like job, never recompiled
+    assert compile_threads == ["retarget-load", "MainThread"]  # staged: during the scan; sequential: at render
+    np.testing.assert_array_equal(outputs["staged"], outputs["sequential"])

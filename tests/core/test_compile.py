@@ -7,6 +7,7 @@ and the compiled output can be compared exactly with the eager one.
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from retarget.pipeline import use_persistent_inductor_cache
@@ -126,3 +127,48 @@ def test_compiled_without_guidance_traces_once(tiny_checkpoint):
              num_inference_steps=2, guidance_scale=1.0)
     assert counter.frame_count == 1
     torch._dynamo.reset()
+
+
+def test_warm_up_compiles_the_first_batch_ahead_and_changes_nothing(tiny_checkpoint):
+    from torch._dynamo.testing import CompileCounter
+
+    from retarget import ExpressionPipeline
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    pipe = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+    pipe.compile(backend=counter)
+    pipe.warm_up(BATCH, guidance_scale=3.0, reference="shared", decode=False)
+    assert counter.frame_count == 1 and pipe.static_batch_size == 0  # compiled; the padded size is restored
+    assert pipe._identity_cache is None and pipe._reference_cache is None  # the stand-in's caches are gone
+    clip = _clip(1, 7)
+    shared = _render(pipe, clip, 0.8, 1.0)
+    assert counter.frame_count == 1  # the clip's batches reuse the warm-up's graph
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    per_frame = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+    per_frame.compile(backend=counter)
+    per_frame.warm_up(BATCH, reference="per_frame", decode=True)  # one reference per frame, as edit renders
+    references = np.stack([clip["reference"], clip["reference"][::-1], clip["reference"][:, ::-1]])
+    by_frame = per_frame(clip["ids"], clip["expressions"][:BATCH], reference_image=references,
+                         latents=clip["latents"][:BATCH], num_inference_steps=2).images
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
+
+    eager = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+    eager.static_batch_size = BATCH
+    torch.nn.Module.to(eager.unet, memory_format=torch.channels_last)  # the compiled UNet's layout
+    assert np.array_equal(shared, _render(eager, clip, 0.8, 1.0))
+    assert np.array_equal(by_frame, eager(clip["ids"], clip["expressions"][:BATCH], reference_image=references,
+                                          latents=clip["latents"][:BATCH], num_inference_steps=2).images)
+
+
+def test_an_eager_warm_up_leaves_the_renders_unchanged(pipe):
+    clip = _clip(6, 5)
+    before = _render(pipe, clip, 0.8, 1.0)
+    pipe.warm_up(2, reference=None)
+    pipe.warm_up(BATCH, guidance_scale=1.0, reference="per_frame", reference_scale=0.3)
+    assert np.array_equal(before, _render(pipe, clip, 0.8, 1.0))
+    with pytest.raises(ValueError, match="reference must be"):
+        pipe.warm_up(2, reference="one")
