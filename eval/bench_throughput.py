@@ -21,8 +21,9 @@ compiled path.
 
 End to end (``--e2e [CLIP]``): the command line itself (``retarget run``, and ``retarget edit`` with the photo as
 the expression source; ``--commands``), each in a fresh process, with the overlapped stages (``staged``) and with
-``--no-overlap`` (``sequential``, the same code one stage after another) and staged with ``--compile``
-(``compiled``); ``--order`` picks them. Without
+``--no-overlap`` (``sequential``, the same code one stage after another), staged with ``--compile``
+(``compiled``, where the compile runs during the face scan) and sequential with ``--compile``
+(``compiled-sequential``, where it delays the first batch); ``--order`` picks them. Without
 CLIP a synthetic clip of a moving face (:mod:`retarget.testing.media`, ``--synthetic-frames``) is used, without
 ``--identity`` the synthetic face photo. Weights: random of ``--size`` with the face models
 (:mod:`retarget.testing`), or ``--models``/``--base-model``. Per command and order it prints one JSON line (frames,
@@ -48,7 +49,7 @@ import torch
 PATHS = ("official", "unoptimised", "batched", "channels-last", "compiled", "lcm")
 #: ``torch.compile`` modes the compiled path can be timed with, as ``compiled:MODE`` in ``--paths``.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-E2E_ORDERS = ("staged", "sequential", "compiled")
+E2E_ORDERS = ("staged", "sequential", "compiled", "compiled-sequential")
 
 
 def _write_random_lcm_lora(models: str, folder: str) -> str:
@@ -304,7 +305,8 @@ def e2e(args) -> int:
                         "--steps", str(args.steps), "--guidance", str(args.guidance), "--batch-size",
                         str(args.batch_size), "--chunk-size", str(args.chunk_size), "--device", args.device,
                         "--dtype", args.dtype, "--no-progress"] + (["--base-model", base] if base else []) \
-                    + {"staged": [], "sequential": ["--no-overlap"], "compiled": ["--compile"]}[order]
+                    + {"staged": [], "sequential": ["--no-overlap"], "compiled": ["--compile"],
+                       "compiled-sequential": ["--compile", "--no-overlap"]}[order]
                 begin = time.perf_counter()
                 child = [sys.executable, "-m", "eval.bench_throughput", "--e2e-child", json.dumps(argv)]
                 done = subprocess.run(child, capture_output=True, text=True)
@@ -335,7 +337,7 @@ def e2e(args) -> int:
         print(f"load s, {r['command']} {r['order']}: {parts or '-'}")
     for command in commands:
         by_order = {r["order"]: r for r in results if r["command"] == command}
-        for faster, slower in (("staged", "sequential"), ("compiled", "staged")):
+        for faster, slower in (("staged", "sequential"), ("compiled", "staged"), ("compiled", "compiled-sequential")):
             if faster in by_order and slower in by_order:
                 a, b = by_order[faster], by_order[slower]
                 print(f"speed-up {faster} vs {slower}, {command}: "
@@ -351,7 +353,8 @@ def main(argv=None) -> int:
     parser.add_argument("--identity", help="(--e2e) identity photo (default: the synthetic face photo)")
     parser.add_argument("--order", default="both",
                         help="(--e2e) comma-separated: staged (overlapped stages), sequential (--no-overlap), "
-                             "compiled (staged with --compile); both = staged,sequential (default)")
+                             "compiled (staged with --compile), compiled-sequential (--compile --no-overlap); "
+                             "both = staged,sequential (default)")
     parser.add_argument("--commands", default="run,edit", help="(--e2e) commands to time (default run,edit)")
     parser.add_argument("--chunk-size", type=int, default=16, help="(--e2e) --chunk-size of the commands")
     parser.add_argument("--synthetic-frames", type=int, default=48, help="(--e2e) frames of the synthetic clip")
