@@ -40,10 +40,21 @@ def playwright_api():
     return sync_playwright
 
 
-def _set_number(page, elem_id: str, value) -> None:
-    field = page.locator(f"#{elem_id} input[type=number]")
-    field.fill(str(value))
-    field.press("Enter")
+def _set_numbers(page, values: dict) -> None:
+    """Type ``values`` ({elem_id: number}) into the page's number fields, and type again any that a late re-render
+    of a slow first page load put back to its default before the job starts (checked until all hold)."""
+    fields = {elem_id: page.locator(f"#{elem_id} input[type=number]") for elem_id in values}
+    pending = dict(values)
+    for _ in range(20):
+        for elem_id, value in pending.items():
+            fields[elem_id].fill(str(value))
+            fields[elem_id].press("Enter")
+            fields[elem_id].blur()
+        page.wait_for_timeout(100)
+        pending = {k: v for k, v in values.items() if float(fields[k].input_value() or "nan") != float(v)}
+        if not pending:
+            return
+    raise AssertionError(f"the page kept resetting {sorted(pending)}")
 
 
 def test_run_in_a_real_browser(playwright_api, served_app, media, tmp_path):
@@ -53,13 +64,12 @@ def test_run_in_a_real_browser(playwright_api, served_app, media, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
             page.set_default_timeout(TIMEOUT_MS)
-            page.goto(url)
+            page.goto(url, wait_until="networkidle")  # the app's scripts and config loaded
             page.locator("#retarget-driving input[type=file]").set_input_files(str(media["clip"]))
             page.locator("#retarget-identity input[type=file]").set_input_files(str(media["photo"]))
             page.wait_for_selector("#retarget-driving video")
             page.get_by_text("Sampling", exact=True).click()
-            _set_number(page, "retarget-steps", 2)
-            _set_number(page, "retarget-guidance", 1.0)
+            _set_numbers(page, {"retarget-steps": 2, "retarget-guidance": 1.0})
 
             page.click("#retarget-run")
             page.wait_for_selector("#retarget-result video")
