@@ -35,8 +35,8 @@ def _common_parser() -> argparse.ArgumentParser:
                        help="decode with the VAE in fp32 (avoids fp16 artefacts on older GPUs)")
     model.add_argument("--compile", action="store_true",
                        help="torch.compile the UNet once per batch size: faster rendering on GPUs (1.45x on an "
-                            "H200) after a first compile of about 80 s, cached for later runs (about 10 s) and, with "
-                            "overlapped stages, done while the face scan runs; worth it for long clips")
+                            "H200) after a first compile of about 80 s, cached for later runs (about 10 s) and, on a GPU "
+                            "with overlapped stages, done while the face scan runs; worth it for long clips")
     model.add_argument("--lcm-lora", metavar="FILE", default=None,
                        help="SD1.5 LCM-LoRA .safetensors for few-step sampling (use with e.g. --steps 6 --guidance 1.5)")
     sampling = common.add_argument_group("sampling")

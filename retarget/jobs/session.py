@@ -19,6 +19,13 @@ from retarget.jobs.options import JobOptions
 log = logging.getLogger(__name__)
 
 
+def warms_up(device) -> bool:
+    """Whether a background load goes on to warm the pipeline up (see :meth:`RenderSession.load`): on CUDA, where
+    the face scan's CPU work and the warm-up's GPU work (and a compile's) overlap. Not on the CPU, where both need
+    the same cores: there a ``run --compile`` with the warm-up measured 0.94x of one without (2 cores)."""
+    return str(device).split(":")[0] == "cuda"
+
+
 class RenderSession:
     """Holds what a job loads once: ``pipeline`` (:class:`~retarget.pipeline.ExpressionPipeline`) and ``faces``
     (:class:`~retarget.jobs.frames.FaceModels`), all on ``device`` (``options.device`` resolved by
@@ -56,9 +63,9 @@ class RenderSession:
         thread with ``background``, see the class doc). Returns ``self``.
 
         ``warm_up``: ``(frames, reference)`` of the job's first diffusion batch (``reference`` as in
-        :meth:`~retarget.pipeline.ExpressionPipeline.warm_up`). With ``background``, on CUDA or with
-        ``options.compile``, the loading thread renders a one-step stand-in batch of that shape after the load.
-        A wrong guess costs time only: results never depend on it.
+        :meth:`~retarget.pipeline.ExpressionPipeline.warm_up`). With ``background``, where :func:`warms_up` (on
+        CUDA), the loading thread renders a one-step stand-in batch of that shape after the load (and after the
+        compile set-up with ``options.compile``). A wrong guess costs time only: results never depend on it.
 
         Raises :class:`~retarget.errors.WeightsError` (one line) for a missing models folder or a missing or
         broken file.
@@ -130,7 +137,7 @@ class RenderSession:
         if o.compile:
             pipe.compile()
         options_done = time.perf_counter()
-        if warm_up is not None and (pipe.device.type == "cuda" or o.compile):
+        if warm_up is not None and warms_up(pipe.device):
             frames, reference = warm_up
             pipe.warm_up(frames, o.guidance, reference, o.reference_scale, decode=pipe.device.type == "cuda")
         self._pipeline = pipe

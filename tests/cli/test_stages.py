@@ -262,11 +262,12 @@ def test_a_stop_in_done_still_saves_every_processed_item():
 
 @pytest.mark.parametrize("case", ["run", "edit"])
 def test_compile_happens_during_the_scan_and_changes_nothing(case, media, fast_args, tmp_path, monkeypatch):
-    """With --compile and overlapped stages the loading thread compiles the first batch's graph (a one-step
-    stand-in batch) while the clip is scanned; the render reuses it, and the output equals the sequential order's,
-    which compiles at its first batch."""
+    """With --compile and overlapped stages, where the session warms up (on CUDA; forced here on the CPU), the
+    loading thread compiles the first batch's graph (a one-step stand-in batch) while the clip is scanned; the
+    render reuses it, and the output equals the sequential order's, which compiles at its first batch."""
     from torch._dynamo.testing import CompileCounter
 
+    from retarget.jobs import session as session_module
     from retarget.pipeline import ExpressionPipeline
 
     compile_threads, counters = [], []
@@ -283,6 +284,7 @@ def test_compile_happens_during_the_scan_and_changes_nothing(case, media, fast_a
         original(self, backend=backend)
 
     monkeypatch.setattr(ExpressionPipeline, "compile", counting_compile)
+    monkeypatch.setattr(session_module, "warms_up", lambda device: True)  # as on CUDA
     outputs = {}
     for order in ("staged", "sequential"):
         torch._dynamo.reset()
@@ -296,3 +298,10 @@ def test_compile_happens_during_the_scan_and_changes_nothing(case, media, fast_a
     assert [c.frame_count for c in counters] == [1, 1]  # one graph per process-like job, never recompiled
     assert compile_threads == ["retarget-load", "MainThread"]  # staged: during the scan; sequential: at render
     np.testing.assert_array_equal(outputs["staged"], outputs["sequential"])
+
+
+def test_the_warm_up_is_for_gpus():
+    from retarget.jobs.session import warms_up
+
+    assert warms_up("cuda") and warms_up("cuda:1") and warms_up(torch.device("cuda", 0))
+    assert not warms_up("cpu") and not warms_up(torch.device("cpu")) and not warms_up("mps")
