@@ -305,3 +305,24 @@ def test_the_warm_up_is_for_gpus():
 
     assert warms_up("cuda") and warms_up("cuda:1") and warms_up(torch.device("cuda", 0))
     assert not warms_up("cpu") and not warms_up(torch.device("cpu")) and not warms_up("mps")
+
+
+def test_a_failed_warm_up_only_warns(media, fast_args, tmp_path, monkeypatch, caplog):
+    """The warm-up is an optimisation: if it fails (say, out of GPU memory beside the scan), the job goes on cold,
+    with the same output."""
+    from retarget.jobs import session as session_module
+    from retarget.pipeline import ExpressionPipeline
+
+    def failing(self, *args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\n(details)")
+
+    monkeypatch.setattr(session_module, "warms_up", lambda device: True)
+    monkeypatch.setattr(ExpressionPipeline, "warm_up", failing)
+    out = tmp_path / "cold.mp4"
+    with caplog.at_level(logging.WARNING, logger="retarget.jobs.session"):
+        assert main([str(a) for a in CASES["run"](media) + ["-o", out, *fast_args, *LOSSLESS]]) == 0
+    assert "warm-up skipped (RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB)" in caplog.text
+    monkeypatch.undo()
+    reference = tmp_path / "reference.mp4"
+    assert main([str(a) for a in CASES["run"](media) + ["-o", reference, *fast_args, *LOSSLESS]]) == 0
+    np.testing.assert_array_equal(decoded(out), decoded(reference))
