@@ -3,13 +3,15 @@
 #   bash eval/gpu_figures.sh            # SD1.5-sized weights, bf16 (a GPU with >= 16 GB)
 #   SIZE=tiny DTYPE=fp32 bash eval/gpu_figures.sh   # the same steps at tiny size (a check of the script, any machine)
 # 0. the weights, written once (random, published sizes, with the face models) into WORK;
-# 1. the pipeline paths at batch BATCH (PATHS; default batched, channels-last, unoptimised, compiled, LCM at 6 steps),
+# 1. the pipeline paths at batch BATCH (PATHS; default batched, channels-last, unoptimised, compiled, LCM at 6 steps;
+#    compiled:MODE adds a torch.compile mode, e.g. compiled:reduce-overhead for CUDA graphs),
 #    with FLOPs, the share of the measured matmul peak, how far each path's first batch is from the batched path's
 #    and from an fp32 render, and torch.profiler tables of one batched and one compiled batch (PROFILE_DIR);
 # 2. the same compiled path again in a new process (the persistent compile cache: the second run's first batch
 #    shows the compile cost left);
 # 3. `retarget run` end to end on a synthetic clip (FRAMES frames at 30 fps, default 300 = 10 s): overlapped stages,
-#    --no-overlap, and overlapped with --compile (ORDERS).
+#    --no-overlap, and overlapped with --compile (ORDERS; compiled-sequential adds --compile --no-overlap, where the
+#    compile is not warmed up during the scan).
 # Each step prints its own table; the JSON lines can be collected with `grep '^{'`. TIMEOUT1..3 (seconds) bound
 # steps 1-3, so one slow step still leaves the others' figures; STEPS picks steps (default "1 2 3"). A run with the
 # same WORK reuses the weights (and the compile cache stays on the machine), so the steps can be split over two runs
