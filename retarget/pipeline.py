@@ -35,7 +35,7 @@ from .models.attention import (
     ReferenceSelfAttnProcessor,
     fuse_self_attention_projections,
 )
-from .models.identity import IdPromptEncoder
+from .models.identity import ARCFACE_DIM, IdPromptEncoder
 from .models.loading import (
     LCM_ADAPTER_NAME,
     REFERENCE_ADAPTER_NAME,
@@ -608,7 +608,7 @@ class ExpressionPipeline:
         size = self.image_size
         grey = np.full((size, size, 3), 128, np.uint8)
         references = None if reference is None else grey if reference == "shared" else [grey] * frames
-        identity = torch.zeros(512)
+        identity = torch.zeros(ARCFACE_DIM)
         identity[0] = 1.0
         static_batch_size = self.static_batch_size
         try:
