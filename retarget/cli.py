@@ -37,6 +37,10 @@ def _common_parser() -> argparse.ArgumentParser:
                        help="torch.compile the UNet once per batch size: faster rendering on GPUs (1.45x on an "
                             "H200) after a first compile of about 80 s, cached for later runs (about 10 s) and, on a GPU "
                             "with overlapped stages, done while the face scan runs; worth it for long clips")
+    model.add_argument("--compile-mode", default=None,
+                       choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                       help="torch.compile mode, implies --compile (default: inductor's default; reduce-overhead adds "
+                            "CUDA graphs; max-autotune tunes kernels at a longer first compile; neither measured)")
     model.add_argument("--lcm-lora", metavar="FILE", default=None,
                        help="SD1.5 LCM-LoRA .safetensors for few-step sampling (use with e.g. --steps 6 --guidance 1.5)")
     sampling = common.add_argument_group("sampling")
@@ -278,7 +282,8 @@ def options_from_args(args: argparse.Namespace):
         face_index=args.face_index,
         face_reference=Path(args.face_reference) if args.face_reference else None,
         smirk_channels=args.smirk_channels,
-        compile=args.compile,
+        compile=args.compile or args.compile_mode is not None,
+        compile_mode=args.compile_mode or "default",
         lcm_lora=Path(args.lcm_lora) if args.lcm_lora else None,
         vae_fp32=args.vae_fp32,
         color_match=args.color_match,

@@ -31,7 +31,8 @@ from retarget.jobs.options import JobOptions
 from retarget.jobs.session import RenderSession
 
 #: JobOptions fields that decide what a session loads; jobs that agree on them share one warm session.
-MODEL_FIELDS = ("models", "base_model", "device", "dtype", "vae_fp32", "compile", "smirk_channels", "batch_size")
+MODEL_FIELDS = ("models", "base_model", "device", "dtype", "vae_fp32", "compile", "compile_mode", "smirk_channels",
+                "batch_size")
 
 
 class JobCancelled(Exception):

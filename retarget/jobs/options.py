@@ -21,6 +21,8 @@ from retarget.video.encoding import EncoderSettings
 from retarget.video.resume import file_identity
 
 SMOOTHING_METHODS = ("kalman", "savgol", "one_euro", "none")
+#: ``torch.compile`` modes for ``compile_mode`` ("default" = inductor's default; "reduce-overhead" adds CUDA graphs).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SMIRK_CHANNELS = ("rgb", "bgr")
 DTYPES = ("fp32", "fp16", "bf16")
 
@@ -52,7 +54,8 @@ class JobOptions:
     the clip) or ``face_reference`` (a photo of the person to follow, matched by ArcFace similarity);
     ``smirk_channels`` (:data:`SMIRK_CHANNELS`: the channel order of SMIRK's input crop, "rgb" as SMIRK expects or
     "bgr" as the published demo feeds it; it changes the expressions read, so it is part of the render key).
-    Pipeline: ``compile`` (``torch.compile`` the UNet), ``vae_fp32`` (VAE in fp32), ``lcm_lora`` (an SD1.5
+    Pipeline: ``compile`` (``torch.compile`` the UNet, in ``compile_mode``, one of :data:`COMPILE_MODES`; timing
+    only, not part of the render key), ``vae_fp32`` (VAE in fp32), ``lcm_lora`` (an SD1.5
     LCM-LoRA file: few-step sampling with the LCM scheduler). Paste-back (``edit``):
     ``color_match`` (match the generated face's colour statistics to the original face). Output: ``encoder``;
     ``watermark`` (embed the invisible provenance mark in every output frame, see :mod:`retarget.provenance`).
@@ -80,6 +83,7 @@ class JobOptions:
     face_reference: Path | None = None
     smirk_channels: str = "rgb"
     compile: bool = False
+    compile_mode: str = "default"
     lcm_lora: Path | None = None
     vae_fp32: bool = False
     color_match: bool = False
@@ -109,6 +113,7 @@ class JobOptions:
             (self.smooth in SMOOTHING_METHODS, f"--smooth must be one of {', '.join(SMOOTHING_METHODS)}"),
             (self.dtype is None or self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
             (self.smirk_channels in SMIRK_CHANNELS, f"--smirk-channels must be one of {', '.join(SMIRK_CHANNELS)}"),
+            (self.compile_mode in COMPILE_MODES, f"--compile-mode must be one of {', '.join(COMPILE_MODES)}"),
             (self.lcm_lora is None or self.lcm_lora.is_file(), f"--lcm-lora: no such file: {self.lcm_lora}"),
         ]
         for ok, message in checks:
@@ -123,7 +128,7 @@ class JobOptions:
 
         data = asdict(self)
         for name in ("progress", "batch_size", "overlap", "memory_budget", "models", "encoder", "compile",
-                     "face_reference", "lcm_lora"):
+                     "compile_mode", "face_reference", "lcm_lora"):
             data.pop(name)
         data["models"] = str(self.models.resolve())
         data["face_reference"] = None if self.face_reference is None else file_identity(self.face_reference)

@@ -135,7 +135,7 @@ class RenderSession:
         if o.vae_fp32:
             pipe.upcast_vae()
         if o.compile:
-            pipe.compile()
+            pipe.compile(mode=None if o.compile_mode == "default" else o.compile_mode)
         options_done = time.perf_counter()
         if warm_up is not None and warms_up(pipe.device):
             frames, reference = warm_up

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retarget.cli import main
+from retarget.cli import build_parser, main
+from retarget.errors import InputError
 from retarget.jobs import extract as extract_module
 from retarget.faces.models import FaceModels
 from retarget.jobs.frames import photo_face
@@ -156,16 +157,32 @@ def test_run_time_range_and_edit_side_by_side(media, fast_args, tmp_path, render
 def test_compile_and_vae_fp32_reach_the_pipeline(media, fast_args, tmp_path, monkeypatch):
     from retarget.pipeline import ExpressionPipeline
 
-    called = []
-    monkeypatch.setattr(ExpressionPipeline, "compile", lambda self, **kw: called.append("compile"))
+    called, modes = [], []
+    monkeypatch.setattr(ExpressionPipeline, "compile",
+                        lambda self, **kw: (called.append("compile"), modes.append(kw.get("mode"))))
     original_upcast = ExpressionPipeline.upcast_vae
     monkeypatch.setattr(ExpressionPipeline, "upcast_vae",
                         lambda self: (called.append("upcast_vae"), original_upcast(self))[1])
     out = tmp_path / "switches.mp4"
     assert main(["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(out), "--compile",
                  "--vae-fp32", *fast_args]) == 0
-    assert sorted(called) == ["compile", "upcast_vae"]
+    assert sorted(called) == ["compile", "upcast_vae"] and modes == [None]  # inductor's default mode
     assert probe_video(out).frame_count == FRAMES
+    # --compile-mode picks the mode and implies --compile; it does not change the render key (timing only)
+    moded = tmp_path / "moded.mp4"
+    assert main(["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(moded),
+                 "--compile-mode", "reduce-overhead", *fast_args]) == 0
+    assert modes == [None, "reduce-overhead"]
+    from retarget.jobs.options import COMPILE_MODES, JobOptions
+
+    plain, tuned = JobOptions(models=tmp_path), JobOptions(models=tmp_path, compile=True, compile_mode="max-autotune")
+    assert "compile_mode" not in plain.render_key() and plain.render_key() == tuned.render_key()
+    for mode in COMPILE_MODES:  # the command line offers every mode the options accept
+        argv = ["run", "in.mp4", "--identity", "p.jpg", "-o", "o.mp4", "--compile-mode", mode]
+        args = build_parser().parse_args(argv)
+        assert args.compile_mode == mode
+    with pytest.raises(InputError, match="--compile-mode must be one of"):
+        JobOptions(models=tmp_path, compile_mode="fastest")
 
 
 def test_edit_color_match_reaches_paste_back(media, fast_args, tmp_path, monkeypatch):
