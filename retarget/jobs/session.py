@@ -140,15 +140,14 @@ class RenderSession:
         if warm_up is not None and warms_up(pipe.device):
             frames, reference = warm_up
             try:
-                pipe.warm_up(frames, o.guidance, reference, o.reference_scale, decode=pipe.device.type == "cuda")
+                pipe.warm_up(frames, o.guidance, reference, o.reference_scale)
             except Exception as error:  # an optimisation must not fail a job: the first batch pays the costs instead
                 log.warning("warm-up skipped (%s: %s); the first batch starts cold",
                             type(error).__name__, str(error).strip().splitlines()[0] if str(error).strip() else "")
                 log.debug("warm-up failure", exc_info=True)
-                if pipe.device.type == "cuda":
-                    import torch
+                import torch
 
-                    torch.cuda.empty_cache()  # e.g. out of memory beside the scan: leave the room to the render
+                torch.cuda.empty_cache()  # e.g. out of memory beside the scan: leave the room to the render
         self._pipeline = pipe
         end = time.perf_counter()
         self.load_seconds += end - begin
