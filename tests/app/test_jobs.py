@@ -13,6 +13,7 @@ import pytest
 from retarget.app.jobs import JobCancelled, JobControl, SessionCache, Workspace, start_job
 from retarget.jobs.options import JobOptions
 from retarget.jobs.run import run_job
+from retarget.video.encoding import EncoderSettings
 from tests.app.helpers import video_frames
 
 
@@ -58,6 +59,9 @@ def test_progress_follows_the_jobs_frames(options, media, tmp_path):
 @pytest.mark.parametrize("overlap", [True, False])
 def test_cancel_stops_the_render_and_the_render_resumes(overlap, options, media, tmp_path):
     options.overlap = overlap
+    # Lossless: x264 spreads a last-bit difference of the CPU floats (which can differ between two renders of the
+    # same frames) over whole blocks at its default quality; losslessly, the frames come back as they were saved.
+    options.encoder = EncoderSettings(crf=0, preset="ultrafast")
     output = tmp_path / "out.mp4"
     control = Recording(cancel_at=4)
     job = run(partial(run_job, media["clip"], media["photo"], output, options), control)
@@ -78,7 +82,10 @@ def test_cancel_stops_the_render_and_the_render_resumes(overlap, options, media,
 
     fresh = run(partial(run_job, media["clip"], media["photo"], tmp_path / "fresh.mp4", options), JobControl())
     assert fresh.error is None
-    np.testing.assert_array_equal(video_frames(output)[0], video_frames(tmp_path / "fresh.mp4")[0])
+    resumed_frames, fresh_frames = video_frames(output)[0].astype(int), video_frames(tmp_path / "fresh.mp4")[0]
+    difference = np.abs(resumed_frames - fresh_frames)
+    assert resumed_frames.shape == fresh_frames.shape == (12, 32, 32, 3)
+    assert difference.max() <= 1 and np.count_nonzero(difference) < 0.01 * difference.size  # the same render
 
 
 def test_cancel_before_start():
