@@ -46,9 +46,9 @@ import time
 import numpy as np
 import torch
 
+from retarget.jobs.options import COMPILE_MODES  # the modes the compiled path can be timed with (compiled:MODE)
+
 PATHS = ("official", "unoptimised", "batched", "channels-last", "compiled", "lcm")
-#: ``torch.compile`` modes the compiled path can be timed with, as ``compiled:MODE`` in ``--paths``.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 E2E_ORDERS = ("staged", "sequential", "compiled", "compiled-sequential")
 
 

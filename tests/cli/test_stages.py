@@ -25,6 +25,7 @@ from retarget.video.reader import VideoReader
 from retarget.video.resume import WORK_SUFFIX, ChunkedRender
 from tests.cli.conftest import FRAMES
 from tests.cli.test_errors_batch_weights import assert_one_line_error, run_cli
+from tests.renders import assert_same_render
 
 CASES = {
     "run": lambda media: ["run", media["clip"], "--identity", media["photo"]],
@@ -40,14 +41,6 @@ LOSSLESS = ["--crf", "0", "--preset", "ultrafast"]
 
 def decoded(path) -> np.ndarray:
     return np.stack([frame for frame, _, _ in VideoReader(path).iter_frames()])
-
-
-def assert_same_render(a: np.ndarray, b: np.ndarray) -> None:
-    """Two renders of the same frames in separate jobs: equal up to a rare one-level rounding flip (the CPU's last
-    float bits can differ between two runs of the same computation)."""
-    assert a.shape == b.shape
-    difference = np.abs(a.astype(int) - b.astype(int))
-    assert difference.max() <= 1 and np.count_nonzero(difference) < 0.01 * difference.size
 
 
 @pytest.fixture(scope="module")
