@@ -19,11 +19,14 @@ against an fp32 render); ``--profile-dir`` writes a torch.profiler table of one 
 compiled path.
 ``--models``/``--base-model`` run on real weights instead.
 
-End to end (``--e2e [CLIP]``): the command line itself (``retarget run``, and ``retarget edit`` with the photo as
-the expression source; ``--commands``), each in a fresh process, with the overlapped stages (``staged``) and with
-``--no-overlap`` (``sequential``, the same code one stage after another), staged with ``--compile``
-(``compiled``, where the compile runs during the face scan) and sequential with ``--compile``
-(``compiled-sequential``, where it delays the first batch); ``--order`` picks them. Without
+End to end (``--e2e [CLIP]``): the command line itself (``retarget run``, ``retarget edit`` with the photo as
+the expression source, and ``retarget batch`` of run on a folder of ``--batch-clips`` copies of the clip;
+``--commands``), each in a fresh process, with the overlapped stages (``staged``) and with ``--no-overlap``
+(``sequential``, the same code one stage after another), staged with the model's work during the scans forced on
+(``overlapped``: the warm-up, and batch's scan of the next clip while one renders; ``staged`` does this on CUDA
+only, see :func:`retarget.jobs.session.overlaps_scan`), staged with ``--compile`` (``compiled``, where the compile
+runs during the face scan) and sequential with ``--compile`` (``compiled-sequential``, where it delays the first
+batch); ``--order`` picks them. Without
 CLIP a synthetic clip of a moving face (:mod:`retarget.testing.media`, ``--synthetic-frames``) is used, without
 ``--identity`` the synthetic face photo. Weights: random of ``--size`` with the face models
 (:mod:`retarget.testing`), or ``--models``/``--base-model``. Per command and order it prints one JSON line (frames,
@@ -38,6 +41,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,7 +53,11 @@ import torch
 from retarget.jobs.options import COMPILE_MODES  # the modes the compiled path can be timed with (compiled:MODE)
 
 PATHS = ("official", "unoptimised", "batched", "channels-last", "compiled", "lcm")
-E2E_ORDERS = ("staged", "sequential", "compiled", "compiled-sequential")
+E2E_ORDERS = ("staged", "sequential", "overlapped", "compiled", "compiled-sequential")
+#: The command-line flags of each end-to-end order ("overlapped" is "staged" with the model's work overlapping the
+#: scans forced on, as on CUDA: see e2e_child).
+E2E_FLAGS = {"staged": [], "sequential": ["--no-overlap"], "overlapped": [], "compiled": ["--compile"],
+             "compiled-sequential": ["--compile", "--no-overlap"]}
 
 
 def _write_random_lcm_lora(models: str, folder: str) -> str:
@@ -244,10 +252,17 @@ def matmul_peak_tflops(device) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
 
 
-def e2e_child(argv: list[str]) -> dict:
-    """Run ``retarget ARGV`` in this process; the job's stage record (see :mod:`retarget.jobs.stage_times`)."""
+def e2e_child(argv: list[str], overlap_scan: bool = False) -> dict:
+    """Run ``retarget ARGV`` in this process; the job's stage record (see :mod:`retarget.jobs.stage_times`; for
+    ``batch`` the sum over its clips). ``overlap_scan``: give the model work during the face scans (the warm-up,
+    ``batch``'s scan of the next clip during a render) on any device, not only on CUDA (see
+    :func:`retarget.jobs.session.overlaps_scan`), to measure what that does elsewhere."""
     from retarget.cli import main as cli_main
+    from retarget.jobs import session
     from retarget.jobs.stage_times import last_job
+
+    if overlap_scan:
+        session.overlaps_scan = lambda device: True
 
     code = cli_main(argv)
     if code != 0:
@@ -298,17 +313,23 @@ def e2e(args) -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         models, base, clip, photo = e2e_inputs(args, tmp)
+        if "batch" in commands:  # a folder of copies of the clip
+            os.makedirs(f"{tmp}/clips")
+            for index in range(args.batch_clips):
+                shutil.copyfile(clip, f"{tmp}/clips/{index:03d}{os.path.splitext(clip)[1]}")
         for command in commands:
             for order in orders:
-                source = ["--identity", photo] if command == "run" else ["--expression", photo]
-                argv = [command, clip, *source, "-o", f"{tmp}/{command}-{order}.mp4", "--models", models,
+                source = ["--expression", photo] if command == "edit" else ["--identity", photo]
+                inputs, output = (f"{tmp}/clips", f"{tmp}/batch-{order}") if command == "batch" else \
+                    (clip, f"{tmp}/{command}-{order}.mp4")
+                argv = [command, inputs, *source, "-o", output, "--models", models,
                         "--steps", str(args.steps), "--guidance", str(args.guidance), "--batch-size",
                         str(args.batch_size), "--chunk-size", str(args.chunk_size), "--device", args.device,
                         "--dtype", args.dtype, "--no-progress"] + (["--base-model", base] if base else []) \
-                    + {"staged": [], "sequential": ["--no-overlap"], "compiled": ["--compile"],
-                       "compiled-sequential": ["--compile", "--no-overlap"]}[order]
+                    + E2E_FLAGS[order]
                 begin = time.perf_counter()
-                child = [sys.executable, "-m", "eval.bench_throughput", "--e2e-child", json.dumps(argv)]
+                child = [sys.executable, "-m", "eval.bench_throughput", "--e2e-child", json.dumps(argv)] \
+                    + ["--e2e-overlap-scan"] * (order == "overlapped")
                 done = subprocess.run(child, capture_output=True, text=True)
                 seconds = time.perf_counter() - begin
                 if done.returncode != 0:  # report it and go on with the others
@@ -337,7 +358,8 @@ def e2e(args) -> int:
         print(f"load s, {r['command']} {r['order']}: {parts or '-'}")
     for command in commands:
         by_order = {r["order"]: r for r in results if r["command"] == command}
-        for faster, slower in (("staged", "sequential"), ("compiled", "staged"), ("compiled", "compiled-sequential")):
+        for faster, slower in (("staged", "sequential"), ("overlapped", "staged"), ("compiled", "staged"),
+                               ("compiled", "compiled-sequential")):
             if faster in by_order and slower in by_order:
                 a, b = by_order[faster], by_order[slower]
                 print(f"speed-up {faster} vs {slower}, {command}: "
@@ -355,11 +377,14 @@ def main(argv=None) -> int:
                         help="(--e2e) comma-separated: staged (overlapped stages), sequential (--no-overlap), "
                              "compiled (staged with --compile), compiled-sequential (--compile --no-overlap); "
                              "both = staged,sequential (default)")
-    parser.add_argument("--commands", default="run,edit", help="(--e2e) commands to time (default run,edit)")
+    parser.add_argument("--commands", default="run,edit",
+                        help="(--e2e) commands to time: run, edit, batch (run on a folder; default run,edit)")
+    parser.add_argument("--batch-clips", type=int, default=3, help="(--e2e) copies of the clip in batch's folder")
     parser.add_argument("--chunk-size", type=int, default=16, help="(--e2e) --chunk-size of the commands")
     parser.add_argument("--synthetic-frames", type=int, default=48, help="(--e2e) frames of the synthetic clip")
     parser.add_argument("--synthetic-fps", default="25", help="(--e2e) frame rate of the synthetic clip (e.g. 30000/1001)")
     parser.add_argument("--e2e-child", help=argparse.SUPPRESS)
+    parser.add_argument("--e2e-overlap-scan", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--models", help="models folder (default: random weights of --size in a temp folder)")
     parser.add_argument("--base-model", help="SD1.5 base folder (with --models)")
@@ -396,7 +421,7 @@ def main(argv=None) -> int:
     parser.add_argument("--compile-mode", choices=COMPILE_MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.e2e_child:  # child process: one command
-        print(json.dumps(e2e_child(json.loads(args.e2e_child))))
+        print(json.dumps(e2e_child(json.loads(args.e2e_child), overlap_scan=args.e2e_overlap_scan)))
         return 0
     if args.write_models:
         print(json.dumps(write_models(args.write_models, args.size)))

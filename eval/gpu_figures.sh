@@ -12,8 +12,11 @@
 # 3. `retarget run` end to end on a synthetic clip (FRAMES frames at 30 fps, default 300 = 10 s): overlapped stages,
 #    --no-overlap, and overlapped with --compile (ORDERS; compiled-sequential adds --compile --no-overlap, where the
 #    compile is not warmed up during the scan).
+# 4. `retarget batch` of run end to end on a folder of BATCH_CLIPS copies of a synthetic clip (BATCH_FRAMES frames
+#    each, default 4 x 96): overlapped stages (on CUDA each clip is scanned while the previous one renders) and
+#    --no-overlap (BATCH_ORDERS).
 # Each step prints its own table; the JSON lines can be collected with `grep '^{'`. TIMEOUT1..3 (seconds) bound
-# steps 1-3, so one slow step still leaves the others' figures; STEPS picks steps (default "1 2 3"). A run with the
+# steps 1-4, so one slow step still leaves the others' figures; STEPS picks steps (default "1 2 3 4"). A run with the
 # same WORK reuses the weights (and the compile cache stays on the machine), so the steps can be split over two runs
 # on one machine, e.g. STEPS="1 2" then STEPS=3.
 set -uo pipefail
@@ -26,7 +29,7 @@ paths=${PATHS:-batched,channels-last,unoptimised,compiled,lcm}
 orders=${ORDERS:-staged,sequential,compiled}
 work=${WORK:-$(mktemp -d)}
 profile_dir=${PROFILE_DIR:-$work}
-steps=${STEPS:-1 2 3}
+steps=${STEPS:-1 2 3 4}
 python=${PYTHON:-python}
 step() {  # step SECONDS COMMAND...
     local seconds=$1; shift
@@ -62,4 +65,10 @@ if [[ " $steps " == *" 3 "* ]]; then
     echo "== 3. retarget run end to end, $frames frames at 30 fps: $orders"
     step "${TIMEOUT3:-1800}" "$python" -m eval.bench_throughput --e2e "${common[@]}" --chunk-size 64 \
         --synthetic-frames "$frames" --synthetic-fps 30 --commands run --order "$orders"
+fi
+if [[ " $steps " == *" 4 "* ]]; then
+    echo "== 4. retarget batch (run) end to end, ${BATCH_CLIPS:-4} clips of ${BATCH_FRAMES:-96} frames at 30 fps"
+    step "${TIMEOUT4:-1800}" "$python" -m eval.bench_throughput --e2e "${common[@]}" --chunk-size 64 \
+        --synthetic-frames "${BATCH_FRAMES:-96}" --synthetic-fps 30 --commands batch \
+        --batch-clips "${BATCH_CLIPS:-4}" --order "${BATCH_ORDERS:-staged,sequential}"
 fi

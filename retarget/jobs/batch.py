@@ -10,8 +10,10 @@ file.
 Sharding: under ``accelerate launch`` (or any launcher that sets accelerate's environment) the sorted file list is
 split by accelerate's ``PartialState``: process ``i`` of ``n`` takes files ``i, i + n, i + 2n, ...``, so no file
 is done twice and each has exactly one owner. Each process renders on its own GPU (the launcher's local rank, see
-:func:`retarget.devices.resolve_device`). The model files are loaded and checked once, before any clip: bad
-weights stop the batch with one error instead of failing every clip.
+:func:`retarget.devices.resolve_device`). The model files are loaded once and checked before any clip (the diffusion
+pipeline's load, on its own thread during the first clip's scan, stops the batch if it fails): bad weights stop the
+batch with one error instead of failing every clip. On CUDA each clip is scanned while the one before renders (see
+:func:`batch_job`).
 """
 
 from __future__ import annotations
@@ -19,13 +21,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from retarget.errors import InputError
 from retarget.jobs.options import JobOptions
+from retarget.jobs.scanned import ScannedClip
+from retarget.jobs.stage_times import StageTimes, finish_job
 
 log = logging.getLogger(__name__)
 
@@ -138,26 +145,90 @@ def append_failure(out_dir: Path, video: Path, error: BaseException) -> None:
         os.close(fd)
 
 
-def prepare_clip_job(session, target: BatchTarget) -> Callable[[Path, Path], Path]:
-    """A function ``(video, output) -> output`` that processes one clip of a batch with ``session``
-    (:class:`~retarget.jobs.session.RenderSession`).
+def prepare_clip_job(session, target: BatchTarget,
+                     times: StageTimes | None = None) -> Callable[[Path, Path, Callable[[], None] | None], ScannedClip]:
+    """A function ``(video, output, check) -> ScannedClip`` that runs the scan phase of one clip of a batch with
+    ``session`` (:class:`~retarget.jobs.session.RenderSession`); the clip's ``render()`` does the rest (see
+    :mod:`retarget.jobs.scanned`). ``check``: as for :func:`~retarget.jobs.run.scan_run`; ``times``: the batch's
+    shared stage record.
 
-    The model files (see :meth:`RenderSession.load`) and the shared input (identity photo or expression source) are
-    checked now, so bad ones stop the batch once, before any clip is tried. The batch module sits above ``run``
-    and ``edit``, which sit above the session: imports run one way.
+    The model files (see :meth:`RenderSession.load`: the face models now, the diffusion pipeline's headers now and
+    the pipeline itself on its own thread with ``options.overlap``, during the first clip's scan) and the shared
+    input (identity photo, read before the pipeline starts loading, or expression source, read while it loads) are
+    checked now, so bad ones stop the batch once, before any clip is tried. The batch module sits above
+    ``run`` and ``edit``, which sit above the session: imports run one way.
     """
-    from retarget.jobs.edit import edit_job, needs_expressions, read_expression_source
-    from retarget.jobs.run import identity_from_photo, run_job
+    from retarget.jobs.edit import needs_expressions, read_expression_source, scan_edit
+    from retarget.jobs.run import identity_from_photo, scan_run
 
-    session.load(expressions=target.identity is not None or needs_expressions(target.expression, session.options))
+    options = session.options
+    frames = max(1, min(options.batch_size, options.chunk_size))  # the first batch of a clip of at least that many
     if target.identity is not None:
-        identity = identity_from_photo(target.identity, session)
-        return lambda video, output: run_job(video, target.identity, output, session.options,
-                                             reference=target.reference, side_by_side=target.side_by_side,
-                                             session=session, photo=identity)
+        identity = identity_from_photo(target.identity, session.load_face_models())  # before the pipeline's load
+        session.load(background=options.overlap, warm_up=(frames, "shared" if target.reference else None))
+        return lambda video, output, check=None: scan_run(
+            video, target.identity, output, options, reference=target.reference, side_by_side=target.side_by_side,
+            session=session, photo=identity, times=times, check=check)
+    session.load(expressions=needs_expressions(target.expression, options), background=options.overlap,
+                 warm_up=(frames, "per_frame"))
     source = read_expression_source(target.expression, session)
-    return lambda video, output: edit_job(video, target.expression, output, session.options, session=session,
-                                          source=source, side_by_side=target.side_by_side)
+    return lambda video, output, check=None: scan_edit(
+        video, target.expression, output, options, session=session, source=source,
+        side_by_side=target.side_by_side, times=times, check=check)
+
+
+class _ScanStopped(Exception):
+    """Raised in a scan ahead (see :func:`scanned_clips`) when the batch stops."""
+
+
+def scanned_clips(videos: list[Path], scan: Callable[[Path, Callable[[], None] | None], ScannedClip],
+                  ahead: bool, device=None) -> Iterator[tuple[Path, ScannedClip | Exception]]:
+    """Each of ``videos`` with its scan phase's result, in order: the :class:`ScannedClip` to render, or the
+    exception that stopped its scan (a clip's failure is the caller's to record; ``KeyboardInterrupt`` and other
+    ``BaseException``\\ s propagate).
+
+    With ``ahead`` the next clip is scanned on a worker thread (its CUDA device set to ``device``) while the caller
+    renders the one just yielded, so the model is not idle during the scans; its output stays locked from its
+    scan to its render. Closing the generator early (the caller stops, e.g. on Ctrl-C) stops a scan in flight at
+    its next chunk and releases a clip scanned but not rendered. Without ``ahead`` each clip is scanned on the
+    calling thread when it is reached.
+    """
+    def scan_one(video: Path, check=None) -> ScannedClip | Exception:
+        try:
+            return scan(video, check)
+        except Exception as error:  # this clip's failure, recorded by the caller; the others go on
+            log.debug("scan failed: %s", video, exc_info=True)
+            return error
+
+    if not ahead:
+        for video in videos:
+            yield video, scan_one(video)
+        return
+
+    from retarget.devices import use_device
+
+    stop = threading.Event()
+
+    def check() -> None:
+        if stop.is_set():
+            raise _ScanStopped("the batch stopped")
+
+    def worker(video: Path) -> ScannedClip | Exception:
+        use_device(device)  # the current CUDA device is per thread
+        return scan_one(video, check)
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="retarget-scan")
+    pending = pool.submit(worker, videos[0]) if videos else None
+    try:
+        for index, video in enumerate(videos):
+            result = pending.result()
+            pending = pool.submit(worker, videos[index + 1]) if index + 1 < len(videos) else None
+            yield video, result
+    finally:
+        stop.set()
+        pool.shutdown(wait=True)  # a scan in flight stops at its next chunk
+        if pending is not None and pending.exception() is None and isinstance(pending.result(), ScannedClip):
+            pending.result().release()  # scanned, never to be rendered
 
 
 def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
@@ -166,10 +237,18 @@ def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
 
     Errors about the shared inputs (identity photo, expression source, weights) stop the batch with one error,
     since every file would fail the same way; errors of one video are logged and the batch goes on.
+
+    Stages: with ``options.overlap`` the diffusion pipeline loads during the first clip's scan and, where the
+    scan and the model's work overlap (:func:`~retarget.jobs.session.overlaps_scan`: on CUDA), each clip is
+    scanned while the one before renders (:func:`scanned_clips`). Two clips are then in host memory at once, so
+    each gets half of ``options.memory_budget`` (whatever the number of clips left, so that a resumed batch cuts a
+    clip into chunks of the same length as before). The outputs do not depend on it. The batch's stage record
+    (:func:`~retarget.jobs.stage_times.last_job`) sums every clip's.
     """
     from tqdm.auto import tqdm
 
-    from retarget.jobs.session import RenderSession
+    from retarget.devices import resolve_device
+    from retarget.jobs.session import RenderSession, overlaps_scan
 
     input_dir, out_dir = Path(input_dir), Path(output_dir)
     videos = list_videos(input_dir)
@@ -184,17 +263,33 @@ def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
     report = BatchReport(skipped=len(mine) - len(todo))
     if not todo:
         return report
+    ahead = options.overlap and overlaps_scan(resolve_device(options.device))
+    if ahead:  # a clip rendering and the next one's scan share the budget (also with one clip left: a resumed
+        options = replace(options, memory_budget=options.memory_budget / 2)  # clip keeps its chunk length)
+    times = StageTimes("batch")
     session = RenderSession(options)
-    prepared = prepare_clip_job(session, target)
-    for video in tqdm(todo, desc=f"batch {index + 1}/{count}" if count > 1 else "batch", unit="clip",
-                      disable=not options.progress):
-        try:
-            prepared(video, outputs[video])
-            report.done += 1
-        except KeyboardInterrupt:
-            raise
-        except Exception as error:  # one bad file must not stop the others
-            log.debug("failed: %s", video, exc_info=True)
-            append_failure(out_dir, video, error)
-            report.failed += 1
+    scan = prepare_clip_job(session, target, times)
+    bar = tqdm(total=len(todo), desc=f"batch {index + 1}/{count}" if count > 1 else "batch", unit="clip",
+               disable=not options.progress)
+    clips = scanned_clips(todo, lambda video, check: scan(video, outputs[video], check), ahead, session.device)
+    with closing(clips):
+        for video, scanned in clips:
+            try:
+                if isinstance(scanned, Exception):
+                    raise scanned
+                scanned.render()
+                report.done += 1
+            except KeyboardInterrupt:
+                raise
+            except Exception as error:  # one bad file must not stop the others
+                if session.failed_load is not None:  # the weights: every clip would fail the same way
+                    raise session.failed_load from None
+                log.debug("failed: %s", video, exc_info=True)
+                append_failure(out_dir, video, error)
+                report.failed += 1
+            bar.update(1)
+    bar.close()
+    times.add("load", session.load_seconds)
+    times.set_load_parts(session.load_parts)
+    finish_job(times)
     return report

@@ -22,6 +22,7 @@ own (smoothed) SMIRK values and the neutral frame is a frame of SOURCE.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from retarget.jobs.common import (check_output, chunk_frames, clip_range, edit_f
 from retarget.jobs.expressions import neutral_values, rendered_expressions
 from retarget.jobs.frames import photo_face, scan_clip
 from retarget.jobs.options import JobOptions
+from retarget.jobs.scanned import ScannedClip, scan_check
 from retarget.jobs.session import RenderSession
 from retarget.jobs.stage_times import StageTimes, finish_job
 from retarget.jobs.stages import CHUNKS_IN_FLIGHT, run_stages
@@ -45,7 +47,7 @@ from retarget.motion.track import MotionTrack
 from retarget.video.audio import AudioSource
 from retarget.video.compose import side_by_side_chunk
 from retarget.video.reader import VideoReader
-from retarget.video.resume import ChunkedRender, file_identity, output_lock
+from retarget.video.resume import ChunkedRender, file_identity
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +105,28 @@ def edit_job(video, expression, output, options: JobOptions, *, start: float | N
 
     ``session`` and ``source`` (already read, see :func:`read_expression_source`) let ``batch`` reuse them.
     """
+    return scan_edit(video, expression, output, options, start=start, end=end, side_by_side=side_by_side,
+                     session=session, source=source).render()
+
+
+def scan_edit(video, expression, output, options: JobOptions, *, start: float | None = None,
+              end: float | None = None, side_by_side: bool = False, session: RenderSession | None = None,
+              source: ExpressionSource | None = None, times: StageTimes | None = None,
+              check: Callable[[], None] | None = None) -> ScannedClip:
+    """The first phase of :func:`edit_job` (same arguments): check and lock ``output`` (from before the face scan:
+    a second process writing it stops at once), load the models, read SOURCE and scan the clip. Returns the
+    :class:`~retarget.jobs.scanned.ScannedClip` whose ``render()`` is the second phase. ``times`` and ``check``:
+    as for :func:`~retarget.jobs.run.scan_run`."""
     output = check_output(output, inputs=(video, expression, options.face_reference))
-    with output_lock(output):  # from before the face scan: a second process writing OUT stops at once
-        return _render_edit(video, expression, output, options, start, end, side_by_side, session, source)
+    return ScannedClip.scan(output, lambda: _scan_edit(video, expression, output, options, start, end,
+                                                       side_by_side, session, source, times, check))
 
 
-def _render_edit(video, expression, output: Path, options: JobOptions, start: float | None, end: float | None,
-                 side_by_side: bool, session: RenderSession | None, source: ExpressionSource | None) -> Path:
-    """:func:`edit_job` once ``output`` is checked and its work folder locked."""
-    stats = StageTimes("edit")
+def _scan_edit(video, expression, output: Path, options: JobOptions, start: float | None, end: float | None,
+               side_by_side: bool, session: RenderSession | None, source: ExpressionSource | None,
+               shared_times: StageTimes | None, check: Callable[[], None] | None):
+    """:func:`scan_edit` once ``output`` is checked and its work folder locked; returns the render phase."""
+    stats = shared_times if shared_times is not None else StageTimes("edit")
     reader = VideoReader(video)
     info = reader.info
     lo, hi = clip_range(reader, start, end)
@@ -127,7 +142,7 @@ def _render_edit(video, expression, output: Path, options: JobOptions, start: fl
     scan = scan_clip(reader, session.faces, options.face_index, expressions=options.relative, identity=True,
                      chunk_size=options.chunk_size, progress=options.progress, reference=session.face_reference,
                      frames=(lo, hi), memory_budget=options.memory_budget, keep_frames=keep,
-                     overlap=options.overlap, check=session.check_loading, times=stats)
+                     overlap=options.overlap, check=scan_check(session, check), times=stats)
 
     times = scan.times
     values = np.zeros((info.frame_count, 55), np.float32)
@@ -143,6 +158,16 @@ def _render_edit(video, expression, output: Path, options: JobOptions, start: fl
     edited = scan.valid & has_values
     keypoints = scan.smoothed_keypoints()
 
+    return lambda: _render_edit(video, source.path, output, options, side_by_side, session, reader, lo, hi, scan,
+                                values, edited, keypoints, stats, own_session, finish=shared_times is None)
+
+
+def _render_edit(video, source_path: Path, output: Path, options: JobOptions, side_by_side: bool,
+                 session: RenderSession, reader: VideoReader, lo: int, hi: int, scan, values: np.ndarray,
+                 edited: np.ndarray, keypoints: np.ndarray, stats: StageTimes, own_session: bool, finish: bool) -> Path:
+    """The second phase of :func:`edit_job`: render the edited frames of the scanned clip, paste them back and
+    encode every frame."""
+    info = reader.info
     pipe = session.pipeline
     if own_session:
         stats.add("load", session.load_seconds)
@@ -150,7 +175,7 @@ def _render_edit(video, expression, output: Path, options: JobOptions, start: fl
     stats.set_model(pipe.device, pipe.dtype)
     size = pipe.image_size
     key = {
-        "command": "edit", "video": file_identity(video), "expression": file_identity(source.path),
+        "command": "edit", "video": file_identity(video), "expression": file_identity(source_path),
         "range": [lo, hi], "side_by_side": side_by_side, "options": options.render_key(),
     }
     chunk = chunk_frames(edit_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
@@ -199,5 +224,6 @@ def _render_edit(video, expression, output: Path, options: JobOptions, start: fl
     tags = job_tags("edit", options, side_by_side=side_by_side, edited_range=[lo, hi],
                     edited_frames=int(np.count_nonzero(edited)))
     result = job.finalize(audio=AudioSource(Path(video)), progress=options.progress, metadata=tags)
-    finish_job(stats)
+    if finish:
+        finish_job(stats)
     return result

@@ -20,6 +20,7 @@ atomically.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,13 +32,14 @@ from retarget.jobs.common import (audio_of_range, check_output, chunk_frames, cl
 from retarget.jobs.expressions import neutral_values, rendered_expressions
 from retarget.jobs.frames import photo_face, scan_clip
 from retarget.jobs.options import JobOptions
+from retarget.jobs.scanned import ScannedClip, scan_check
 from retarget.jobs.session import RenderSession
 from retarget.jobs.stage_times import StageTimes, finish_job
 from retarget.jobs.stages import CHUNKS_IN_FLIGHT, run_stages
 from retarget.provenance.metadata import job_tags
 from retarget.video.compose import side_by_side_chunk
 from retarget.video.reader import VideoReader
-from retarget.video.resume import ChunkedRender, file_identity, output_lock
+from retarget.video.resume import ChunkedRender, file_identity
 
 log = logging.getLogger(__name__)
 
@@ -74,32 +76,58 @@ def run_job(driving, identity, output, options: JobOptions, *, reference: bool =
     ``start``/``end`` (seconds, ``None`` = open) limit the rendered part of ``driving``. ``session`` and
     ``photo`` (``identity`` already read, see :func:`identity_from_photo`) let ``batch`` reuse what it loaded once.
     """
+    return scan_run(driving, identity, output, options, reference=reference, side_by_side=side_by_side, start=start,
+                    end=end, session=session, photo=photo).render()
+
+
+def scan_run(driving, identity, output, options: JobOptions, *, reference: bool = True, side_by_side: bool = False,
+             start: float | None = None, end: float | None = None, session: RenderSession | None = None,
+             photo: PhotoIdentity | None = None, times: StageTimes | None = None,
+             check: Callable[[], None] | None = None) -> ScannedClip:
+    """The first phase of :func:`run_job` (same arguments): check and lock ``output`` (from before the face scan: a
+    second process writing it stops at once), load the models, read the photo and scan the driving clip. Returns
+    the :class:`~retarget.jobs.scanned.ScannedClip` whose ``render()`` is the second phase.
+
+    ``times``: a recorder shared by several jobs (``batch``), which the job adds its busy times and frames to and
+    leaves running; without it the job records and finishes its own (see :mod:`retarget.jobs.stage_times`).
+    ``check``: called between the scan's chunks besides the session's load check; raising there stops the scan
+    (``batch`` stops a scan ahead this way).
+    """
     output = check_output(output, inputs=(driving, identity, options.face_reference))
-    with output_lock(output):  # from before the face scan: a second process writing OUT stops at once
-        return _render_run(driving, identity, output, options, reference, side_by_side, start, end, session, photo)
+    return ScannedClip.scan(output, lambda: _scan_run(driving, identity, output, options, reference, side_by_side,
+                                                      start, end, session, photo, times, check))
 
 
-def _render_run(driving, identity, output: Path, options: JobOptions, reference: bool, side_by_side: bool,
-                start: float | None, end: float | None, session: RenderSession | None,
-                photo: PhotoIdentity | None) -> Path:
-    """:func:`run_job` once ``output`` is checked and its work folder locked."""
-    stats = StageTimes("run")
+def _scan_run(driving, identity, output: Path, options: JobOptions, reference: bool, side_by_side: bool,
+              start: float | None, end: float | None, session: RenderSession | None, photo: PhotoIdentity | None,
+              times: StageTimes | None, check: Callable[[], None] | None):
+    """:func:`scan_run` once ``output`` is checked and its work folder locked; returns the render phase."""
+    stats = times if times is not None else StageTimes("run")
     reader = VideoReader(driving)
     info = reader.info
     lo, hi = clip_range(reader, start, end)
     own_session = session is None
     first_batch = (max(1, min(options.batch_size, options.chunk_size, hi - lo)), "shared" if reference else None)
-    session = (session or RenderSession(options)).load(background=options.overlap, warm_up=first_batch)
-    photo = photo if photo is not None else identity_from_photo(identity, session)
+    session = (session or RenderSession(options)).load_face_models()
+    photo = photo if photo is not None else identity_from_photo(identity, session)  # a bad photo stops the job here
+    session.load(background=options.overlap, warm_up=first_batch)
     keep = side_by_side and keep_scanned_frames(hi - lo, info.width, info.height, options.memory_budget)
     scan = scan_clip(reader, session.faces, options.face_index, chunk_size=options.chunk_size,
                      progress=options.progress, reference=session.face_reference, frames=(lo, hi),
                      memory_budget=options.memory_budget, keep_frames=keep, overlap=options.overlap,
-                     check=session.check_loading, times=stats)
+                     check=scan_check(session, check), times=stats)
     track = prepared_motion(scan.motion(frames=(lo, hi)), options.smooth)
     neutral = neutral_values(track, options.neutral_frame) if options.relative else None
     expressions = rendered_expressions(track, options, own=photo.expression, neutral=neutral)
+    return lambda: _render_run(driving, output, options, reference, side_by_side, session, photo, reader, lo, hi,
+                               scan, expressions, stats, own_session, finish=times is None)
 
+
+def _render_run(driving, output: Path, options: JobOptions, reference: bool, side_by_side: bool,
+                session: RenderSession, photo: PhotoIdentity, reader: VideoReader, lo: int, hi: int, scan,
+                expressions: np.ndarray, stats: StageTimes, own_session: bool, finish: bool) -> Path:
+    """The second phase of :func:`run_job`: render frames ``[lo, hi)`` of the scanned clip and encode them."""
+    info = reader.info
     pipe = session.pipeline
     if own_session:
         stats.add("load", session.load_seconds)
@@ -144,5 +172,6 @@ def _render_run(driving, identity, output: Path, options: JobOptions, reference:
     bar.close()
     tags = job_tags("run", options, reference=reference, side_by_side=side_by_side, driving_frames=[lo, hi])
     result = job.finalize(audio=audio_of_range(reader, lo, hi), progress=options.progress, metadata=tags)
-    finish_job(stats)
+    if finish:
+        finish_job(stats)
     return result

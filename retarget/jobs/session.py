@@ -19,10 +19,12 @@ from retarget.jobs.options import JobOptions
 log = logging.getLogger(__name__)
 
 
-def warms_up(device) -> bool:
-    """Whether a background load goes on to warm the pipeline up (see :meth:`RenderSession.load`): on CUDA, where
-    the face scan's CPU work and the warm-up's GPU work (and a compile's) overlap. Not on the CPU, where both need
-    the same cores: there a ``run --compile`` with the warm-up measured 0.94x of one without (2 cores)."""
+def overlaps_scan(device) -> bool:
+    """Whether a job gives the model work to do while a face scan runs: the warm-up after a background load (see
+    :meth:`RenderSession.load`) and, in ``batch``, the render of one clip while the next is scanned (see
+    :mod:`retarget.jobs.batch`). On CUDA, where the scan's CPU work and the device's work overlap. Not on the CPU,
+    where both need the same cores: there a ``run --compile`` with the warm-up measured 0.94x of one without
+    (2 cores)."""
     return str(device).split(":")[0] == "cuda"
 
 
@@ -53,6 +55,7 @@ class RenderSession:
         self._face_reference = None
         self._loader: threading.Thread | None = None
         self._load_error: BaseException | None = None
+        self._failed_load: BaseException | None = None  # kept when a later load starts (see failed_load)
         self.load_seconds = 0.0
         self.load_parts: dict[str, float] = {}  # seconds of each part of load_seconds (face models, then the pipeline's)
 
@@ -63,13 +66,24 @@ class RenderSession:
         thread with ``background``, see the class doc). Returns ``self``.
 
         ``warm_up``: ``(frames, reference)`` of the job's first diffusion batch (``reference`` as in
-        :meth:`~retarget.pipeline.ExpressionPipeline.warm_up`). With ``background``, where :func:`warms_up` (on
+        :meth:`~retarget.pipeline.ExpressionPipeline.warm_up`). With ``background``, where :func:`overlaps_scan` (on
         CUDA), the loading thread renders a one-step stand-in batch of that shape after the load (and after the
         compile set-up with ``options.compile``). A wrong guess costs time only: results never depend on it.
 
         Raises :class:`~retarget.errors.WeightsError` (one line) for a missing models folder or a missing or
         broken file.
         """
+        self.load_face_models(expressions)
+        if background:
+            self.start_loading(warm_up)
+        else:
+            _ = self.pipeline
+        return self
+
+    def load_face_models(self, expressions: bool = True) -> "RenderSession":
+        """The first part of :meth:`load`: the face detector, ArcFace and SMIRK (unless ``expressions`` is False),
+        each loaded once and checked. A job that reads a photo first calls this, so a photo without a face stops
+        it before the diffusion pipeline starts loading. Returns ``self``."""
         if not self.options.models.is_dir():
             raise WeightsError(f"models folder not found: {self.options.models}")
         begin = time.perf_counter()
@@ -78,10 +92,6 @@ class RenderSession:
         seconds = time.perf_counter() - begin
         self.load_seconds += seconds
         self.load_parts["face_models"] = round(self.load_parts.get("face_models", 0.0) + seconds, 4)
-        if background:
-            self.start_loading(warm_up)
-        else:
-            _ = self.pipeline
         return self
 
     def start_loading(self, warm_up: tuple[int, str | None] | None = None) -> None:
@@ -100,7 +110,7 @@ class RenderSession:
             try:
                 self._build_pipeline(warm_up)
             except BaseException as error:  # kept for check_loading / pipeline on the job's thread
-                self._load_error = error
+                self._load_error = self._failed_load = error
 
         self._loader = threading.Thread(target=target, name="retarget-load", daemon=True)
         self._loader.start()
@@ -109,6 +119,13 @@ class RenderSession:
         """Raise the background load's error if it failed; returns at once otherwise (loaded or still loading)."""
         if self._load_error is not None:
             raise self._load_error
+
+    @property
+    def failed_load(self) -> BaseException | None:
+        """The error of this session's last background load that failed, or None if none did. Unlike the error
+        :meth:`check_loading` raises, it stays when a job starts the load again (a job on another thread may do so
+        at any moment): ``batch`` stops on it instead of failing every clip the same way."""
+        return self._failed_load
 
     @property
     def pipeline(self):
@@ -137,7 +154,7 @@ class RenderSession:
         if o.compile:
             pipe.compile(mode=None if o.compile_mode == "default" else o.compile_mode)
         options_done = time.perf_counter()
-        if warm_up is not None and warms_up(pipe.device):
+        if warm_up is not None and overlaps_scan(pipe.device):
             frames, reference = warm_up
             try:
                 pipe.warm_up(frames, o.guidance, reference, o.reference_scale)

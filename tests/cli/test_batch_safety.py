@@ -63,7 +63,7 @@ def test_same_stem_clips_get_their_own_outputs_across_processes(media, fast_args
     assert probe_video(outputs / "a.mp4.mp4").frame_count == FRAMES
 
     tried = []
-    monkeypatch.setattr(run_module, "run_job", lambda video, *a, **k: tried.append(video))
+    monkeypatch.setattr(run_module, "scan_run", lambda video, *a, **k: tried.append(video))
     for index in (0, 1):  # a rerun finds both finished under the same names
         launcher(index, 2)
         assert run_cli(argv, capsys)[0] == 0
@@ -116,7 +116,7 @@ def test_batch_with_bad_weights_fails_once_before_any_clip(name, broken_models, 
     for clip in ("a.mp4", "b.mp4", "c.mp4"):
         copy_to(media["clip"], inputs, clip)
     tried = []
-    monkeypatch.setattr(run_module, "run_job", lambda video, *a, **k: tried.append(video))
+    monkeypatch.setattr(run_module, "scan_run", lambda video, *a, **k: tried.append(video))
     code, err = run_cli(["batch", inputs, "-o", outputs, "--identity", media["photo"],
                          *with_models(fast_args, models)], capsys)
     assert_one_line_error(code, err, Path(name).name)

@@ -87,8 +87,8 @@ def test_batch_skips_finished_logs_failures_and_exits_non_zero(media, fast_args,
     tried = []
     from retarget.jobs import run as run_module
 
-    original = run_module.run_job
-    monkeypatch.setattr(run_module, "run_job", lambda video, *a, **k: (tried.append(Path(video).name),
+    original = run_module.scan_run
+    monkeypatch.setattr(run_module, "scan_run", lambda video, *a, **k: (tried.append(Path(video).name),
                                                                        original(video, *a, **k))[1])
     code, _ = run_cli(argv, capsys)
     assert code == 1 and tried == ["c.mp4"]  # finished outputs skipped, the bad file tried again

@@ -285,7 +285,7 @@ def test_compile_happens_during_the_scan_and_changes_nothing(case, media, fast_a
         original(self, backend=backend)
 
     monkeypatch.setattr(ExpressionPipeline, "compile", counting_compile)
-    monkeypatch.setattr(session_module, "warms_up", lambda device: True)  # as on CUDA
+    monkeypatch.setattr(session_module, "overlaps_scan", lambda device: True)  # as on CUDA
     outputs = {}
     for order in ("staged", "sequential"):
         torch._dynamo.reset()
@@ -302,10 +302,10 @@ def test_compile_happens_during_the_scan_and_changes_nothing(case, media, fast_a
 
 
 def test_the_warm_up_is_for_gpus():
-    from retarget.jobs.session import warms_up
+    from retarget.jobs.session import overlaps_scan
 
-    assert warms_up("cuda") and warms_up("cuda:1") and warms_up(torch.device("cuda", 0))
-    assert not warms_up("cpu") and not warms_up(torch.device("cpu")) and not warms_up("mps")
+    assert overlaps_scan("cuda") and overlaps_scan("cuda:1") and overlaps_scan(torch.device("cuda", 0))
+    assert not overlaps_scan("cpu") and not overlaps_scan(torch.device("cpu")) and not overlaps_scan("mps")
 
 
 def test_a_failed_warm_up_only_warns(media, fast_args, tmp_path, monkeypatch, caplog):
@@ -317,7 +317,7 @@ def test_a_failed_warm_up_only_warns(media, fast_args, tmp_path, monkeypatch, ca
     def failing(self, *args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\n(details)")
 
-    monkeypatch.setattr(session_module, "warms_up", lambda device: True)
+    monkeypatch.setattr(session_module, "overlaps_scan", lambda device: True)
     monkeypatch.setattr(ExpressionPipeline, "warm_up", failing)
     out = tmp_path / "cold.mp4"
     with caplog.at_level(logging.WARNING, logger="retarget.jobs.session"):
