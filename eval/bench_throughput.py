@@ -90,6 +90,26 @@ def parse_paths(text: str) -> list[str]:
     return wanted
 
 
+def device_name(device) -> str:
+    """What ``device`` is, for the figures: the GPU's name (``torch.cuda.get_device_name``) for CUDA, else the
+    processor's model name (``/proc/cpuinfo``, else ``platform.processor()``) with the cores this process may use."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device.index if device.index is not None else torch.cuda.current_device())
+    if device.type != "cpu":
+        return device.type
+    import platform
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model or platform.processor() or platform.machine() or 'CPU'}, {cores} cores"
+
+
 def _dtype(name: str) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
@@ -336,13 +356,14 @@ def e2e(args) -> int:
                     print(f"{command} ({order}) failed:\n{done.stderr[-3000:]}", flush=True)
                     continue
                 record = json.loads(done.stdout.strip().splitlines()[-1])
-                record.update(order=order, command_s=round(seconds, 3),
+                record.update(order=order, device_name=device_name(args.device), command_s=round(seconds, 3),
                               command_frames_per_s=round(record["frames"] / seconds, 4))
                 results.append(record)
                 print(json.dumps(record), flush=True)
     if not results:
         raise SystemExit("every command failed")
-    print(f"\nclip={clip} size={args.size} device={args.device} dtype={args.dtype} steps={args.steps} "
+    print(f"\nclip={clip} size={args.size} device={args.device} ({device_name(args.device)}) dtype={args.dtype} "
+          f"steps={args.steps} "
           f"batch={args.batch_size} chunk={args.chunk_size}")
     stages = list(results[0]["busy_s"])
     header = f"{'command':>8} {'order':>10} {'frames':>6} {'fps cmd':>8} {'fps job':>8} {'first s':>8} " + \
@@ -506,7 +527,8 @@ def main(argv=None) -> int:
                 differences[f"unoptimised vs fp32 ({args.dtype} noise)"] = compare_outputs(unoptimised[:count],
                                                                                            fp32[:count])
 
-    print(f"size={args.size} device={args.device} dtype={args.dtype} steps={args.steps} guidance={args.guidance} "
+    print(f"size={args.size} device={args.device} ({device_name(args.device)}) dtype={args.dtype} steps={args.steps} "
+          f"guidance={args.guidance} "
           f"reference={args.reference} frames={args.frames} batch={args.batch_size} best of {args.repeats}")
     print(f"FLOPs per frame: {flops / 1e12:.4f} TFLOP")
     paths = [path for path in paths if path in results]
@@ -517,7 +539,8 @@ def main(argv=None) -> int:
         note = f"  ({args.lcm_steps} steps, guidance 1.5)" if path == "lcm" else ""
         print(f"{path:>11}: {r['frames_per_s']:8.3f} frames/s  {r['seconds']:8.2f} s  "
               f"first batch {r['warmup_s']:7.2f} s  peak memory {r['peak_memory_mb']:9.1f} MB{note}")
-        print(json.dumps({"bench": "pipeline", "size": args.size, "device": args.device, "dtype": args.dtype,
+        print(json.dumps({"bench": "pipeline", "size": args.size, "device": args.device,
+                          "device_name": device_name(args.device), "dtype": args.dtype,
                           "batch": args.batch_size, **r}))
     if "official" in results:
         for path in [p for p in paths if p != "official"]:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from eval.bench_throughput import _to_uint8, compare_outputs, main, parse_paths
+from eval.bench_throughput import _to_uint8, compare_outputs, device_name, main, parse_paths
 
 
 def test_identical_renders_are_zero_apart():
@@ -56,3 +56,17 @@ def test_compile_modes_are_parsed_and_checked():
         parse_paths("batched:max-autotune")
     with pytest.raises(ValueError, match="unknown path"):
         parse_paths("warp:max-autotune")
+
+
+def test_the_device_is_named(monkeypatch):
+    import os
+
+    import torch
+
+    cpu = device_name("cpu")
+    assert cpu.endswith(f", {len(os.sched_getaffinity(0))} cores") and len(cpu) > len(", 1 cores")
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: asked.append(index) or "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert device_name("cuda:1") == "NVIDIA H100 80GB HBM3" and device_name("cuda") == "NVIDIA H100 80GB HBM3"
+    assert asked == [1, 0]  # the given GPU, else the current one
