@@ -16,7 +16,9 @@ range, each chunk is decoded again on the prefetch thread. Host memory: the kept
 :data:`~retarget.jobs.stages.CHUNKS_IN_FLIGHT` chunks of frames, their length capped by ``options.memory_budget``
 (see :func:`retarget.jobs.common.chunk_frames`).
 Expressions: see :mod:`retarget.jobs.expressions`; in relative mode the target's own expression is each frame's
-own (smoothed) SMIRK values and the neutral frame is a frame of SOURCE.
+own (smoothed) SMIRK values and the neutral frame is a frame of SOURCE. The job has two phases, the face scan
+(:func:`scan_edit`) and the render (its :class:`~retarget.jobs.scanned.ScannedClip`), so that ``batch`` can scan
+one clip while another renders.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ at most :data:`~retarget.jobs.stages.CHUNKS_IN_FLIGHT` chunks of frames in host 
 ``options.memory_budget`` (see :func:`retarget.jobs.common.chunk_frames`). With ``side_by_side`` the driving
 frames the scan decodes are kept for the render when they fit the budget (see
 :func:`retarget.jobs.common.keep_scanned_frames`), else decoded again chunk by chunk. The output appears
-atomically.
+atomically. The job has two phases, the face scan (:func:`scan_run`) and the render (its
+:class:`~retarget.jobs.scanned.ScannedClip`), so that ``batch`` can scan one clip while another renders.
 """
 
 from __future__ import annotations
