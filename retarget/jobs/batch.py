@@ -154,8 +154,8 @@ def prepare_clip_job(session, target: BatchTarget,
 
     The model files (see :meth:`RenderSession.load`: the face models now, the diffusion pipeline's headers now and
     the pipeline itself on its own thread with ``options.overlap``, during the first clip's scan) and the shared
-    input (identity photo, read before the pipeline starts loading, or expression source, read while it loads) are
-    checked now, so bad ones stop the batch once, before any clip is tried. The batch module sits above
+    input (identity photo or expression source, read while the pipeline loads) are checked now, so bad ones stop the
+    batch once, before any clip is tried. The batch module sits above
     ``run`` and ``edit``, which sit above the session: imports run one way.
     """
     from retarget.jobs.edit import needs_expressions, read_expression_source, scan_edit
@@ -164,8 +164,8 @@ def prepare_clip_job(session, target: BatchTarget,
     options = session.options
     frames = max(1, min(options.batch_size, options.chunk_size))  # the first batch of a clip of at least that many
     if target.identity is not None:
-        identity = identity_from_photo(target.identity, session.load_face_models())  # before the pipeline's load
         session.load(background=options.overlap, warm_up=(frames, "shared" if target.reference else None))
+        identity = identity_from_photo(target.identity, session)
         return lambda video, output, check=None: scan_run(
             video, target.identity, output, options, reference=target.reference, side_by_side=target.side_by_side,
             session=session, photo=identity, times=times, check=check)

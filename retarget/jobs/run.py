@@ -109,9 +109,8 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
     lo, hi = clip_range(reader, start, end)
     own_session = session is None
     first_batch = (max(1, min(options.batch_size, options.chunk_size, hi - lo)), "shared" if reference else None)
-    session = (session or RenderSession(options)).load_face_models()
-    photo = photo if photo is not None else identity_from_photo(identity, session)  # a bad photo stops the job here
-    session.load(background=options.overlap, warm_up=first_batch)
+    session = (session or RenderSession(options)).load(background=options.overlap, warm_up=first_batch)
+    photo = photo if photo is not None else identity_from_photo(identity, session)
     keep = side_by_side and keep_scanned_frames(hi - lo, info.width, info.height, options.memory_budget)
     scan = scan_clip(reader, session.faces, options.face_index, chunk_size=options.chunk_size,
                      progress=options.progress, reference=session.face_reference, frames=(lo, hi),

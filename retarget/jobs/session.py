@@ -73,17 +73,6 @@ class RenderSession:
         Raises :class:`~retarget.errors.WeightsError` (one line) for a missing models folder or a missing or
         broken file.
         """
-        self.load_face_models(expressions)
-        if background:
-            self.start_loading(warm_up)
-        else:
-            _ = self.pipeline
-        return self
-
-    def load_face_models(self, expressions: bool = True) -> "RenderSession":
-        """The first part of :meth:`load`: the face detector, ArcFace and SMIRK (unless ``expressions`` is False),
-        each loaded once and checked. A job that reads a photo first calls this, so a photo without a face stops
-        it before the diffusion pipeline starts loading. Returns ``self``."""
         if not self.options.models.is_dir():
             raise WeightsError(f"models folder not found: {self.options.models}")
         begin = time.perf_counter()
@@ -92,6 +81,10 @@ class RenderSession:
         seconds = time.perf_counter() - begin
         self.load_seconds += seconds
         self.load_parts["face_models"] = round(self.load_parts.get("face_models", 0.0) + seconds, 4)
+        if background:
+            self.start_loading(warm_up)
+        else:
+            _ = self.pipeline
         return self
 
     def start_loading(self, warm_up: tuple[int, str | None] | None = None) -> None:
