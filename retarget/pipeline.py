@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,19 +77,23 @@ def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.d
 
 
 class _LoadClock:
-    """Seconds per part of :meth:`ExpressionPipeline.from_pretrained` (``parts``, in order), for load profiles."""
+    """Seconds per part of :meth:`ExpressionPipeline.from_pretrained` (``parts``, in order), for load profiles;
+    ``check`` (optional) is called after each part, and may raise to stop the load there."""
 
-    def __init__(self):
+    def __init__(self, check: Callable[[], None] | None = None):
         self.parts: dict[str, float] = {}
         self._last = time.perf_counter()
+        self._check = check
 
     def lap(self, name: str, sync=None) -> None:
-        """Close part ``name`` now (after the device's queued work, for a CUDA ``sync`` device)."""
+        """Close part ``name`` now (after the device's queued work, for a CUDA ``sync`` device), then check."""
         if sync is not None and torch.device(sync).type == "cuda":
             torch.cuda.synchronize(torch.device(sync))
         now = time.perf_counter()
         self.parts[name] = round(self.parts.get(name, 0.0) + now - self._last, 4)
         self._last = now
+        if self._check is not None:
+            self._check()
 
 
 def _digest(*tensors: torch.Tensor) -> str:
@@ -205,17 +210,20 @@ class ExpressionPipeline:
     # Loading
 
     @classmethod
-    def from_pretrained(cls, models_dir, base_model=None, device=None, dtype=None) -> "ExpressionPipeline":
+    def from_pretrained(cls, models_dir, base_model=None, device=None, dtype=None,
+                        check: Callable[[], None] | None = None) -> "ExpressionPipeline":
         """Load the published files strictly (see :mod:`retarget.models.loading`).
 
         ``models_dir``: folder in the published layout. ``base_model``: SD1.5 folder or hub id for ``vae/``,
         ``tokenizer/``, ``scheduler/`` (default ``$RETARGET_BASE_MODEL`` or the public SD1.5 repository).
         ``device``/``dtype``: default CUDA with bf16 (fp16 where bf16 is unsupported), else CPU with fp32.
         The reference adapter file is optional; without it, rendering with a reference image is an error.
+        ``check``: called after each part of the load (imports, UNet, adapters, ...); raising there stops it (a
+        load on a background thread stops this way when the program exits, see :mod:`retarget.jobs.session`).
         """
         device, dtype = default_device_dtype(device, dtype)
         files = ModelFiles.locate(models_dir, base_model)
-        clock = _LoadClock()
+        clock = _LoadClock(check)
         import diffusers.models  # noqa: F401  (the libraries' own imports are a large share of a load: timed apart)
         import peft  # noqa: F401
         import transformers.models.clip  # noqa: F401

@@ -27,15 +27,3 @@ def cli_models(tmp_path_factory):
     write_random_face_models(checkpoint.models_dir)
     return checkpoint.models_dir, checkpoint.base_dir
 
-
-@pytest.fixture(scope="session", autouse=True)
-def background_loads_end_before_exit():
-    """Wait, at the end of the session, for pipeline loads that a job left running on their thread (a job that
-    stopped during its face scan leaves its background load to finish): a daemon thread inside torch when the
-    interpreter shuts down can abort the process, which would turn a passing run into a failed exit status."""
-    yield
-    import threading
-
-    for thread in threading.enumerate():
-        if thread.name == "retarget-load":
-            thread.join(timeout=300)

@@ -19,6 +19,25 @@ from retarget.jobs.options import JobOptions
 log = logging.getLogger(__name__)
 
 
+class LoadStopped(Exception):
+    """A pipeline load on a background thread stopped because the program exits (see :data:`EXITING`)."""
+
+
+#: Set when the interpreter starts to exit, before it waits for the threads that are not daemons (``threading``'s
+#: own exit hook, the one ``concurrent.futures`` uses): a pipeline load still running on its thread then stops at
+#: its next step (see :meth:`RenderSession.start_loading`) and the program ends cleanly. (A daemon thread cut off
+#: inside torch at exit can abort the process, e.g. after a job failed on a photo without a face during the load.)
+EXITING = threading.Event()
+_register_exit_hook = getattr(threading, "_register_atexit", None)
+if _register_exit_hook is not None:
+    _register_exit_hook(EXITING.set)
+
+
+def _stop_when_exiting() -> None:
+    if EXITING.is_set():
+        raise LoadStopped("the program is exiting")
+
+
 def overlaps_scan(device) -> bool:
     """Whether a job gives the model work to do while a face scan runs: the warm-up after a background load (see
     :meth:`RenderSession.load`) and, in ``batch``, the render of one clip while the next is scanned (see
@@ -101,11 +120,13 @@ class RenderSession:
         def target():
             use_device(self.device)  # the current CUDA device is per thread
             try:
-                self._build_pipeline(warm_up)
+                self._build_pipeline(warm_up, check=_stop_when_exiting)
             except BaseException as error:  # kept for check_loading / pipeline on the job's thread
                 self._load_error = self._failed_load = error
 
-        self._loader = threading.Thread(target=target, name="retarget-load", daemon=True)
+        # Not a daemon, so the interpreter's exit waits for it, after EXITING has asked it to stop at its next step
+        # (a daemon only where this Python has no such exit hook).
+        self._loader = threading.Thread(target=target, name="retarget-load", daemon=_register_exit_hook is None)
         self._loader.start()
 
     def check_loading(self) -> None:
@@ -132,13 +153,16 @@ class RenderSession:
             self._build_pipeline()
         return self._pipeline
 
-    def _build_pipeline(self, warm_up: tuple[int, str | None] | None = None) -> None:
+    def _build_pipeline(self, warm_up: tuple[int, str | None] | None = None, check=None) -> None:
+        """Load the pipeline (see :attr:`pipeline`), then warm it up for ``warm_up``; ``check`` is called between
+        the steps and may raise to stop (a background load at exit)."""
         from retarget.pipeline import ExpressionPipeline
 
         begin = time.perf_counter()
         o = self.options
+        check = check or (lambda: None)
         pipe = ExpressionPipeline.from_pretrained(o.models, base_model=o.base_model, device=self.device,
-                                                  dtype=o.dtype)
+                                                  dtype=o.dtype, check=check)
         loaded = time.perf_counter()
         if o.lcm_lora is not None:
             pipe.load_lcm_lora(o.lcm_lora)
@@ -147,6 +171,7 @@ class RenderSession:
         if o.compile:
             pipe.compile(mode=None if o.compile_mode == "default" else o.compile_mode)
         options_done = time.perf_counter()
+        check()
         if warm_up is not None and overlaps_scan(pipe.device):
             frames, reference = warm_up
             try:

@@ -119,7 +119,7 @@ def test_session_puts_pipeline_smirk_and_onnx_models_on_the_process_gpu(gpus, cl
     pipeline_calls = []
     from retarget.pipeline import ExpressionPipeline
 
-    def recording_pipeline(models_dir, base_model=None, device=None, dtype=None):
+    def recording_pipeline(models_dir, base_model=None, device=None, dtype=None, check=None):
         pipeline_calls.append(device)
         return STAND_IN
 
@@ -153,7 +153,7 @@ def test_background_pipeline_load_runs_on_the_process_gpu(gpus, cli_models, monk
     calls = []
     from retarget.pipeline import ExpressionPipeline
 
-    def recording_pipeline(models_dir, base_model=None, device=None, dtype=None):
+    def recording_pipeline(models_dir, base_model=None, device=None, dtype=None, check=None):
         calls.append((device, threading.current_thread().name))
         return STAND_IN
 

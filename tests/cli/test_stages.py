@@ -327,3 +327,50 @@ def test_a_failed_warm_up_only_warns(media, fast_args, tmp_path, monkeypatch, ca
     reference = tmp_path / "reference.mp4"
     assert main([str(a) for a in CASES["run"](media) + ["-o", reference, *fast_args, *LOSSLESS]]) == 0
     assert_same_render(decoded(out), decoded(reference))
+
+
+EXIT_DURING_LOAD = """
+import sys, threading
+import retarget.pipeline as pipeline
+from retarget.jobs.options import JobOptions
+from retarget.jobs.session import EXITING, RenderSession
+
+models, base, record = sys.argv[1:4]
+started = threading.Event()
+load_unet, load_encoder = pipeline.load_unet, pipeline.load_identity_encoder_model
+
+def slow_unet(*args, **kwargs):  # the load is inside torch's work when the program exits
+    started.set()
+    exiting = EXITING.wait(60)
+    with open(record, "a") as f:
+        f.write("unet, exiting\\n" if exiting else "unet\\n")
+    return load_unet(*args, **kwargs)
+
+def encoder(*args, **kwargs):
+    with open(record, "a") as f:
+        f.write("encoder\\n")
+    return load_encoder(*args, **kwargs)
+
+pipeline.load_unet, pipeline.load_identity_encoder_model = slow_unet, encoder
+RenderSession(JobOptions(models=models, base_model=base, device="cpu")).start_loading()
+assert started.wait(60)
+sys.exit(3)  # e.g. a job that failed on its photo while the pipeline loads
+"""
+
+
+def test_exiting_during_a_background_load_stops_it_at_its_next_step(cli_models, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    models, base = cli_models
+    record = tmp_path / "record.txt"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", EXIT_DURING_LOAD, str(models), str(base), str(record)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 3, done.stderr[-2000:]  # the program's own status: no abort at exit
+    assert "terminate called" not in done.stderr
+    # the exit waited for the load (the thread saw it), which stopped after the UNet instead of loading the rest
+    assert record.read_text().splitlines() == ["unet, exiting"]
