@@ -183,49 +183,49 @@ def _render_edit(video, source_path: Path, output: Path, options: JobOptions, si
     chunk = chunk_frames(edit_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
                          options.memory_budget, picture_bytes(info.width, info.height), in_flight=CHUNKS_IN_FLIGHT,
                          reserved=0 if scan.frames is None else scan.frames.nbytes)
-    job = ChunkedRender(output, key, info.frame_count, chunk, info.frame_rate, settings=options.encoder,
-                        **timing(info))
-    from tqdm.auto import tqdm
+    with ChunkedRender(output, key, info.frame_count, chunk, info.frame_rate, settings=options.encoder,
+                       **timing(info)) as job:  # its lock is released however the render ends
+        from tqdm.auto import tqdm
 
-    bar = tqdm(total=info.frame_count, initial=job.done_frames(), desc=f"edit {Path(video).name}", unit="frame",
-               disable=not options.progress)
+        bar = tqdm(total=info.frame_count, initial=job.done_frames(), desc=f"edit {Path(video).name}", unit="frame",
+                   disable=not options.progress)
 
-    def prepare(span):
-        """Prefetch thread: the chunk's frames (kept from the scan, or decoded), the original for the left panel,
-        and the aligned crops of the edited frames."""
-        frames = scan.frames_of_span(reader, span.start, span.stop, stats)
-        original = frames.copy() if side_by_side else None
-        rows = np.flatnonzero(edited[span.start:span.stop]) + span.start
-        with stats.stage("paste"):
-            transforms = [ffhq_transform(keypoints[i], size) for i in rows]
-            crops = [t.warp(frames[i - span.start]) for t, i in zip(transforms, rows)]
-        return frames, original, rows, transforms, crops
+        def prepare(span):
+            """Prefetch thread: the chunk's frames (kept from the scan, or decoded), the original for the left panel,
+            and the aligned crops of the edited frames."""
+            frames = scan.frames_of_span(reader, span.start, span.stop, stats)
+            original = frames.copy() if side_by_side else None
+            rows = np.flatnonzero(edited[span.start:span.stop]) + span.start
+            with stats.stage("paste"):
+                transforms = [ffhq_transform(keypoints[i], size) for i in rows]
+                crops = [t.warp(frames[i - span.start]) for t, i in zip(transforms, rows)]
+            return frames, original, rows, transforms, crops
 
-    def render(span, prepared):
-        _, _, rows, _, crops = prepared
-        if not len(rows):
-            return None
-        with stats.stage("render"):
-            return session.render(scan.identity, values[rows], rows, crops)
+        def render(span, prepared):
+            _, _, rows, _, crops = prepared
+            if not len(rows):
+                return None
+            with stats.stage("render"):
+                return session.render(scan.identity, values[rows], rows, crops)
 
-    def save(span, prepared, faces):
-        """Finish thread: paste the faces back, compose, encode the chunk."""
-        frames, original, rows, transforms, _ = prepared
-        with stats.stage("paste"):
-            for t, i, face in zip(transforms, rows, faces if faces is not None else ()):
-                paste_back(frames[i - span.start], face, t, color_match=options.color_match, inplace=True)
-            if original is not None:
-                frames = side_by_side_chunk(original, frames)
-        with stats.stage("encode"):
-            job.save_chunk(span.index, frames, watermark=options.watermark)
-        stats.frames_done(len(span))
+        def save(span, prepared, faces):
+            """Finish thread: paste the faces back, compose, encode the chunk."""
+            frames, original, rows, transforms, _ = prepared
+            with stats.stage("paste"):
+                for t, i, face in zip(transforms, rows, faces if faces is not None else ()):
+                    paste_back(frames[i - span.start], face, t, color_match=options.color_match, inplace=True)
+                if original is not None:
+                    frames = side_by_side_chunk(original, frames)
+            with stats.stage("encode"):
+                job.save_chunk(span.index, frames, watermark=options.watermark)
+            stats.frames_done(len(span))
 
-    run_stages(job.pending_chunks(), prepare, render, save, done=lambda span: bar.update(len(span)),
-               overlap=options.overlap)
-    bar.close()
-    tags = job_tags("edit", options, side_by_side=side_by_side, edited_range=[lo, hi],
-                    edited_frames=int(np.count_nonzero(edited)))
-    result = job.finalize(audio=AudioSource(Path(video)), progress=options.progress, metadata=tags)
+        run_stages(job.pending_chunks(), prepare, render, save, done=lambda span: bar.update(len(span)),
+                   overlap=options.overlap)
+        bar.close()
+        tags = job_tags("edit", options, side_by_side=side_by_side, edited_range=[lo, hi],
+                        edited_frames=int(np.count_nonzero(edited)))
+        result = job.finalize(audio=AudioSource(Path(video)), progress=options.progress, metadata=tags)
     if finish:
         finish_job(stats)
     return result

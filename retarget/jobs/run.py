@@ -142,36 +142,36 @@ def _render_run(driving, output: Path, options: JobOptions, reference: bool, sid
     chunk = chunk_frames(run_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
                          options.memory_budget, picture_bytes(info.width, info.height), in_flight=CHUNKS_IN_FLIGHT,
                          reserved=0 if scan.frames is None else scan.frames.nbytes)
-    job = ChunkedRender(output, key, hi - lo, chunk, info.frame_rate, settings=options.encoder,
-                        **timing(info, lo, hi))
-    from tqdm.auto import tqdm
+    with ChunkedRender(output, key, hi - lo, chunk, info.frame_rate, settings=options.encoder,
+                       **timing(info, lo, hi)) as job:  # its lock is released however the render ends
+        from tqdm.auto import tqdm
 
-    bar = tqdm(total=hi - lo, initial=job.done_frames(), desc=f"run {Path(driving).name}", unit="frame",
-               disable=not options.progress)
+        bar = tqdm(total=hi - lo, initial=job.done_frames(), desc=f"run {Path(driving).name}", unit="frame",
+                   disable=not options.progress)
 
-    def prepare(span):
-        """Prefetch thread: the chunk's driving frames (side by side only)."""
-        return scan.frames_of_span(reader, lo + span.start, lo + span.stop, stats) if side_by_side else None
+        def prepare(span):
+            """Prefetch thread: the chunk's driving frames (side by side only)."""
+            return scan.frames_of_span(reader, lo + span.start, lo + span.stop, stats) if side_by_side else None
 
-    def render(span, driving_frames):
-        with stats.stage("render"):
-            return session.render(photo.embedding, expressions[span.start:span.stop],
-                                  np.arange(span.start, span.stop), reference_image)
+        def render(span, driving_frames):
+            with stats.stage("render"):
+                return session.render(photo.embedding, expressions[span.start:span.stop],
+                                      np.arange(span.start, span.stop), reference_image)
 
-    def save(span, driving_frames, faces):
-        """Finish thread: compose and encode the chunk."""
-        if side_by_side:
-            with stats.stage("paste"):
-                faces = side_by_side_chunk(driving_frames, faces, height=size)
-        with stats.stage("encode"):
-            job.save_chunk(span.index, faces, watermark=options.watermark)
-        stats.frames_done(len(span))
+        def save(span, driving_frames, faces):
+            """Finish thread: compose and encode the chunk."""
+            if side_by_side:
+                with stats.stage("paste"):
+                    faces = side_by_side_chunk(driving_frames, faces, height=size)
+            with stats.stage("encode"):
+                job.save_chunk(span.index, faces, watermark=options.watermark)
+            stats.frames_done(len(span))
 
-    run_stages(job.pending_chunks(), prepare, render, save, done=lambda span: bar.update(len(span)),
-               overlap=options.overlap)
-    bar.close()
-    tags = job_tags("run", options, reference=reference, side_by_side=side_by_side, driving_frames=[lo, hi])
-    result = job.finalize(audio=audio_of_range(reader, lo, hi), progress=options.progress, metadata=tags)
+        run_stages(job.pending_chunks(), prepare, render, save, done=lambda span: bar.update(len(span)),
+                   overlap=options.overlap)
+        bar.close()
+        tags = job_tags("run", options, reference=reference, side_by_side=side_by_side, driving_frames=[lo, hi])
+        result = job.finalize(audio=audio_of_range(reader, lo, hi), progress=options.progress, metadata=tags)
     if finish:
         finish_job(stats)
     return result

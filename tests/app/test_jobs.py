@@ -74,6 +74,9 @@ def test_cancel_stops_the_render_and_the_render_resumes(overlap, options, media,
     # rendered by then (it renders while the first is saved): it is saved too, and the cancel stops at the third.
     kept = 2 if overlap else 1
     assert len(list(work.glob("chunk_*"))) == kept
+    from retarget.video import work_lock  # the cancelled job let go of its work folder (the job keeps its error)
+
+    assert all(path != str(work.resolve()) for _, path in work_lock._held)
 
     resumed = Recording()
     job = run(partial(run_job, media["clip"], media["photo"], output, options), resumed)
