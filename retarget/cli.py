@@ -52,7 +52,8 @@ def _common_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     sampling.add_argument("--per-frame-noise", action="store_true",
                           help="draw new noise per frame (default: the same noise for every frame, steadier video)")
-    sampling.add_argument("--batch-size", type=int, default=8, help="frames per diffusion call (default 8)")
+    sampling.add_argument("--batch-size", type=int, default=None,
+                          help="frames per diffusion call (default 16 on a GPU with at least 12 GiB, else 8)")
     sampling.add_argument("--chunk-size", type=int, default=64,
                           help="most frames per resumable chunk; host memory holds one chunk (default 64)")
     sampling.add_argument("--memory-budget", type=float, default=None, metavar="GIB",

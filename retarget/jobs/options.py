@@ -40,7 +40,8 @@ class JobOptions:
     or the public SD1.5 repository), ``device``/``dtype`` (``None`` = CUDA + bf16/fp16 when available, else CPU fp32).
     Sampling: ``steps``, ``guidance`` (CFG), ``expression_scale``, ``reference_scale``, ``seed``, ``per_frame_noise``
     (default: the same initial noise for every frame, which keeps the clip stable).
-    Throughput: ``batch_size`` frames per diffusion call, ``chunk_size`` the most frames per resumable chunk (memory
+    Throughput: ``batch_size`` frames per diffusion call (``None``: :func:`~retarget.devices.default_batch_size` of
+    the job's device, 16 on a GPU with at least 12 GiB, else 8; an int once constructed), ``chunk_size`` the most frames per resumable chunk (memory
     holds one chunk of frames at a time), ``memory_budget`` GiB of host memory beyond the models for one chunk's
     frames and the work on single frames (caps the chunk length at large picture sizes, see
     :func:`retarget.jobs.common.chunk_frames`), ``overlap`` (default True: load the pipeline during the face scan
@@ -69,7 +70,7 @@ class JobOptions:
     reference_scale: float = 0.8
     seed: int = 0
     per_frame_noise: bool = False
-    batch_size: int = 8
+    batch_size: int | None = None
     chunk_size: int = 64
     overlap: bool = True
     memory_budget: float = MEMORY_BUDGET_GIB
@@ -99,6 +100,10 @@ class JobOptions:
             self.lcm_lora = Path(self.lcm_lora).expanduser()
         if self.base_model is None:
             self.base_model = os.environ.get("RETARGET_BASE_MODEL") or None
+        if self.batch_size is None:
+            from retarget.devices import default_batch_size, resolve_device
+
+            self.batch_size = default_batch_size(resolve_device(self.device))
         checks = [
             (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
             (self.guidance >= 0, f"--guidance must be >= 0, got {self.guidance}"),

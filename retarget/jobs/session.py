@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from retarget.devices import resolve_device, use_device
-from retarget.errors import WeightsError
+from retarget.errors import RetargetError, WeightsError
 from retarget.faces.models import FaceModels
 from retarget.jobs.frames import FaceReference, face_reference
 from retarget.jobs.options import JobOptions
@@ -209,6 +209,8 @@ class RenderSession:
         """
         from tqdm.auto import tqdm
 
+        import torch
+
         from retarget.pipeline import clip_noise
 
         o, pipe = self.options, self.pipeline
@@ -219,11 +221,37 @@ class RenderSession:
         for start in tqdm(starts, desc=desc, unit="batch", disable=not o.progress or len(starts) < 2, leave=False):
             rows = slice(start, min(start + o.batch_size, n))
             latents = clip_noise(o.seed, frame_indices[rows], pipe.latent_shape, per_frame=o.per_frame_noise)
-            images = pipe(
-                id_embeds, expressions[rows],
-                reference_image=reference if shared else list(reference[rows]),
-                reference_scale=o.reference_scale, expression_scale=o.expression_scale,
-                num_inference_steps=o.steps, guidance_scale=o.guidance, latents=latents, output_type="np",
-            ).images
+            shortage = None
+            try:
+                images = pipe(
+                    id_embeds, expressions[rows],
+                    reference_image=reference if shared else list(reference[rows]),
+                    reference_scale=o.reference_scale, expression_scale=o.expression_scale,
+                    num_inference_steps=o.steps, guidance_scale=o.guidance, latents=latents, output_type="np",
+                ).images
+            except torch.OutOfMemoryError as error:
+                shortage = _first_line(error)
+            if shortage is not None:  # raised outside the handler: the failed batch's tensors are let go first
+                raise DeviceMemoryError(out_of_memory_message(self.device, o.batch_size, shortage))
             out[rows] = np.clip(np.rint(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
         return out
+
+
+class DeviceMemoryError(RetargetError):
+    """The device ran out of memory during a diffusion batch (the message says what to change)."""
+
+
+def out_of_memory_message(device: str, batch_size: int, detail: str) -> str:
+    """One line for a diffusion batch that ran out of device memory: what happened and what to try.
+
+    The finished chunks of a render are kept (see :mod:`retarget.video.resume`), so the same command with a
+    smaller ``--batch-size`` resumes where it stopped (the batch size is not part of the render key).
+    """
+    advice = f"try --batch-size {max(1, batch_size // 2)}" if batch_size > 1 else "free memory on the device"
+    return (f"{device} ran out of memory rendering a batch of {batch_size} frame(s) ({detail}); {advice}: "
+            f"chunks already finished are kept and the same command resumes from them")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -12,7 +12,8 @@ import onnxruntime
 import pytest
 import torch
 
-from retarget.devices import LOCAL_RANK_VARIABLES, resolve_device
+from retarget.devices import (LARGE_BATCH_SIZE, LOCAL_RANK_VARIABLES, SMALL_BATCH_SIZE, default_batch_size,
+                              resolve_device)
 from retarget.errors import InputError
 from retarget.faces import expressions as expressions_module
 from retarget.faces.onnx_session import execution_providers
@@ -26,16 +27,24 @@ LAUNCHER_VARIABLES = LOCAL_RANK_VARIABLES + ("RANK", "WORLD_SIZE", "LOCAL_WORLD_
 
 
 class FakeGpus:
-    """``set(n)``: torch sees ``n`` GPUs (0 = none). ``current_calls``: the torch.cuda.set_device calls."""
+    """``set(n, memory_gib)``: torch sees ``n`` GPUs (0 = none) of that much memory. ``current_calls``: the
+    torch.cuda.set_device calls; ``properties_calls``: the devices whose properties were read."""
 
     def __init__(self, monkeypatch):
         self.monkeypatch = monkeypatch
         self.current_calls = []
         monkeypatch.setattr(torch.cuda, "set_device", self.current_calls.append)
 
-    def set(self, count: int) -> None:
+    def set(self, count: int, memory_gib: float = 80.0) -> None:
         self.monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
         self.monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        self.properties_calls = []
+
+        def properties(index):
+            self.properties_calls.append(index)
+            return SimpleNamespace(total_memory=int(memory_gib * 2**30))
+
+        self.monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
 
 
 @pytest.fixture
@@ -166,3 +175,21 @@ def test_background_pipeline_load_runs_on_the_process_gpu(gpus, cli_models, monk
     assert session.pipeline is STAND_IN
     assert calls == [("cuda:1", "retarget-load")]
     assert (1, "retarget-load") in threads and (1, threading.current_thread().name) in threads
+
+
+def test_default_batch_size_follows_the_device_and_its_memory(gpus, monkeypatch):
+    """No ``--batch-size``: 16 on a GPU of at least 12 GiB (the process's own GPU under a launcher), else 8;
+    a batch size given is kept."""
+    assert default_batch_size("cpu") == SMALL_BATCH_SIZE == 8
+    assert default_batch_size("cuda:1") == LARGE_BATCH_SIZE == 16
+    assert gpus.properties_calls == [1]
+    assert JobOptions(device="cpu").batch_size == 8
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert JobOptions().batch_size == 16 and gpus.properties_calls[-1] == 3
+    assert JobOptions(batch_size=5).batch_size == 5
+    gpus.set(1, memory_gib=11.9)
+    assert JobOptions().batch_size == 8
+    gpus.set(1, memory_gib=12.0)
+    assert JobOptions(device="cuda").batch_size == 16
+    gpus.set(0)
+    assert JobOptions().batch_size == 8

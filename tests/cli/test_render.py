@@ -106,3 +106,40 @@ def test_extract_plot_and_edit_with_motion(media, fast_args, tmp_path):
     assert main(["edit", str(media["clip"]), "--expression", str(motion), "-o", str(out), "--end", "0.2",
                  *fast_args]) == 0
     assert probe_video(out).frame_count == FRAMES
+
+
+def test_out_of_device_memory_is_one_line_that_names_a_smaller_batch_and_resumes(media, fast_args, tmp_path,
+                                                                                monkeypatch, capsys):
+    """A diffusion batch that runs out of device memory stops the job with one line naming half the batch size;
+    the chunks already finished stay, and the same command with that batch size resumes from them."""
+    import torch
+
+    from retarget.pipeline import ExpressionPipeline
+
+    out = tmp_path / "oom.mp4"
+    argv = ["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(out), *fast_args]
+    original_call = ExpressionPipeline.__call__
+    calls = []
+
+    def short_of_memory(self, id_embeds, expressions, *args, **kwargs):
+        calls.append(len(expressions))
+        if len(calls) == 3:  # the third batch of 4 frames (chunk 2: frames 8-11)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                         "capacity of 7.60 GiB\nOf the allocated memory ...")
+        return original_call(self, id_embeds, expressions, *args, **kwargs)
+
+    monkeypatch.setattr(ExpressionPipeline, "__call__", short_of_memory)
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["retarget: error: cpu ran out of memory rendering a batch of 4 frame(s) (CUDA out of memory. "
+                   "Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.60 GiB); try --batch-size 2: chunks "
+                   "already finished are kept and the same command resumes from them"]
+    assert not out.exists()
+    assert sorted(p.name for p in (tmp_path / "oom.mp4.retarget-work").glob("chunk_*")) == [
+        "chunk_000000.mp4", "chunk_000001.mp4"]
+
+    calls.clear()
+    smaller = [*argv[:argv.index("--batch-size") + 1], "2", *argv[argv.index("--batch-size") + 2:]]
+    assert main(smaller) == 0
+    assert calls == [2, 2]  # only chunk 2 (frames 8-11), in batches of 2
+    assert probe_video(out).frame_count == FRAMES
