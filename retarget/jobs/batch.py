@@ -235,8 +235,9 @@ def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
               share: tuple[int, int] | None = None) -> BatchReport:
     """Process this process's share of the videos in ``input_dir``; returns the counts.
 
-    Errors about the shared inputs (identity photo, expression source, weights) stop the batch with one error,
-    since every file would fail the same way; errors of one video are logged and the batch goes on.
+    Errors about the shared inputs (identity photo, expression source, weights) and a diffusion batch out of
+    device memory stop the batch with one error, since every file would fail the same way; errors of one video are
+    logged and the batch goes on.
 
     Stages: with ``options.overlap`` the diffusion pipeline loads during the first clip's scan and, where the
     scan and the model's work overlap (:func:`~retarget.jobs.session.overlaps_scan`: on CUDA), each clip is
@@ -248,7 +249,7 @@ def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
     from tqdm.auto import tqdm
 
     from retarget.devices import resolve_device
-    from retarget.jobs.session import RenderSession, overlaps_scan
+    from retarget.jobs.session import DeviceMemoryError, RenderSession, overlaps_scan
 
     input_dir, out_dir = Path(input_dir), Path(output_dir)
     videos = list_videos(input_dir)
@@ -280,6 +281,8 @@ def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
                 scanned.render()
                 report.done += 1
             except KeyboardInterrupt:
+                raise
+            except DeviceMemoryError:  # every clip's batches are the same size: each would run out the same way
                 raise
             except Exception as error:  # one bad file must not stop the others
                 if session.failed_load is not None:  # the weights: every clip would fail the same way

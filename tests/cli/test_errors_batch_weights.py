@@ -124,3 +124,40 @@ def test_doctor_passes_on_complete_folder(cli_models, capsys):
     models, base = cli_models
     assert main(["doctor", "--models", str(models), "--base-model", str(base)]) == 0
     assert "everything needed is in place" in capsys.readouterr().out
+
+
+def test_batch_out_of_device_memory_stops_with_one_line_and_resumes(media, fast_args, tmp_path, capsys,
+                                                                    monkeypatch):
+    """Every clip's diffusion batches have the same size, so one that runs out of device memory stops the batch
+    (no clip is recorded as failed, the next is not tried); the same command resumes the clip's finished chunks."""
+    import torch
+
+    from retarget.pipeline import ExpressionPipeline
+
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    copy_to(media["clip"], inputs, "a.mp4")
+    copy_to(media["clip"], inputs, "b.mp4")
+    argv = ["batch", inputs, "-o", outputs, "--identity", media["photo"], *fast_args]
+    original = ExpressionPipeline.__call__
+    calls = []
+
+    def short_of_memory(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # a.mp4's third chunk (one batch of 4 frames per chunk)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ExpressionPipeline, "__call__", short_of_memory)
+    code, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, "ran out of memory", "try --batch-size 2")
+    assert sorted(p.name for p in outputs.iterdir()) == ["a.mp4.retarget-work"]  # no failures.jsonl, b not started
+
+    calls.clear()
+    monkeypatch.setattr(ExpressionPipeline, "__call__",
+                        lambda self, *a, **k: (calls.append(1), original(self, *a, **k))[1])
+    code, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert len(calls) == 1 + 3  # a.mp4's last chunk, then b.mp4's three
+    assert sorted(p.name for p in outputs.iterdir()) == ["a.mp4", "b.mp4"]
+    assert probe_video(outputs / "a.mp4").frame_count == FRAMES
