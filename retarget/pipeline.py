@@ -160,6 +160,16 @@ def use_persistent_inductor_cache(cache_dir=None) -> Path:
 
 
 
+def _compile_failure_line(error: BaseException) -> str:
+    """The line of a failed compile that says what failed: the last non-empty line of the backend's message before
+    dynamo's advice (e.g. ``InvalidCxxCompiler: No working C++ compiler found ...``), shortened."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(("Set TORCHDYNAMO_VERBOSE", "You can suppress",
+                                                             "import torch._dynamo", "torch._dynamo.config"))]
+    line = lines[-1] if lines else type(error).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
 class ExpressionPipeline:
     """Renders faces of an identity with per-frame expressions, optionally anchored on a reference image.
 
@@ -195,6 +205,7 @@ class ExpressionPipeline:
         self.static_batch_size = 0
         self._grow_static_batch = False
         self._denoiser = None
+        self.compile_failure: str | None = None  # why torch.compile was given up (see compile), if it was
         self._compiled_inputs: set[tuple] = set()  # (rows, guidance on, reference on) the compiled UNet has seen
         self._bank_version: tuple | None = None
         self._identity_cache: tuple[str, torch.Tensor] | None = None
@@ -339,6 +350,12 @@ class ExpressionPipeline:
         ``"reduce-overhead"`` (CUDA graphs). With inductor, compiled artefacts are kept in a persistent cache
         (:func:`use_persistent_inductor_cache`; ``cache_dir`` overrides). The UNet's weights are put in
         channels-last (the reference pass, which stays eager, reads the same weights).
+
+        A compile that fails (the backend raises: no C/C++ compiler, no working Triton, e.g. on Windows without
+        ``triton-windows``) does not fail the render: the pipeline logs one warning (logger
+        ``retarget.pipeline.compile``), keeps the reason in :attr:`compile_failure` and renders eagerly from then
+        on, in the eager layout (the step that failed is computed eagerly, so results are the eager ones up to float
+        rounding).
         """
         if backend == "inductor":
             use_persistent_inductor_cache(cache_dir)
@@ -560,7 +577,6 @@ class ExpressionPipeline:
         # so a frame's result does not depend on its batch, and frames sharing their noise share it too.
         step_generators = [torch.Generator().manual_seed(_row_seed(row)) for row in latents]
         latents = latents * scheduler.init_noise_sigma
-        unet = self._denoiser if self._denoiser is not None else self.unet
         if self._denoiser is not None and (rows, do_cfg, bank is not None) not in self._compiled_inputs:
             self._compiled_inputs.add((rows, do_cfg, bank is not None))
             compile_log.info("compiling the UNet for batches of %d (the first time on this machine takes a minute or "
@@ -575,9 +591,7 @@ class ExpressionPipeline:
             for t in steps:
                 model_input = torch.cat([latents, latents]) if do_cfg else latents
                 model_input = scheduler.scale_model_input(model_input, t)
-                if self._denoiser is not None:  # a new step: CUDA graphs ("reduce-overhead") may reuse buffers
-                    torch.compiler.cudagraph_mark_step_begin()
-                noise = unet(model_input, t, encoder_hidden_states=prompts, return_dict=False)[0]
+                noise = self._predict_noise(model_input, t, prompts)
                 if do_cfg:
                     uncond, cond = noise.chunk(2)
                     noise = uncond + guidance_scale * (cond - uncond)
@@ -597,6 +611,29 @@ class ExpressionPipeline:
         if output_type == "pil":
             return ExpressionPipelineOutput([Image.fromarray((a * 255).round().astype(np.uint8)) for a in array])
         raise AssertionError(output_type)  # checked above
+
+    def _predict_noise(self, sample: torch.Tensor, timestep, prompts: torch.Tensor) -> torch.Tensor:
+        """One UNet evaluation of the denoising loop: compiled after :meth:`compile`, else eager. A compile that
+        fails gives compiling up for good (see :meth:`compile`) and this step runs eagerly."""
+        if self._denoiser is not None:
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: CUDA graphs ("reduce-overhead") reuse buffers
+            failure = None
+            try:
+                return self._denoiser(sample, timestep, encoder_hidden_states=prompts, return_dict=False)[0]
+            except torch._dynamo.exc.BackendCompilerFailed as error:
+                failure = _compile_failure_line(error)
+            self._give_up_compiling(failure)  # outside the handler: the failed attempt's frames are let go
+        return self.unet(sample, timestep, encoder_hidden_states=prompts, return_dict=False)[0]
+
+    def _give_up_compiling(self, reason: str) -> None:
+        """Render eagerly from now on (eager layout, no padding to a static batch), saying why once."""
+        compile_log.warning("torch.compile failed (%s); rendering without it", reason)
+        self.compile_failure = reason
+        self._denoiser = None
+        self._grow_static_batch = False
+        self.static_batch_size = 0
+        self._compiled_inputs.clear()
+        self._set_memory_format(False, self.unet)
 
     def warm_up(self, frames: int, guidance_scale: float = 3.0, reference: str | None = "shared",
                 reference_scale: float = 0.8, decode: bool = True) -> None:

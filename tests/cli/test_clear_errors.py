@@ -19,6 +19,7 @@ from retarget.jobs.expressions import neutral_values
 from retarget.jobs.options import JobOptions
 from retarget.motion import MotionTrack, load_motion, neutral_frame, relative_motion, save_motion
 from retarget.motion.adjust import NeutralFrameError
+from retarget.video.probe import probe_video
 from tests.cli.conftest import BLANK, FRAMES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,6 +123,23 @@ def test_stderr_names_the_face_models_once_they_loaded(media, cli_models, tmp_pa
     failed = _cli(["extract", tmp_path / "absent.mp4", "-o", tmp_path / "n.npz", "--models", models])
     assert failed.returncode == 1
     assert failed.stderr.strip().splitlines() == [f"retarget: error: {tmp_path / 'absent.mp4'}: no such file"]
+
+
+def test_compile_without_a_cxx_compiler_warns_once_and_renders_eagerly(media, fast_args, tmp_path):
+    """``--compile`` where inductor cannot build its kernels (no C++ compiler: ``CXX`` names none, and a fresh
+    compile cache) is one warning line, then the job renders eagerly to the end."""
+    out = tmp_path / "out.mp4"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RETARGET_MODELS="", CXX=str(tmp_path / "no-such-g++"),
+               TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    done = subprocess.run([sys.executable, "-m", "retarget.cli", "run", str(media["clip"]), "--identity",
+                           str(media["photo"]), "-o", str(out), "--compile", *fast_args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    failed = [line for line in done.stderr.splitlines() if "torch.compile failed" in line]
+    assert len(failed) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert failed[0].startswith("retarget.pipeline.compile: torch.compile failed (")
+    assert "C++ compiler" in failed[0] and failed[0].endswith("); rendering without it")
+    assert probe_video(out).frame_count == FRAMES
 
 
 # --- --smirk-channels -------------------------------------------------------------------------------------------

@@ -172,3 +172,33 @@ def test_an_eager_warm_up_leaves_the_renders_unchanged(pipe):
     assert np.array_equal(before, _render(pipe, clip, 0.8, 1.0))
     with pytest.raises(ValueError, match="reference must be"):
         pipe.warm_up(2, reference="one")
+
+
+def test_a_compile_that_fails_renders_eagerly_and_says_why_once(tiny_checkpoint, caplog):
+    """A backend that fails (here one that raises as inductor does without a C++ compiler) costs one warning: the
+    step it failed at and every later one run eagerly, in the eager layout, and the frames equal an eager render
+    (up to float rounding)."""
+    from retarget import ExpressionPipeline
+
+    torch._dynamo.reset()
+    attempts = []
+
+    def failing_backend(graph_module, example_inputs):
+        attempts.append(len(example_inputs))
+        raise RuntimeError("No working C++ compiler found (a stand-in)")
+
+    compiled = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+    compiled.compile(backend=failing_backend)
+    clip = _clip(6, 7)
+    with caplog.at_level("INFO", logger="retarget.pipeline.compile"):
+        frames = _render(compiled, clip, 0.8, 1.0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["torch.compile failed (RuntimeError: No working C++ compiler found (a stand-in)); "
+                        "rendering without it"]
+    assert len(attempts) == 1 and compiled.compile_failure == "RuntimeError: No working C++ compiler found (a stand-in)"
+    assert compiled.static_batch_size == 0 and compiled.unet.conv_in.weight.is_contiguous()
+
+    eager = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+    # up to float rounding: the first batch's reference features were computed in compile()'s channels-last layout
+    assert np.abs(frames - _render(eager, clip, 0.8, 1.0)).max() < 1e-5
+    torch._dynamo.reset()
