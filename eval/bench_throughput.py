@@ -224,6 +224,8 @@ def run_path(args) -> dict:
         _sync(device)
         rounds.append(time.perf_counter() - start)
     seconds = min(rounds)
+    if args.path == "compiled" and pipe.compile_failure is not None:  # it rendered eagerly: not a compiled figure
+        raise SystemExit(f"torch.compile failed ({pipe.compile_failure}): no compiled figure")
     peak_memory_mb = _peak_memory_mb(device)
     if args.save_output:  # the first batch as 8-bit images, for comparing the paths' results
         np.save(args.save_output, _to_uint8(first_batch))
@@ -352,7 +354,8 @@ def e2e(args) -> int:
                     + ["--e2e-overlap-scan"] * (order == "overlapped")
                 done = subprocess.run(child, capture_output=True, text=True)
                 seconds = time.perf_counter() - begin
-                if done.returncode != 0:  # report it and go on with the others
+                failed_compile = [line for line in done.stderr.splitlines() if "torch.compile failed" in line]
+                if done.returncode != 0 or ("--compile" in argv and failed_compile):  # report it, go on with the others
                     print(f"{command} ({order}) failed:\n{done.stderr[-3000:]}", flush=True)
                     continue
                 record = json.loads(done.stdout.strip().splitlines()[-1])
