@@ -2,7 +2,8 @@
 # Every GPU figure of the README's Benchmarks section in one run, on random weights of the published sizes:
 #   bash eval/gpu_figures.sh            # SD1.5-sized weights, bf16 (a GPU with >= 16 GB)
 #   SIZE=tiny DTYPE=fp32 bash eval/gpu_figures.sh   # the same steps at tiny size (a check of the script, any machine)
-# 0. the weights, written once (random, published sizes, with the face models) into WORK;
+# 0. the weights, written once (random, published sizes, with the face models) into WORK, then the environment
+#    lines of `retarget doctor` (the GPU, onnxruntime's providers, whether --compile can build its kernels);
 # 1. the pipeline paths at batch BATCH (PATHS; default batched, channels-last, unoptimised, compiled, LCM at 6 steps;
 #    compiled:MODE adds a torch.compile mode, e.g. compiled:reduce-overhead for CUDA graphs),
 #    with FLOPs, the share of the measured matmul peak, how far each path's first batch is from the batched path's
@@ -50,6 +51,8 @@ folders=$(cat "$work/weights.json")
 models=$("$python" -c 'import json, sys; print(json.loads(sys.argv[1])["models"])' "$folders")
 base=$("$python" -c 'import json, sys; print(json.loads(sys.argv[1])["base_model"])' "$folders")
 common=(--size "$size" --dtype "$dtype" --batch-size "$batch" --models "$models" --base-model "$base")
+echo "== environment (retarget doctor)"  # the GPU, onnxruntime's providers, whether --compile can build kernels
+"$python" -m retarget doctor --models "$models" --base-model "$base" | grep -E "^\[.*\] (python|torch|diffusers|onnxruntime|cuda|face models on the GPU|--compile):"
 
 if [[ " $steps " == *" 1 "* ]]; then
     echo "== 1. pipeline paths, batch $batch, $size, $dtype: $paths"
