@@ -227,13 +227,13 @@ class RenderSession:
                     id_embeds, expressions[rows],
                     reference_image=reference if shared else list(reference[rows]),
                     reference_scale=o.reference_scale, expression_scale=o.expression_scale,
-                    num_inference_steps=o.steps, guidance_scale=o.guidance, latents=latents, output_type="np",
+                    num_inference_steps=o.steps, guidance_scale=o.guidance, latents=latents, output_type="uint8",
                 ).images
             except torch.OutOfMemoryError as error:
                 shortage = _first_line(error)
             if shortage is not None:  # raised outside the handler: the failed batch's tensors are let go first
                 raise DeviceMemoryError(out_of_memory_message(self.device, o.batch_size, shortage))
-            out[rows] = np.clip(np.rint(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
+            out[rows] = images
         return out
 
 

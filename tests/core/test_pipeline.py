@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from retarget.pipeline import clip_noise
+from retarget.pipeline import clip_noise, to_uint8
 
 STEPS = 6
 
@@ -168,6 +168,12 @@ def test_output_types_and_input_validation(pipe, inputs):
     assert len(pil) == 2 and pil[0].size == (32, 32)
     assert np.abs(np.asarray(pil[0]) / 255.0 - np_out[0]).max() <= 0.5 / 255 + 1e-6
     assert np_out.min() >= 0 and np_out.max() <= 1
+    # uint8, rounded on the device: exactly the host's rounding of the float images (halves to even, as np.rint)
+    quantised = pipe(inputs["ids"][0], inputs["expressions"][:2], output_type="uint8", **kw).images
+    assert quantised.dtype == np.uint8 and quantised.shape == (2, 32, 32, 3)
+    assert np.array_equal(quantised, np.clip(np.rint(np_out * 255.0), 0, 255).astype(np.uint8))
+    halves = torch.tensor([0.5, 1.5, 2.5, 253.5, 254.5, 255.5, -3.0, 300.0]) / 255.0
+    assert to_uint8(halves).tolist() == np.clip(np.rint(halves.numpy() * 255.0), 0, 255).astype(np.uint8).tolist()
     with pytest.raises(ValueError, match=r"expressions must be \[B, 55\]"):
         pipe(inputs["ids"][0], torch.zeros(2, 54), num_inference_steps=2)
     with pytest.raises(ValueError, match="3 identities for 2 expressions"):
