@@ -114,9 +114,10 @@ class ScrfdDetector(Detector):
 
     def detect_many(self, images) -> list[list[Face]]:
         """:meth:`detect` for each image; one onnxruntime call for all of them when the model's batch axis is
-        dynamic (:attr:`batched`), else one call per image (the published file has a fixed batch of 1)."""
+        dynamic (:attr:`batched`), else one call per image, several at once (the published file has a fixed batch
+        of 1; see :meth:`Detector.detect_many`)."""
         if not self.batched or len(images) < 2:
-            return [self.detect(image) for image in images]
+            return super().detect_many(images)
         letterboxed = [self._letterbox(image) for image in images]
         tensor = np.concatenate([t for t, _ in letterboxed])
         outputs = self.session.run(self.output_names, {self.input_name: tensor})

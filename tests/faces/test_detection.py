@@ -137,3 +137,48 @@ def test_mtcnn_detect_many_equals_detect(detector, group_photo, hanks):
     for many, single in zip(detector.detect_many([group_photo, hanks]), [detector.detect(group_photo),
                                                                         detector.detect(hanks)]):
         _same_faces(many, single)
+
+
+def test_detect_many_works_on_several_images_at_once_in_order(detector, astronaut, group_photo, hanks, monkeypatch):
+    """The default ``detect_many`` runs ``threads`` images at once on worker threads and returns each image's
+    faces in the input's order, the same as one ``detect`` per image; with one thread it runs on the caller's."""
+    import threading
+
+    photos = [group_photo, hanks, astronaut, hanks, group_photo]
+    expected = [detector.detect(photo) for photo in photos]
+    first_three = threading.Barrier(3, timeout=30)  # broken unless three images are in detect at the same time
+    seen = []
+    detect = detector.detect
+
+    def watched(image):
+        seen.append(threading.current_thread().name)
+        if len(seen) <= 3:
+            first_three.wait()
+        return detect(image)
+
+    monkeypatch.setattr(detector, "threads", 3)
+    stacked = detector.detect_many(np.stack([hanks, hanks]))  # an [N, H, W, 3] array works too
+    assert [len(faces) for faces in stacked] == [len(expected[1])] * 2
+    monkeypatch.setattr(detector, "detect", watched)
+    found = detector.detect_many(photos)
+    assert len(found) == len(photos) and [len(faces) for faces in found] == [6, 1, 1, 1, 6]
+    for many, single in zip(found, expected):
+        _same_faces(many, single)
+    assert len(set(seen)) == 3 and all(name.startswith("retarget-detect") for name in seen)
+
+    seen.clear()
+    monkeypatch.setattr(detector, "threads", 1)
+    monkeypatch.setattr(detector, "detect",
+                        lambda image: (seen.append(threading.current_thread().name), detect(image))[1])
+    assert [len(faces) for faces in detector.detect_many(photos[:2])] == [6, 1]
+    assert seen == [threading.current_thread().name] * 2
+
+
+def test_detection_threads_are_two_per_core_up_to_eight(monkeypatch):
+    import os
+
+    from retarget.faces.detection import MAX_DETECTION_THREADS, detection_threads
+
+    for cores, threads in ((1, 2), (2, 4), (4, 8), (64, MAX_DETECTION_THREADS)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        assert detection_threads() == threads
