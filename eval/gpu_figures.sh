@@ -16,8 +16,10 @@
 # 4. `retarget batch` of run end to end on a folder of BATCH_CLIPS copies of a synthetic clip (BATCH_FRAMES frames
 #    each, default 4 x 96): overlapped stages (on CUDA each clip is scanned while the previous one renders) and
 #    --no-overlap (BATCH_ORDERS).
-# Each step prints its own table; the JSON lines can be collected with `grep '^{'`. TIMEOUT1..3 (seconds) bound
-# steps 1-4, so one slow step still leaves the others' figures; STEPS picks steps (default "1 2 3 4"). A run with the
+# 5. face detection on the machine's CPU cores: one frame at a time against several at once (DETECT_THREADS,
+#    default 1,4,8), on a synthetic 512x512 clip with the bundled MTCNN.
+# Each step prints its own table; the JSON lines can be collected with `grep '^{'`. TIMEOUT1..5 (seconds) bound
+# steps 1-5, so one slow step still leaves the others' figures; STEPS picks steps (default "1 2 3 4 5"). A run with the
 # same WORK reuses the weights (and the compile cache stays on the machine), so the steps can be split over two runs
 # on one machine, e.g. STEPS="1 2" then STEPS=3.
 set -uo pipefail
@@ -30,7 +32,7 @@ paths=${PATHS:-batched,channels-last,unoptimised,compiled,lcm}
 orders=${ORDERS:-staged,sequential,compiled}
 work=${WORK:-$(mktemp -d)}
 profile_dir=${PROFILE_DIR:-$work}
-steps=${STEPS:-1 2 3 4}
+steps=${STEPS:-1 2 3 4 5}
 python=${PYTHON:-python}
 step() {  # step SECONDS COMMAND...
     local seconds=$1; shift
@@ -74,4 +76,8 @@ if [[ " $steps " == *" 4 "* ]]; then
     step "${TIMEOUT4:-1800}" "$python" -m eval.bench_throughput --e2e "${common[@]}" --chunk-size 64 \
         --synthetic-frames "${BATCH_FRAMES:-96}" --synthetic-fps 30 --commands batch \
         --batch-clips "${BATCH_CLIPS:-4}" --order "${BATCH_ORDERS:-staged,sequential}"
+fi
+if [[ " $steps " == *" 5 "* ]]; then
+    echo "== 5. face detection, threads ${DETECT_THREADS:-1,4,8}"
+    step "${TIMEOUT5:-300}" "$python" -m eval.bench_detection --frames 96 --threads "${DETECT_THREADS:-1,4,8}"
 fi
