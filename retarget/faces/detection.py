@@ -79,7 +79,7 @@ def detection_threads() -> int:
     """Threads :meth:`Detector.detect_many` uses by default: two per CPU core this process may use, at most
     :data:`MAX_DETECTION_THREADS`. A detector's work on one image is a chain of short onnxruntime and OpenCV
     calls (which release the GIL) and numpy steps, so several images at once keep the cores busy: on 2 cores,
-    ``retarget extract`` of a 183-frame 512x512 clip with MTCNN took 8.9 s with 4 threads against 14.1 s with one."""
+    ``retarget extract`` of a 183-frame 512x512 clip with MTCNN took 9.0 s with 4 threads against 13.0 s with one."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(MAX_DETECTION_THREADS, 2 * cores))
 
