@@ -54,7 +54,8 @@ models=$("$python" -c 'import json, sys; print(json.loads(sys.argv[1])["models"]
 base=$("$python" -c 'import json, sys; print(json.loads(sys.argv[1])["base_model"])' "$folders")
 common=(--size "$size" --dtype "$dtype" --batch-size "$batch" --models "$models" --base-model "$base")
 echo "== environment (retarget doctor)"  # the GPU, onnxruntime's providers, whether --compile can build kernels
-"$python" -m retarget doctor --models "$models" --base-model "$base" | grep -E "^\[.*\] (python|torch|diffusers|onnxruntime|cuda|face models on the GPU|--compile):"
+"$python" -m retarget doctor --models "$models" --base-model "$base" \
+    | grep -E "^\[.*\] (python|torch|diffusers|onnxruntime|cuda|face models on the GPU|--compile):"
 
 if [[ " $steps " == *" 1 "* ]]; then
     echo "== 1. pipeline paths, batch $batch, $size, $dtype: $paths"

@@ -41,12 +41,12 @@ class JobOptions:
     Sampling: ``steps``, ``guidance`` (CFG), ``expression_scale``, ``reference_scale``, ``seed``, ``per_frame_noise``
     (default: the same initial noise for every frame, which keeps the clip stable).
     Throughput: ``batch_size`` frames per diffusion call (``None``: :func:`~retarget.devices.default_batch_size` of
-    the job's device, 16 on a GPU with at least 12 GiB, else 8; an int once constructed), ``chunk_size`` the most frames per resumable chunk (memory
-    holds one chunk of frames at a time), ``memory_budget`` GiB of host memory beyond the models for one chunk's
-    frames and the work on single frames (caps the chunk length at large picture sizes, see
-    :func:`retarget.jobs.common.chunk_frames`), ``overlap`` (default True: load the pipeline during the face scan
-    and decode, render, paste and encode on worker threads at once, see :mod:`retarget.jobs.stages`; False runs
-    the same stages one after another; the output is the same).
+    the job's device, 16 on a GPU with at least 12 GiB, else 8; an int once constructed), ``chunk_size`` the most
+    frames per resumable chunk (memory holds one chunk of frames at a time), ``memory_budget`` GiB of host memory
+    beyond the models for one chunk's frames and the work on single frames (caps the chunk length at large picture
+    sizes, see :func:`retarget.jobs.common.chunk_frames`), ``overlap`` (default True: load the pipeline during the
+    face scan and decode, render, paste and encode on worker threads at once, see :mod:`retarget.jobs.stages`; False
+    runs the same stages one after another; the output is the same).
     Motion: ``smooth`` (one of :data:`SMOOTHING_METHODS`); ``relative`` (transfer the driving clip's changes from
     its neutral frame onto the target's own expression, see :mod:`retarget.jobs.expressions`) with
     ``neutral_frame`` (a frame number of the driving clip or expression source; ``None`` = the lowest-energy valid
