@@ -95,7 +95,8 @@ def test_stage_recorder_figures_are_consistent(case, overlap, working, media, fa
     assert parts["warm_up"] == 0  # on the CPU without --compile there is nothing to warm up
     assert all(seconds >= 0 for seconds in parts.values()) and parts["unet"] > 0
     load = summary["busy_s"]["load"]
-    assert 0 <= load - sum(parts.values()) <= 0.05 + 0.05 * load, (load, parts)
+    # each figure is rounded to 4 decimals: the sum may pass the rounded total by up to 5e-5 per part
+    assert -1e-3 <= load - sum(parts.values()) <= 0.05 + 0.05 * load, (load, parts)
     assert summary["frames_per_s"] == pytest.approx(FRAMES / wall, rel=1e-2)
     assert summary["device"] == "cpu" and summary["dtype"] == "fp32" and summary["peak_gpu_mib"] is None
     assert summary["peak_host_mib"] > 0
