@@ -17,7 +17,8 @@
 #    each, default 4 x 96): overlapped stages (on CUDA each clip is scanned while the previous one renders) and
 #    --no-overlap (BATCH_ORDERS).
 # 5. face detection on the machine's CPU cores: one frame at a time against several at once (DETECT_THREADS,
-#    default 1,4,8), on a synthetic 512x512 clip with the bundled MTCNN.
+#    default 1,4,8), on a synthetic 512x512 clip with the bundled MTCNN, with its onnxruntime sessions as the jobs
+#    open them and with onnxruntime's default threads.
 # Each step prints its own table; the JSON lines can be collected with `grep '^{'`. TIMEOUT1..5 (seconds) bound
 # steps 1-5, so one slow step still leaves the others' figures; STEPS picks steps (default "1 2 3 4 5"). A run with the
 # same WORK reuses the weights (and the compile cache stays on the machine), so the steps can be split over two runs
@@ -80,5 +81,6 @@ if [[ " $steps " == *" 4 "* ]]; then
 fi
 if [[ " $steps " == *" 5 "* ]]; then
     echo "== 5. face detection, threads ${DETECT_THREADS:-1,4,8}"
-    step "${TIMEOUT5:-300}" "$python" -m eval.bench_detection --frames 96 --threads "${DETECT_THREADS:-1,4,8}"
+    step "${TIMEOUT5:-300}" "$python" -m eval.bench_detection --frames 96 --threads "${DETECT_THREADS:-1,4,8}" \
+        --sessions ours,onnxruntime
 fi

@@ -78,8 +78,8 @@ MAX_DETECTION_THREADS = 8
 def detection_threads() -> int:
     """Threads :meth:`Detector.detect_many` uses by default: two per CPU core this process may use, at most
     :data:`MAX_DETECTION_THREADS`. A detector's work on one image is a chain of short onnxruntime and OpenCV
-    calls (which release the GIL) and numpy steps, so several images at once keep the cores busy: on 2 cores,
-    ``retarget extract`` of a 183-frame 512x512 clip with MTCNN took 9.0 s with 4 threads against 13.0 s with one."""
+    calls (which release the GIL) and numpy steps, so several images at once keep the cores busy: on 2 cores, MTCNN
+    on 96 frames of 512x512 ran at 73.9 frames/s with 4 threads against 39.9 with one (``eval.bench_detection``)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(MAX_DETECTION_THREADS, 2 * cores))
 
@@ -152,7 +152,8 @@ def non_maximum_suppression(boxes: np.ndarray, scores: np.ndarray, threshold: fl
     return np.asarray(keep, dtype=np.int64)
 
 
-def load_detector(models_dir: str | os.PathLike | None = None, device: str | None = None) -> Detector:
+def load_detector(models_dir: str | os.PathLike | None = None, device: str | None = None,
+                  onnxruntime_threading: bool = False) -> Detector:
     """The published SCRFD detector when ``<models_dir>/antelopev2/scrfd_10g_bnkps.onnx`` exists, else MTCNN.
 
     Once the detector has loaded, logs (INFO, logger ``retarget.faces.detection``, under :data:`FACE_MODELS_LOG`)
@@ -162,6 +163,8 @@ def load_detector(models_dir: str | os.PathLike | None = None, device: str | Non
     Args:
         models_dir: the published models folder (may be ``None`` or lack ``antelopev2``).
         device: ``None`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        onnxruntime_threading: onnxruntime's default threads for the detector's sessions instead of one thread
+            per call (see :func:`~retarget.faces.onnx_session.pooled_session_threading`); for comparison only.
 
     Raises:
         WeightsError: the SCRFD file exists but cannot be loaded, or the MTCNN package is missing.
@@ -170,12 +173,12 @@ def load_detector(models_dir: str | os.PathLike | None = None, device: str | Non
     if scrfd_path is not None and scrfd_path.is_file():
         from .scrfd import ScrfdDetector
 
-        detector = ScrfdDetector(scrfd_path, device=device)
+        detector = ScrfdDetector(scrfd_path, device=device, onnxruntime_threading=onnxruntime_threading)
         logger.info("face detector: SCRFD (%s)", scrfd_path)
         return detector
     from .mtcnn import MtcnnDetector
 
-    detector = MtcnnDetector(device=device)
+    detector = MtcnnDetector(device=device, onnxruntime_threading=onnxruntime_threading)
     missing = "no models folder" if scrfd_path is None else f"{scrfd_path} not found"
     logger.info("face detector: MTCNN (bundled; %s)", missing)
     return detector

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import WeightsError
 from .detection import Detector, Face, non_maximum_suppression, sort_largest_first
-from .onnx_session import open_onnx_session
+from .onnx_session import open_onnx_session, pooled_session_threading
 
 __all__ = ["MtcnnDetector", "mtcnn_weights_dir"]
 
@@ -101,6 +101,8 @@ class MtcnnDetector(Detector):
         scale_factor: ratio between pyramid levels.
         max_side: the image is downscaled (area interpolation) so that its longer side is at most this many
             pixels before detection; results are mapped back to the input's pixels. Keeps 1080p fast.
+        onnxruntime_threading: open the networks with onnxruntime's default threads (one per physical core for
+            each call, busy-waiting between calls) instead of one thread per call; for comparison only.
 
     Raises:
         WeightsError: the package or its weight files are missing or unloadable.
@@ -115,11 +117,13 @@ class MtcnnDetector(Detector):
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.9),
         scale_factor: float = 0.709,
         max_side: int = 800,
+        onnxruntime_threading: bool = False,
     ) -> None:
         folder = mtcnn_weights_dir()
-        self.proposal = open_onnx_session(folder / "pnet.onnx", "MTCNN proposal network", device)
-        self.refine = open_onnx_session(folder / "rnet.onnx", "MTCNN refinement network", device)
-        self.output = open_onnx_session(folder / "onet.onnx", "MTCNN output network", device)
+        threads = pooled_session_threading(onnxruntime_threading)  # detect_many runs several images at once
+        self.proposal = open_onnx_session(folder / "pnet.onnx", "MTCNN proposal network", device, **threads)
+        self.refine = open_onnx_session(folder / "rnet.onnx", "MTCNN refinement network", device, **threads)
+        self.output = open_onnx_session(folder / "onet.onnx", "MTCNN output network", device, **threads)
         self.min_face_size = int(min_face_size)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.scale_factor = float(scale_factor)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import WeightsError
 from .detection import Detector, Face, non_maximum_suppression, sort_largest_first
-from .onnx_session import open_onnx_session
+from .onnx_session import open_onnx_session, pooled_session_threading
 
 __all__ = ["ScrfdDetector", "decode_scrfd_level"]
 
@@ -59,6 +59,8 @@ class ScrfdDetector(Detector):
             a model with a fixed input size uses its own.
         score_threshold: minimum score in [0, 1] (insightface's default 0.5).
         nms_threshold: IoU above which overlapping boxes are merged (insightface's default 0.4).
+        onnxruntime_threading: open the model with onnxruntime's default threads (one per physical core for each
+            call, busy-waiting between calls) instead of one thread per call; for comparison only.
 
     Raises:
         WeightsError: the file is missing, unloadable, or not an SCRFD model with keypoints.
@@ -73,9 +75,13 @@ class ScrfdDetector(Detector):
         input_size: tuple[int, int] = (640, 640),
         score_threshold: float = 0.5,
         nms_threshold: float = 0.4,
+        onnxruntime_threading: bool = False,
     ) -> None:
         self.model_path = model_path
-        self.session = open_onnx_session(model_path, "SCRFD face detector", device)
+        # detect_many runs several images at once (the published file has a fixed batch of 1); a model with a batch
+        # axis gets one call for all images instead, with onnxruntime's threads (reopened below).
+        self.session = open_onnx_session(model_path, "SCRFD face detector", device,
+                                         **pooled_session_threading(onnxruntime_threading))
         inputs = self.session.get_inputs()
         outputs = self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 9:
@@ -94,6 +100,8 @@ class ScrfdDetector(Detector):
         # insightface's exports fix the batch at 1 and drop it from the outputs ([L, 1]); batch only when the
         # input's batch axis is dynamic and the outputs keep it ([N, L, 1]).
         self.batched = not isinstance(batch, int) and rank == 3
+        if self.batched and not onnxruntime_threading:
+            self.session = open_onnx_session(model_path, "SCRFD face detector", device)
 
     def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """Resize into the input size keeping aspect; returns the NCHW float32 tensor and the scale used."""

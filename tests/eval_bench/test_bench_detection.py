@@ -27,5 +27,13 @@ def test_bench_times_each_setting_on_a_synthetic_clip(capsys):
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["bench"] == "detection" and record["detector"] == "mtcnn" and record["frames"] == 4
     assert record["size"] == [512, 512]
-    assert [s["threads"] for s in record["settings"]] == [1, 2]
+    assert [(s["sessions"], s["threads"]) for s in record["settings"]] == [("ours", 1), ("ours", 2)]
+    assert all(s["same_faces"] and s["seconds"] > 0 for s in record["settings"])
+
+
+def test_bench_compares_session_threading_on_the_same_frames(capsys):
+    """Both threading settings find the same faces: only the time differs."""
+    assert main(["--frames", "3", "--threads", "2", "--sessions", "ours,onnxruntime", "--repeats", "1"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(s["sessions"], s["threads"]) for s in record["settings"]] == [("ours", 2), ("onnxruntime", 2)]
     assert all(s["same_faces"] and s["seconds"] > 0 for s in record["settings"])

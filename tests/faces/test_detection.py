@@ -182,3 +182,25 @@ def test_detection_threads_are_two_per_core_up_to_eight(monkeypatch):
     for cores, threads in ((1, 2), (2, 4), (4, 8), (64, MAX_DETECTION_THREADS)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
         assert detection_threads() == threads
+
+
+def _threading_of(session) -> tuple[int, str]:
+    options = session.get_session_options()
+    return options.intra_op_num_threads, options.get_session_config_entry("session.intra_op.allow_spinning")
+
+
+def test_detector_sessions_keep_each_call_on_one_thread_and_never_spin(detector, tmp_path):
+    """detect_many's pool is the detectors' parallelism: each onnxruntime call keeps to its caller's thread, and no
+    session's threads busy-wait between calls (which took the cores of the stages running beside the scan). A
+    batch-axis SCRFD, called once for all images, keeps onnxruntime's threads."""
+    from retarget.faces.identity import ArcFaceEncoder
+    from retarget.testing.face_models import write_random_arcface_onnx
+
+    for session in (detector.proposal, detector.refine, detector.output):
+        assert _threading_of(session) == (1, "0")
+    fixed = ScrfdDetector(write_random_scrfd_onnx(tmp_path / "fixed.onnx"), device="cpu")
+    dynamic = ScrfdDetector(write_random_scrfd_onnx(tmp_path / "dynamic.onnx", dynamic_batch=True), device="cpu")
+    assert _threading_of(fixed.session) == (1, "0")
+    assert _threading_of(dynamic.session) == (0, "0")  # 0: onnxruntime's default, one thread per physical core
+    arcface = ArcFaceEncoder(write_random_arcface_onnx(tmp_path / "arcface.onnx"), device="cpu")
+    assert _threading_of(arcface.session) == (0, "0")
