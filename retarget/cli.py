@@ -320,12 +320,17 @@ def _dispatch(args: argparse.Namespace) -> int:
                  channels=args.channels.split(",") if args.channels else None)
         return 0
     if args.command == "batch":
-        from retarget.jobs.batch import BatchTarget, batch_job
+        from retarget.jobs.batch import FAILURES_NAME, BatchTarget, batch_job
 
         target = BatchTarget(identity=args.identity, expression=args.expression,
                              reference=not args.no_reference, side_by_side=args.side_by_side)
         report = batch_job(args.input_dir, args.output, target, options_from_args(args))
-        return 0 if report.failed == 0 else 1
+        print(f"{PROG} batch: {report.summary()}", file=sys.stderr)
+        if report.failed:
+            print(f"{PROG}: error: {report.failed} clip(s) failed; the reasons are in "
+                  f"{Path(args.output) / FAILURES_NAME}", file=sys.stderr)
+            return 1
+        return 0
     if args.command == "eval":
         from retarget.jobs.evaluate import evaluate_job
         from retarget.jobs.options import default_models_dir

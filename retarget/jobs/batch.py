@@ -63,6 +63,11 @@ class BatchReport:
     skipped: int = 0
     failed: int = 0
 
+    def summary(self) -> str:
+        """One line for the user, e.g. ``3 clip(s): 1 rendered, 1 already finished, 1 failed``."""
+        total = self.done + self.skipped + self.failed
+        return f"{total} clip(s): {self.done} rendered, {self.skipped} already finished, {self.failed} failed"
+
 
 def list_videos(folder: Path) -> list[Path]:
     """Video files directly in ``folder`` (by extension, hidden files excluded), sorted by name."""
@@ -132,10 +137,15 @@ def check_folders(input_dir: Path, out_dir: Path) -> None:
         raise InputError(f"{out_dir}: the output folder must not be the input folder {input_dir} or inside it")
 
 
+def failure_text(error: BaseException) -> str:
+    """The first line of ``error``'s message, or its type's name when it has none."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
 def append_failure(out_dir: Path, video: Path, error: BaseException) -> None:
     """Append one JSON line for ``video`` to ``OUT_DIR/failures.jsonl`` (a single write, safe across processes)."""
-    text = str(error).strip().splitlines()
-    record = {"file": str(video), "error": text[0] if text else type(error).__name__,
+    record = {"file": str(video), "error": failure_text(error),
               "type": type(error).__name__, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     line = (json.dumps(record) + "\n").encode()
     fd = os.open(out_dir / FAILURES_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -289,6 +299,9 @@ def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
                     raise session.failed_load from None
                 log.debug("failed: %s", video, exc_info=True)
                 append_failure(out_dir, video, error)
+                text = failure_text(error)
+                log.warning("%s (recorded in %s; the batch goes on)", text if str(video) in text else f"{video}: {text}",
+                            out_dir / FAILURES_NAME)
                 report.failed += 1
             bar.update(1)
     bar.close()

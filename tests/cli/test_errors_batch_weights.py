@@ -69,7 +69,8 @@ def test_edit_junk_motion_and_debug_traceback(media, fast_args, tmp_path, capsys
     assert_one_line_error(code, err, "x.avi")
 
 
-def test_batch_skips_finished_logs_failures_and_exits_non_zero(media, fast_args, tmp_path, capsys, monkeypatch):
+def test_batch_skips_finished_logs_failures_and_exits_non_zero(media, fast_args, tmp_path, capsys, caplog,
+                                                               monkeypatch):
     inputs, outputs = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     copy_to(media["clip"], inputs, "a.mp4")
@@ -77,12 +78,20 @@ def test_batch_skips_finished_logs_failures_and_exits_non_zero(media, fast_args,
     copy_to(media["corrupt"], inputs, "c.mp4")
     (inputs / "readme.txt").write_text("not a video")
     argv = ["batch", inputs, "-o", outputs, "--identity", media["photo"], *fast_args]
-    code, _ = run_cli(argv, capsys)
+    code, err = run_cli(argv, capsys)
     assert code == 1
     assert sorted(p.name for p in outputs.iterdir()) == ["a.mp4", "b.mp4", "failures.jsonl"]
     assert probe_video(outputs / "a.mp4").frame_count == FRAMES
     records = [json.loads(line) for line in (outputs / "failures.jsonl").read_text().splitlines()]
     assert len(records) == 1 and records[0]["file"].endswith("c.mp4") and records[0]["type"] == "InputError"
+    # the user sees each failure with its reason as it happens (a warning), the counts, and one error line last
+    failed = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "c.mp4" in r.getMessage()]
+    assert failed == [f"{records[0]['error']} (recorded in {outputs / 'failures.jsonl'}; the batch goes on)"]
+    assert str(inputs / "c.mp4") in records[0]["error"]
+    lines = err.strip().splitlines()
+    assert lines[-2] == "retarget batch: 3 clip(s): 2 rendered, 0 already finished, 1 failed"
+    assert lines[-1] == f"retarget: error: 1 clip(s) failed; the reasons are in {outputs / 'failures.jsonl'}"
+    assert "Traceback" not in err
 
     tried = []
     from retarget.jobs import run as run_module
@@ -90,9 +99,14 @@ def test_batch_skips_finished_logs_failures_and_exits_non_zero(media, fast_args,
     original = run_module.scan_run
     monkeypatch.setattr(run_module, "scan_run", lambda video, *a, **k: (tried.append(Path(video).name),
                                                                        original(video, *a, **k))[1])
-    code, _ = run_cli(argv, capsys)
+    code, err = run_cli(argv, capsys)
     assert code == 1 and tried == ["c.mp4"]  # finished outputs skipped, the bad file tried again
     assert len((outputs / "failures.jsonl").read_text().splitlines()) == 2
+    assert "retarget batch: 3 clip(s): 0 rendered, 2 already finished, 1 failed" in err.splitlines()
+
+    (inputs / "c.mp4").unlink()  # nothing left to do: the rerun says so and succeeds
+    code, err = run_cli(argv, capsys)
+    assert code == 0 and err.strip().splitlines()[-1] == "retarget batch: 2 clip(s): 0 rendered, 2 already finished, 0 failed"
 
 
 def test_batch_bad_shared_input_stops_with_one_line(media, fast_args, tmp_path, capsys):
