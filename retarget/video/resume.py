@@ -300,6 +300,7 @@ class ChunkedRender:
             if audio is not None:
                 muxer = AudioMuxer(output, audio)
             last_dts = None
+            delay = None  # chunk 0's decoding delay (B-frames), in chunk_tb ticks
             bar = tqdm(total=self.total_frames, desc=f"joining {self.out_path.name}", unit="frame",
                        disable=not progress, leave=False)
             for index in range(self.chunk_count):
@@ -312,11 +313,21 @@ class ChunkedRender:
                     if Fraction(stream.time_base) != chunk_tb or stream.codec_context.extradata != extradata:
                         raise RuntimeError(f"{self._chunk_path(index)}: chunk was encoded differently from chunk 0")
                     count = 0
+                    shift = None
                     for packet in chunk.demux(stream):
                         if packet.size == 0 or packet.pts is None:
                             continue
+                        if packet.dts is None:
+                            packet.dts = packet.pts
+                        if shift is None:  # the first packet in decode order starts the chunk: its delay is
+                            chunk_delay = -packet.dts  # how far its decoding runs ahead of its first frame
+                            delay = chunk_delay if delay is None else delay
+                            # A chunk with fewer frames than the encoder's B-frame delay (a short last chunk) is
+                            # decoded with less delay: move its decode times back by the difference, so that
+                            # they stay one frame apart across the join (presentation times are unchanged).
+                            shift = max(0, delay - chunk_delay)
                         packet.pts += offset
-                        packet.dts = (packet.dts if packet.dts is not None else packet.pts - offset) + offset
+                        packet.dts += offset - shift
                         if last_dts is not None and packet.dts <= last_dts:
                             packet.dts = last_dts + 1
                         if packet.dts > packet.pts:

@@ -114,3 +114,28 @@ def test_other_containers_join_every_frame_with_exact_times(tmp_path, suffix):
     assert [read_code(f) for f in frames] == list(range(30))
     times = result.frame_times()
     assert np.allclose(times, np.arange(30) * 1001 / 30000, atol=1e-3)  # Matroska's time base is 1 ms
+
+
+@pytest.mark.parametrize("last_chunk", [1, 2, 5])
+def test_a_short_last_chunk_keeps_the_decode_times_even(tmp_path, last_chunk):
+    """x264 at the default preset delays decoding by its B-frames, but a chunk of one or two frames has none: the
+    join must keep the decode timestamps one frame apart, or the container's per-frame durations (and the
+    average frame rate players read from them) come out wrong for an exactly timed video."""
+    import av
+
+    total = 16 + last_chunk
+    out = tmp_path / "out.mp4"
+    job = ChunkedRender(out, {"seed": 1}, total, 8, Fraction(30), settings=EncoderSettings())  # medium: B-frames
+    render(job, [])
+    job.finalize(progress=False)
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == 30
+        packets = [p for p in container.demux(stream) if p.size]
+        dts = [p.dts for p in packets]
+        assert all(p.dts <= p.pts for p in packets)
+        step = round(1 / (30 * stream.time_base))
+    assert len(dts) == total and np.diff(dts).tolist() == [step] * (total - 1)
+    assert video_pts_seconds(out) == [Fraction(k, 30) for k in range(total)]
+    frames = np.concatenate([c.frames for c in VideoReader(out).iter_chunks(16)])
+    assert [read_code(f) for f in frames] == list(range(total))
