@@ -8,6 +8,7 @@ A frame with an odd side is padded by one pixel on the right/bottom edge, repeat
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -15,8 +16,8 @@ from typing import Literal
 import av
 import numpy as np
 
-#: Codecs that take ``crf``; of these, the ones that take ``preset``.
-_CRF_CODECS = {"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libaom-av1", "libsvtav1"}
+#: Codecs that take ``crf``, with its largest value (0 is the smallest); of these, the ones that take ``preset``.
+_CRF_CODECS = {"libx264": 51, "libx264rgb": 51, "libx265": 51, "libvpx-vp9": 63, "libaom-av1": 63, "libsvtav1": 63}
 _PRESET_CODECS = {"libx264", "libx264rgb", "libx265", "libsvtav1"}
 
 
@@ -38,10 +39,15 @@ class EncoderSettings:
     options: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
+        """Checks the settings at once, opening the encoder on a small picture, so that settings it refuses fail
+        here with one line (``ValueError``) rather than at the first chunk's encoding."""
         if self.odd_size not in ("pad", "crop"):
             raise ValueError(f"odd_size must be 'pad' or 'crop', not {self.odd_size!r}")
         if self.codec not in av.codecs_available:
             raise ValueError(f"unknown video codec {self.codec!r}")
+        if self.crf is not None and self.codec in _CRF_CODECS and not 0 <= self.crf <= _CRF_CODECS[self.codec]:
+            raise ValueError(f"crf must be from 0 to {_CRF_CODECS[self.codec]} for {self.codec}, got {self.crf}")
+        _open_encoder(self.codec, self.pix_fmt, tuple(sorted(self.codec_options().items())))
 
     def codec_options(self) -> dict[str, str]:
         """Options for the FFmpeg encoder (strings)."""
@@ -65,6 +71,71 @@ class EncoderSettings:
             "odd_size": self.odd_size,
             "options": dict(sorted((str(k), str(v)) for k, v in self.options.items())),
         }
+
+
+@functools.lru_cache(maxsize=64)
+def _open_encoder(codec_name: str, pix_fmt: str, options: tuple[tuple[str, str], ...]) -> None:
+    """Open the encoder ``codec_name`` with ``options`` on a 64x64 ``pix_fmt`` picture; ``ValueError`` naming what
+    it refused. Once per process for each setting (the web app's and the writers' defaults are checked once)."""
+    from fractions import Fraction
+
+    try:
+        codec = av.Codec(codec_name, "w")
+    except Exception as error:  # a decoder-only name
+        raise ValueError(f"{codec_name!r} is not a video encoder") from error
+    if codec.type != "video":
+        raise ValueError(f"{codec_name!r} is not a video encoder")
+    try:
+        av.VideoFormat(pix_fmt)
+    except ValueError as error:
+        raise ValueError(f"unknown pixel format {pix_fmt!r}") from error
+    accepted = [f.name for f in codec.video_formats or ()]
+    if accepted and pix_fmt not in accepted:
+        raise ValueError(f"{codec_name} does not encode pixel format {pix_fmt!r} "
+                         f"(it takes {', '.join(accepted)})")
+    context = av.CodecContext.create(codec)
+    context.width, context.height = 64, 64
+    context.pix_fmt = pix_fmt
+    context.time_base = Fraction(1, 25)
+    context.options = dict(options)
+    with _stderr_captured() as said:  # x264 prints why (e.g. "invalid preset") on the process's stderr
+        try:
+            context.open()
+            failure = None
+        except Exception as error:  # PyAV raises several types (ArgumentError, OverflowError, ...)
+            failure = error
+    if failure is not None:
+        why = said() or str(failure).strip().splitlines()[0]
+        settings = ", ".join([f"{key} {value}" for key, value in options] + [f"pixel format {pix_fmt}"])
+        raise ValueError(f"{codec_name} refused the encoder settings ({settings}): {why}") from failure
+
+
+class _stderr_captured:
+    """Redirect file descriptor 2 to a temporary file for a ``with`` block; calling the object it gives returns the
+    last non-empty line written there, without the encoder's ``[error]:`` prefix (or "")."""
+
+    def __enter__(self):
+        import os
+        import sys
+        import tempfile
+
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self._last_line
+
+    def __exit__(self, *exc_info):
+        import os
+
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+
+    def _last_line(self) -> str:
+        self._file.seek(0)
+        lines = [line.strip() for line in self._file.read().decode(errors="replace").splitlines() if line.strip()]
+        self._file.close()
+        return lines[-1].split("]: ", 1)[-1] if lines else ""
 
 
 def size_alignment(pix_fmt: str) -> tuple[int, int]:

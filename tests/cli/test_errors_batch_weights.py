@@ -36,6 +36,7 @@ def assert_one_line_error(code, err, *fragments):
         ("photo_without_face", "no face"),
         ("identity_not_image", "notes.jpg"),
         ("missing_weights", "nowhere"),
+        ("bad_preset", "invalid preset 'warp'"),
     ],
 )
 def test_run_bad_inputs(case, fragment, media, fast_args, tmp_path, capsys):
@@ -50,6 +51,8 @@ def test_run_bad_inputs(case, fragment, media, fast_args, tmp_path, capsys):
         identity = media["not_image"]
     elif case == "missing_weights":
         args[args.index("--models") + 1] = str(tmp_path / "nowhere")
+    elif case == "bad_preset":
+        args += ["--preset", "warp"]
     out = tmp_path / "out.mp4"
     code, err = run_cli(["run", driving, "--identity", identity, "-o", out, *args], capsys)
     assert_one_line_error(code, err, fragment)

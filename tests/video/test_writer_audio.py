@@ -148,3 +148,24 @@ def test_crf_and_preset_reach_the_encoder(tmp_path):
     assert sizes[0] > 2 * sizes[35]
     settings = EncoderSettings(crf=20, preset="slow", options={"tune": "film"})
     assert settings.codec_options() == {"crf": "20", "preset": "slow", "tune": "film"}
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(preset="warp"), "libx264 refused the encoder settings (crf 18, preset warp, pixel format yuv420p): "
+                          "invalid preset 'warp'"),
+    (dict(pix_fmt="rgb24"), "libx264 does not encode pixel format 'rgb24' (it takes yuv420p"),
+    (dict(pix_fmt="foo"), "unknown pixel format 'foo'"),
+    (dict(crf=-5), "crf must be from 0 to 51 for libx264, got -5"),
+    (dict(crf=52), "crf must be from 0 to 51 for libx264, got 52"),
+    (dict(codec="libvpx-vp9", crf=64), "crf must be from 0 to 63 for libvpx-vp9, got 64"),
+    (dict(codec="aac"), "'aac' is not a video encoder"),
+])
+def test_settings_the_encoder_refuses_fail_when_made(settings, message, capfd):
+    """Checked when the settings are made (the encoder opened on a small picture), not at the first chunk; the
+    encoder's own complaint is in the message and not on the process's stderr."""
+    with pytest.raises(ValueError) as raised:
+        EncoderSettings(**settings)
+    assert str(raised.value).startswith(message)
+    assert capfd.readouterr().err == ""
+    for good in (dict(crf=0), dict(crf=51, preset="ultrafast"), dict(pix_fmt="yuv444p"), dict(codec="libvpx-vp9", crf=63)):
+        EncoderSettings(**good)
