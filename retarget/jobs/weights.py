@@ -142,6 +142,21 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
+def _unreachable(error: BaseException) -> bool:
+    """Whether ``error`` (or one it was raised from) says the hub cannot be reached at all (no network, no name
+    resolution, a timeout), as opposed to an answer from the hub (an unknown repository, no access). The HTTP
+    client's transport errors are known by their class names (``TransportError`` in httpx and its successors,
+    ``ConnectionError`` and ``Timeout`` in requests), so that any of those clients is recognised."""
+    names = {"TransportError", "ConnectionError", "Timeout", "TimeoutException", "ConnectTimeout"}
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (ConnectionError, TimeoutError)) or names & {c.__name__ for c in type(error).__mro__}:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def _hub_name(item: WeightFile, names: list[str]) -> str:
     """The file of ``names`` (a repository listing) to fetch for ``item``: ``item.hub_filename``, else the one
     file with the same name elsewhere in the repository; raises :class:`_Unavailable` listing what it has."""
@@ -185,12 +200,15 @@ def download_weights(models: Path, base_model: str | None = "", out=None) -> Pat
         fetched).
     """
     import huggingface_hub
+    from huggingface_hub.utils import logging as hub_logging
 
+    hub_logging.disable_propagation()  # its retry warnings have their own handler: printed once, not twice
     out = out or sys.stdout
     models = Path(models)
     models.mkdir(parents=True, exist_ok=True)
     staging = models / STAGING_FOLDER
     listings: dict[str, list[str] | _Unavailable] = {}
+    offline: _Unavailable | None = None  # set when the hub cannot be reached: the other repositories are not tried
     failed: list[tuple[WeightFile, str]] = []
     for item in WEIGHT_FILES:
         target = models / item.path
@@ -201,9 +219,15 @@ def download_weights(models: Path, base_model: str | None = "", out=None) -> Pat
         try:
             if item.hub_repo not in listings:
                 try:
+                    if offline is not None:
+                        raise offline
                     listings[item.hub_repo] = list(huggingface_hub.HfApi().list_repo_files(item.hub_repo))
+                except _Unavailable as reason:
+                    listings[item.hub_repo] = reason
                 except Exception as error:  # network, authentication, unknown repository: all mean "not now"
                     listings[item.hub_repo] = _Unavailable(f"cannot list {item.hub_repo} ({_first_line(error)})")
+                    if _unreachable(error):
+                        offline = _Unavailable(f"the model hub cannot be reached ({_first_line(error)})")
             listing = listings[item.hub_repo]
             if isinstance(listing, _Unavailable):
                 raise listing
@@ -234,8 +258,10 @@ def download_weights(models: Path, base_model: str | None = "", out=None) -> Pat
             print(f"  {item.path}: {item.manual.format(models=models) if item.manual else reason}", file=out)
     lacking = [(item, reason) for item, reason in failed if item.required]
     if lacking:
-        names = ", ".join(item.path for item, _ in lacking)
-        raise WeightsError(f"could not download {names}: {lacking[0][1]} (the manual steps are printed above)")
+        item, reason = lacking[0]
+        others = f" and {len(lacking) - 1} other required file(s)" if len(lacking) > 1 else ""
+        raise WeightsError(f"could not download {item.path}{others}: {reason} (the files and their manual steps "
+                           f"are listed above)")
     if base_model is not None:
         from retarget.models.loading import resolve_base_model
 

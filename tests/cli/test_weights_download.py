@@ -141,14 +141,54 @@ def test_moved_file_is_found_by_name_and_listing_names_the_candidates():
                                  "(it has a/SMIRK_em2.pt, b/flame.pt)")
 
 
-def test_unreachable_hub_is_one_line(tmp_path, monkeypatch, capsys):
+class TransportError(Exception):
+    """Named like the transport errors of httpx and its successors (a failure before any answer from the hub)."""
+
+
+class ConnectError(TransportError):
+    pass
+
+
+@pytest.mark.parametrize("error", [ConnectionError("Failed to resolve 'huggingface.co'\nmore detail"),
+                                   ConnectError("[Errno -2] Name or service not known")])
+def test_unreachable_hub_is_one_line_and_tried_once(error, tmp_path, monkeypatch, capsys):
+    """Without a network the first listing fails after the client's own retries; the other repositories are not
+    tried (each would wait through the same retries), and the error line names the first file and the count."""
     import huggingface_hub
+
+    tried = []
 
     class Offline:
         def list_repo_files(self, repo_id):
-            raise ConnectionError("Failed to resolve 'huggingface.co'\nmore detail")
+            tried.append(repo_id)
+            raise error
 
     monkeypatch.setattr(huggingface_hub, "HfApi", Offline)
     assert main(["weights", "download", "--models", str(tmp_path / "models"), "--skip-base-model"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot list FoivosPar/Arc2Face (ConnectionError: Failed to resolve" in err[0], err
+    captured = capsys.readouterr()
+    assert tried == ["FoivosPar/Arc2Face"]
+    err = captured.err.strip().splitlines()
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+    assert err == [f"retarget: error: could not download arc2face/config.json and 7 other required file(s): cannot "
+                   f"list FoivosPar/Arc2Face ({reason}) (the files and their manual steps are listed above)"]
+    assert f"  not downloaded: the model hub cannot be reached ({reason})" in captured.out.splitlines()
+
+
+def test_an_answer_from_the_hub_does_not_stop_the_other_repositories(tmp_path, monkeypatch, capsys):
+    """A repository the hub refuses (unknown, gated) is that repository's failure only: the others are fetched."""
+    import huggingface_hub
+
+    repos = published_repos()
+    FakeHub(monkeypatch, repos)
+    listing = huggingface_hub.HfApi.list_repo_files
+
+    def refuse_arc2face(self, repo_id):
+        if repo_id == "FoivosPar/Arc2Face":
+            raise PermissionError("401 Client Error: access to FoivosPar/Arc2Face is restricted")
+        return listing(self, repo_id)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", refuse_arc2face)
+    assert main(["weights", "download", "--models", str(tmp_path / "models"), "--skip-base-model"]) == 1
+    assert (tmp_path / "models" / "smirk" / "SMIRK_em1.pt").is_file()
+    assert (tmp_path / "models" / "antelopev2" / "scrfd_10g_bnkps.onnx").is_file()
+    assert not (tmp_path / "models" / "arc2face").exists()
