@@ -294,8 +294,21 @@ def options_from_args(args: argparse.Namespace):
     )
 
 
+def _require_inputs(*paths) -> None:
+    """One-line error for the first of ``paths`` (None skipped) that does not exist, before any work starts (the
+    jobs read the photo and the expression source only after loading the face models and scanning the clip)."""
+    from retarget.errors import InputError
+
+    for path in paths:
+        if path is not None and not Path(path).exists():
+            raise InputError(f"{path}: no such file")
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the chosen command; returns the exit status."""
+    if args.command in ("run", "edit", "batch", "extract"):
+        _require_inputs(getattr(args, "driving", None), getattr(args, "video", None), getattr(args, "identity", None),
+                        getattr(args, "expression", None), getattr(args, "face_reference", None))
     if args.command == "run":
         from retarget.jobs.run import run_job
 

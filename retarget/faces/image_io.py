@@ -40,7 +40,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(f"image file not found: {path}")
+        raise InputError(f"{path}: no such file")
     if not path.is_file():
         raise InputError(f"not an image file (it is a directory or special file): {path}")
     try:

@@ -109,17 +109,23 @@ def test_batch_skips_finished_logs_failures_and_exits_non_zero(media, fast_args,
 
     (inputs / "c.mp4").unlink()  # nothing left to do: the rerun says so and succeeds
     code, err = run_cli(argv, capsys)
-    assert code == 0 and err.strip().splitlines()[-1] == "retarget batch: 2 clip(s): 0 rendered, 2 already finished, 0 failed"
+    assert code == 0
+    assert err.strip().splitlines()[-1] == "retarget batch: 2 clip(s): 0 rendered, 2 already finished, 0 failed"
 
 
 def test_batch_bad_shared_input_stops_with_one_line(media, fast_args, tmp_path, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()
     copy_to(media["clip"], inputs, "a.mp4")
-    code, err = run_cli(["batch", inputs, "-o", tmp_path / "out", "--identity", media["blank_photo"], *fast_args],
+    out = tmp_path / "new" / "out"
+    code, err = run_cli(["batch", inputs, "-o", out, "--identity", media["blank_photo"], *fast_args], capsys)
+    assert_one_line_error(code, err, "no face")
+    assert not (tmp_path / "new").exists()  # the folders it made are removed again: nothing left behind
+    (tmp_path / "kept").mkdir()  # a folder that was there before stays
+    code, err = run_cli(["batch", inputs, "-o", tmp_path / "kept", "--identity", media["blank_photo"], *fast_args],
                         capsys)
     assert_one_line_error(code, err, "no face")
-    assert not (tmp_path / "out" / "a.mp4").exists()
+    assert (tmp_path / "kept").is_dir() and list((tmp_path / "kept").iterdir()) == []
 
 
 def test_sharding_gives_every_file_exactly_one_process(tmp_path, monkeypatch):
@@ -226,3 +232,19 @@ def test_doctor_says_whether_compile_and_the_gpu_face_models_can_work(tmp_path, 
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "triton" else real_find_spec(name, *a))
     assert lines()["--compile"].startswith("[warn] --compile: Triton is not installed")
+
+
+@pytest.mark.parametrize("command", ["run", "edit", "batch"])
+def test_a_missing_photo_or_source_stops_before_any_work(command, media, fast_args, tmp_path, capsys, caplog):
+    """The identity photo / expression source is read only after the face scan; its absence is said at once."""
+    absent = tmp_path / "absent.jpg"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    copy_to(media["clip"], inputs, "a.mp4")
+    source = {"run": [media["clip"], "--identity", absent], "edit": [media["clip"], "--expression", absent],
+              "batch": [inputs, "--identity", absent]}[command]
+    out = tmp_path / ("out" if command == "batch" else "out.mp4")
+    code, err = run_cli([command, *source, "-o", out, *fast_args], capsys)
+    assert_one_line_error(code, err, f"{absent}: no such file")
+    assert not out.exists()
+    assert not any("face detector" in record.getMessage() for record in caplog.records)  # no model was loaded
