@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -141,6 +141,23 @@ def failure_text(error: BaseException) -> str:
     """The first line of ``error``'s message, or its type's name when it has none."""
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+@contextmanager
+def output_folder(out_dir: Path) -> Iterator[None]:
+    """Create ``out_dir`` (and its parents) for a ``with`` block; if the block raises and the folder it created is
+    still empty (say, the identity photo has no face), remove it again, so a failed batch leaves nothing behind."""
+    missing = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in missing:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): keep it and what is in it
+                break
+        raise
 
 
 def append_failure(out_dir: Path, video: Path, error: BaseException) -> None:
@@ -266,46 +283,46 @@ def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
     if not videos:
         raise InputError(f"{input_dir}: no video files ({', '.join(VIDEO_SUFFIXES)})")
     check_folders(input_dir, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = {video: out_dir / name for video, name in output_names(videos).items()}
-    index, count = share if share is not None else process_share()
-    mine = shard(videos, index, count)
-    todo = [v for v in mine if not outputs[v].exists()]
-    report = BatchReport(skipped=len(mine) - len(todo))
-    if not todo:
+    with output_folder(out_dir):
+        outputs = {video: out_dir / name for video, name in output_names(videos).items()}
+        index, count = share if share is not None else process_share()
+        mine = shard(videos, index, count)
+        todo = [v for v in mine if not outputs[v].exists()]
+        report = BatchReport(skipped=len(mine) - len(todo))
+        if not todo:
+            return report
+        ahead = options.overlap and overlaps_scan(resolve_device(options.device))
+        if ahead:  # a clip rendering and the next one's scan share the budget (also with one clip left: a resumed
+            options = replace(options, memory_budget=options.memory_budget / 2)  # clip keeps its chunk length)
+        times = StageTimes("batch")
+        session = RenderSession(options)
+        scan = prepare_clip_job(session, target, times)
+        bar = tqdm(total=len(todo), desc=f"batch {index + 1}/{count}" if count > 1 else "batch", unit="clip",
+                   disable=not options.progress)
+        clips = scanned_clips(todo, lambda video, check: scan(video, outputs[video], check), ahead, session.device)
+        with closing(clips):
+            for video, scanned in clips:
+                try:
+                    if isinstance(scanned, Exception):
+                        raise scanned
+                    scanned.render()
+                    report.done += 1
+                except KeyboardInterrupt:
+                    raise
+                except DeviceMemoryError:  # every clip's batches are the same size: each would run out alike
+                    raise
+                except Exception as error:  # one bad file must not stop the others
+                    if session.failed_load is not None:  # the weights: every clip would fail the same way
+                        raise session.failed_load from None
+                    log.debug("failed: %s", video, exc_info=True)
+                    append_failure(out_dir, video, error)
+                    text = failure_text(error)
+                    log.warning("%s (recorded in %s; the batch goes on)",
+                                text if str(video) in text else f"{video}: {text}", out_dir / FAILURES_NAME)
+                    report.failed += 1
+                bar.update(1)
+        bar.close()
+        times.add("load", session.load_seconds)
+        times.set_load_parts(session.load_parts)
+        finish_job(times)
         return report
-    ahead = options.overlap and overlaps_scan(resolve_device(options.device))
-    if ahead:  # a clip rendering and the next one's scan share the budget (also with one clip left: a resumed
-        options = replace(options, memory_budget=options.memory_budget / 2)  # clip keeps its chunk length)
-    times = StageTimes("batch")
-    session = RenderSession(options)
-    scan = prepare_clip_job(session, target, times)
-    bar = tqdm(total=len(todo), desc=f"batch {index + 1}/{count}" if count > 1 else "batch", unit="clip",
-               disable=not options.progress)
-    clips = scanned_clips(todo, lambda video, check: scan(video, outputs[video], check), ahead, session.device)
-    with closing(clips):
-        for video, scanned in clips:
-            try:
-                if isinstance(scanned, Exception):
-                    raise scanned
-                scanned.render()
-                report.done += 1
-            except KeyboardInterrupt:
-                raise
-            except DeviceMemoryError:  # every clip's batches are the same size: each would run out the same way
-                raise
-            except Exception as error:  # one bad file must not stop the others
-                if session.failed_load is not None:  # the weights: every clip would fail the same way
-                    raise session.failed_load from None
-                log.debug("failed: %s", video, exc_info=True)
-                append_failure(out_dir, video, error)
-                text = failure_text(error)
-                log.warning("%s (recorded in %s; the batch goes on)", text if str(video) in text else f"{video}: {text}",
-                            out_dir / FAILURES_NAME)
-                report.failed += 1
-            bar.update(1)
-    bar.close()
-    times.add("load", session.load_seconds)
-    times.set_load_parts(session.load_parts)
-    finish_job(times)
-    return report
