@@ -55,6 +55,11 @@ def load_motion(path: str | os.PathLike) -> MotionTrack:
     if not path.exists():
         raise InputError(f"{path}: no such motion file")
     try:
+        with open(path, "rb") as file:
+            magic = file.read(6)
+        if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):  # .npz (zip) or .npy
+            # (numpy would try it as a pickle and suggest loading it unsafely)
+            raise InputError(f"{path}: not a motion file (not an .npz archive)")
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise InputError(f"{path}: not a motion file (a single array, not an .npz archive)")

@@ -84,6 +84,11 @@ def test_junk_foreign_and_corrupt_files_raise_one_line_input_error(tmp_path):
         message = str(caught.value)
         assert message.startswith(str(path)), name
         assert "\n" not in message, name
+        assert "unsafely" not in message, name  # numpy's advice to load a file unsafely is not passed on
+    text = tmp_path / "notes.npz"
+    text.write_text("hello")
+    with pytest.raises(InputError, match=r"notes.npz: not a motion file \(not an .npz archive\)$"):
+        load_motion(text)
 
 
 def test_corrupt_member_is_rejected(tmp_path):

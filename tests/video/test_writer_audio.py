@@ -167,5 +167,6 @@ def test_settings_the_encoder_refuses_fail_when_made(settings, message, capfd):
         EncoderSettings(**settings)
     assert str(raised.value).startswith(message)
     assert capfd.readouterr().err == ""
-    for good in (dict(crf=0), dict(crf=51, preset="ultrafast"), dict(pix_fmt="yuv444p"), dict(codec="libvpx-vp9", crf=63)):
+    for good in (dict(crf=0), dict(crf=51, preset="ultrafast"), dict(pix_fmt="yuv444p"),
+                 dict(codec="libvpx-vp9", crf=63)):
         EncoderSettings(**good)
