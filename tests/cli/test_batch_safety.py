@@ -120,7 +120,7 @@ def test_batch_with_bad_weights_fails_once_before_any_clip(name, broken_models, 
     code, err = run_cli(["batch", inputs, "-o", outputs, "--identity", media["photo"],
                          *with_models(fast_args, models)], capsys)
     assert_one_line_error(code, err, Path(name).name)
-    assert tried == [] and list(outputs.iterdir()) == []  # no clip tried, no failures.jsonl
+    assert tried == [] and not outputs.exists()  # no clip tried, no failures.jsonl: the folder made is removed
 
 
 @pytest.mark.parametrize("command", ["run", "edit"])
