@@ -185,7 +185,7 @@ def prepare_clip_job(session, target: BatchTarget,
     batch once, before any clip is tried. The batch module sits above
     ``run`` and ``edit``, which sit above the session: imports run one way.
     """
-    from retarget.jobs.edit import needs_expressions, read_expression_source, scan_edit
+    from retarget.jobs.edit import check_expression_source, needs_expressions, read_expression_source, scan_edit
     from retarget.jobs.run import identity_from_photo, scan_run
 
     options = session.options
@@ -196,6 +196,7 @@ def prepare_clip_job(session, target: BatchTarget,
         return lambda video, output, check=None: scan_run(
             video, target.identity, output, options, reference=target.reference, side_by_side=target.side_by_side,
             session=session, photo=identity, times=times, check=check)
+    check_expression_source(target.expression, options)
     session.load(expressions=needs_expressions(target.expression, options), background=options.overlap,
                  warm_up=(frames, "per_frame"))
     source = read_expression_source(target.expression, session)

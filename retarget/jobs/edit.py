@@ -81,6 +81,14 @@ def needs_expressions(source, options: JobOptions) -> bool:
     return options.relative or Path(source).suffix.lower() != ".npz"
 
 
+def check_expression_source(source, options: JobOptions) -> None:
+    """Raise at once (before any model loads) for a SOURCE that cannot serve ``options``: ``--relative`` with a
+    photo, which has no neutral frame."""
+    if options.relative and Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        raise InputError(f"{source}: --relative needs a video or motion file as SOURCE, not a photo "
+                         "(a photo has no neutral frame)")
+
+
 def read_expression_source(source, session: RenderSession) -> ExpressionSource:
     """Read SOURCE by kind: ``.npz`` motion file, image (by extension) or video. One-line errors for each."""
     path = Path(source)
@@ -119,6 +127,7 @@ def scan_edit(video, expression, output, options: JobOptions, *, start: float | 
     a second process writing it stops at once), load the models, read SOURCE and scan the clip. Returns the
     :class:`~retarget.jobs.scanned.ScannedClip` whose ``render()`` is the second phase. ``times`` and ``check``:
     as for :func:`~retarget.jobs.run.scan_run`."""
+    check_expression_source(expression, options)
     output = check_output(output, inputs=(video, expression, options.face_reference))
     return ScannedClip.scan(output, lambda: _scan_edit(video, expression, output, options, start, end,
                                                        side_by_side, session, source, times, check))

@@ -4,6 +4,8 @@ and pipeline switches, checked on what reaches the pipeline and on the outputs."
 from __future__ import annotations
 
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -94,11 +96,17 @@ def test_edit_relative_adds_each_frames_own_expression(media, fast_args, tmp_pat
     np.testing.assert_allclose(values, expected[indices], atol=1e-5)
 
 
-def test_relative_needs_a_motion_source_and_a_valid_neutral_frame(media, fast_args, tmp_path, capsys):
+def test_relative_needs_a_motion_source_and_a_valid_neutral_frame(media, fast_args, tmp_path, capsys, caplog):
     out = tmp_path / "out.mp4"
     code = main(["edit", str(media["clip"]), "--expression", str(media["photo"]), "-o", str(out), "--relative",
                  *fast_args])
     assert code == 1 and "--relative needs a video or motion file" in capsys.readouterr().err
+    (tmp_path / "in").mkdir()
+    shutil.copyfile(media["clip"], tmp_path / "in" / "a.mp4")
+    code = main(["batch", str(tmp_path / "in"), "--expression", str(media["photo"]), "-o", str(tmp_path / "b"),
+                 "--relative", *fast_args])
+    assert code == 1 and "--relative needs a video or motion file" in capsys.readouterr().err
+    assert not any("face detector" in r.getMessage() for r in caplog.records)  # said before any model loaded
     code = main(["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(out), "--relative",
                  "--neutral-frame", "99", *fast_args])
     assert code == 1 and "--neutral-frame 99 is out of range" in capsys.readouterr().err
