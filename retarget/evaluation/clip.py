@@ -230,11 +230,32 @@ def _targets(inputs: EvalInputs, driving_scan: ClipScan | None, times: np.ndarra
             resample(raw, times, raw.rate, method="nearest"))
 
 
+def frame_ranges(inputs: EvalInputs) -> tuple[int, int, int]:
+    """``(count, lo, hi)``: the output's frame count and the frames ``[lo, hi)`` of the reference clip (the
+    driving clip of a run, the original of an edit) that ``inputs.start``/``end`` select. Read from the files alone,
+    before any model or scan: :class:`InputError` when the counts cannot belong together (a run's output has one
+    frame per selected driving frame; an edit keeps all of the original's frames)."""
+    count = VideoReader(inputs.output).info.frame_count
+    reference_path = inputs.original if inputs.mode == "edit" else inputs.driving
+    reference = VideoReader(reference_path)
+    lo, hi = clip_range(reference, inputs.start, inputs.end)
+    if inputs.mode == "run" and count != hi - lo:
+        ranged = inputs.start is not None or inputs.end is not None
+        raise InputError(
+            f"{inputs.output}: {count} frames, but {reference_path.name} has {hi - lo} frames "
+            + ("in the given --start/--end" if ranged else "(pass the --start/--end the render used)"))
+    if inputs.mode == "edit" and count != reference.info.frame_count:
+        raise InputError(f"{inputs.output}: {count} frames, but the original {reference_path.name} has "
+                         f"{reference.info.frame_count}: an edit keeps the original's frames")
+    return count, lo, hi
+
+
 def evaluate_clip(inputs: EvalInputs, models: FaceModels, *, chunk_size: int = 64, memory_budget: float = 2.0,
                   progress: bool = True, judges: list[IdentityJudge] | None = None) -> ClipEvaluation:
     """Evaluate ``inputs`` (see the module doc); ``judges`` default to
     :func:`~retarget.evaluation.judges.identity_judges`. One-line errors (InputError, NoFaceError, WeightsError)
     for unusable inputs."""
+    count, lo, hi = frame_ranges(inputs)
     judges = judges if judges is not None else identity_judges(models)
     by_photo = inputs.identity is not None
     if by_photo:  # read first: a photo without a face fails before the clips are scanned
@@ -243,26 +264,15 @@ def evaluate_clip(inputs: EvalInputs, models: FaceModels, *, chunk_size: int = 6
     scans: dict = {}
     out_reader, out_scan = _scan(inputs.output, models, chunk_size, memory_budget, progress, allow_empty=True,
                                  cache=scans)
-    count = out_reader.info.frame_count
     times = out_reader.info.frame_times()
     reference_path = inputs.original if inputs.mode == "edit" else inputs.driving
     ref_reader, ref_scan = _scan(reference_path, models, chunk_size, memory_budget, progress, cache=scans)
-    ref_count = ref_reader.info.frame_count
-    lo, hi = clip_range(ref_reader, inputs.start, inputs.end)
     ref_times = ref_reader.info.frame_times()
     if inputs.mode == "run":
-        if count != hi - lo:
-            ranged = inputs.start is not None or inputs.end is not None
-            raise InputError(
-                f"{inputs.output}: {count} frames, but {reference_path.name} has {hi - lo} frames "
-                + ("in the given --start/--end" if ranged else "(pass the --start/--end the render used)"))
         reference_index = np.arange(lo, hi)
         scored = np.ones(count, bool)
         target_times = ref_times[lo:hi]
     else:
-        if count != ref_count:
-            raise InputError(f"{inputs.output}: {count} frames, but the original {reference_path.name} has "
-                             f"{ref_count}: an edit keeps the original's frames")
         reference_index = np.arange(count)
         scored = (reference_index >= lo) & (reference_index < hi)
         target_times = ref_times[lo:hi] - ref_times[lo]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from retarget.devices import resolve_device
-from retarget.evaluation.clip import EvalInputs, evaluate_clip
+from retarget.evaluation.clip import EvalInputs, evaluate_clip, frame_ranges
 from retarget.evaluation.report import check_report_dir, write_report
 from retarget.faces.models import FaceModels
 from retarget.jobs.common import MEMORY_BUDGET_GIB
@@ -21,6 +21,7 @@ def evaluate_job(output, report_dir, *, driving=None, identity=None, original=No
     report_dir = check_report_dir(report_dir)
     inputs = EvalInputs(output, driving=driving, identity=identity, original=original, motion=motion, start=start,
                         end=end, smooth=smooth)
+    frame_ranges(inputs)  # frame counts that cannot belong together: said before the models load and the scans
     faces = FaceModels(models, device=resolve_device(device), channel_order=smirk_channels).load()
     evaluation = evaluate_clip(inputs, faces, chunk_size=chunk_size, memory_budget=memory_budget,
                                progress=progress)

@@ -177,7 +177,7 @@ def test_edit_scored_against_the_original(tmp_path, capsys, media, face_models_d
     assert metrics["expression"]["exp_mse"] == 0.0
 
 
-def test_range_render_needs_the_range(tmp_path, capsys, media, face_models_dir):
+def test_range_render_needs_the_range(tmp_path, capsys, media, face_models_dir, monkeypatch):
     """A render of frames [0, 8) (run --end): without the range the frame counts differ and eval says so; with
     the same --end the frames match."""
     short = write_clip(tmp_path / "short.mp4", moving_face_frames(FRAMES, blank=BLANK)[:8], RATE, audio=False)
@@ -186,6 +186,20 @@ def test_range_render_needs_the_range(tmp_path, capsys, media, face_models_dir):
     assert code == 1 and err.startswith("retarget: error:") and len(err.strip().splitlines()) == 1
     assert "8 frames" in err and "12 frames" in err and "--start/--end" in err
     assert not (tmp_path / "rep").exists()
+    # said from the files alone, before any face model loads (an edit's count too)
+    from retarget.faces import models as face_models
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("a face model was loaded")
+
+    monkeypatch.setattr(face_models.FaceModels, "load", no_models)
+    code, err = _eval(capsys, short, "--driving", media["clip"], "--identity", media["photo"], "-o",
+                      tmp_path / "rep", *_common(face_models_dir))
+    assert code == 1 and "8 frames" in err and "(pass the --start/--end the render used)" in err
+    code, err = _eval(capsys, short, "--original", media["clip"], "--driving", media["clip"], "-o",
+                      tmp_path / "rep", *_common(face_models_dir))
+    assert code == 1 and "8 frames, but the original" in err and "has 12: an edit keeps the original's frames" in err
+    monkeypatch.undo()
     end = float(8 / RATE)
     code, err = _eval(capsys, short, "--driving", media["clip"], "--identity", media["photo"], "--end", end,
                       "-o", tmp_path / "rep", *_common(face_models_dir))
