@@ -145,10 +145,8 @@ def _scan_edit(video, expression, output: Path, options: JobOptions, start: floa
     first_batch = (max(1, min(options.batch_size, options.chunk_size, hi - lo)), "per_frame")  # a guess: faces vary
     session = (session or RenderSession(options)).load(expressions=needs_expressions(expression, options),
                                                        background=options.overlap, warm_up=first_batch)
-    source = source if source is not None else read_expression_source(expression, session)
-    if options.relative and source.track is None:
-        raise InputError(f"{source.path}: --relative needs a video or motion file as SOURCE, not a photo "
-                         "(a photo has no neutral frame)")
+    source = source if source is not None else read_expression_source(expression, session)  # --relative with
+    # a photo was refused by check_expression_source in scan_edit
     keep = keep_scanned_frames(hi - lo, info.width, info.height, options.memory_budget)
     scan = scan_clip(reader, session.faces, options.face_index, expressions=options.relative, identity=True,
                      chunk_size=options.chunk_size, progress=options.progress, reference=session.face_reference,
