@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,9 @@ SMOOTHING_METHODS = ("kalman", "savgol", "one_euro", "none")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SMIRK_CHANNELS = ("rgb", "bgr")
 DTYPES = ("fp32", "fp16", "bf16")
+#: The largest ``seed``: per-frame noise seeds ``seed * 1_000_003 + frame`` (see :func:`retarget.pipeline.clip_noise`)
+#: must stay within the 64 bits of a torch generator's seed.
+MAX_SEED = 2**40 - 1
 
 
 def default_models_dir() -> Path:
@@ -104,8 +108,16 @@ class JobOptions:
             from retarget.devices import default_batch_size, resolve_device
 
             self.batch_size = default_batch_size(resolve_device(self.device))
+        numbers = {"--guidance": self.guidance, "--expression-scale": self.expression_scale,
+                   "--reference-scale": self.reference_scale, "--memory-budget": self.memory_budget,
+                   "--expression-gain": self.gains.expression, "--eyelid-gain": self.gains.eyelid,
+                   "--jaw-gain": self.gains.jaw}
+        for name, value in numbers.items():
+            if not math.isfinite(value):
+                raise InputError(f"{name} must be a finite number, got {value}")
         checks = [
             (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
+            (0 <= self.seed <= MAX_SEED, f"--seed must be from 0 to {MAX_SEED}, got {self.seed}"),
             (self.guidance >= 0, f"--guidance must be >= 0, got {self.guidance}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.chunk_size >= 1, f"--chunk-size must be >= 1, got {self.chunk_size}"),

@@ -217,3 +217,27 @@ def test_edit_color_match_reaches_paste_back(media, fast_args, tmp_path, monkeyp
     edited = [k for k in range(FRAMES) if k not in BLANK]
     assert np.abs(a[edited] - b[edited]).mean() > 0.05  # colour matching changes the pasted faces
     assert np.array_equal(a[list(BLANK)], b[list(BLANK)])  # frames without a face are untouched either way
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--reference-scale", "nan", "--reference-scale must be a finite number, got nan"),
+    ("--expression-scale", "inf", "--expression-scale must be a finite number, got inf"),
+    ("--expression-gain", "nan", "--expression-gain must be a finite number, got nan"),
+    ("--jaw-gain", "-inf", "--jaw-gain must be a finite number, got -inf"),
+    ("--guidance", "nan", "--guidance must be a finite number, got nan"),
+    ("--memory-budget", "inf", "--memory-budget must be a finite number, got inf"),
+    ("--seed", "99999999999999999999", "--seed must be from 0 to 1099511627775, got 99999999999999999999"),
+    ("--seed", "-1", "--seed must be from 0 to 1099511627775, got -1"),
+    ("--start", "nan", "--start must be a finite number of seconds, got nan"),
+    ("--end", "inf", "--end must be a finite number of seconds, got inf"),
+])
+def test_numbers_that_are_not_finite_or_out_of_range_stop_before_any_work(option, value, message, media, fast_args,
+                                                                          tmp_path, capsys, caplog):
+    """NaN and infinite scales used to render black frames with exit 0, and a huge seed failed after the scan."""
+    out = tmp_path / "out.mp4"
+    code = main(["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(out), *fast_args,
+                 f"{option}={value}"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.strip().splitlines() == [f"retarget: error: {message}"]
+    assert list(tmp_path.iterdir()) == []
+    assert not any("face detector" in record.getMessage() for record in caplog.records)  # no model was loaded
