@@ -1,7 +1,8 @@
 """The expressions a job renders: the driving motion, optionally made relative to a neutral frame and scaled per part.
 
-Absolute mode (default): the driving values themselves, times the per-part gains (unchanged when every gain is
-1). Relative mode transfers the driving clip's *changes* rather than the actor's absolute face::
+Absolute mode (default): the driving values themselves, times the per-part gains, clamped to the published
+ranges (SMIRK's own outputs lie within them, but smoothing can overshoot a bound, e.g. a jaw opening just under
+0). Relative mode transfers the driving clip's *changes* rather than the actor's absolute face::
 
     rendered = clamp(own + gains * (driving - driving[neutral]))
 
@@ -38,7 +39,7 @@ def rendered_expressions(driving: MotionTrack, options: JobOptions, own: np.ndar
     """
     gains: PartGains = options.gains
     if not options.relative:
-        return driving.values if gains == PartGains() else apply_gains(driving, gains).values
+        return apply_gains(driving, gains).values  # clamped even at gain 1: smoothing can overshoot a range
     if own is None or neutral is None:
         raise ValueError("relative mode needs the target's own expression and the neutral values")
     delta = driving.values - np.asarray(neutral, np.float32)

@@ -112,6 +112,26 @@ def test_gains_and_published_ranges():
     assert PartGains().vector().tolist() == [1.0] * 55
 
 
+def test_rendered_expressions_keep_the_published_ranges_at_gain_one():
+    """Smoothing can overshoot a bound (a jaw opening just under 0): the rendered values are clamped even when no
+    gain is set, and values inside the ranges pass unchanged."""
+    from retarget.jobs.expressions import rendered_expressions
+    from retarget.jobs.options import JobOptions
+    from retarget.motion.smoothing import smooth
+
+    values = np.zeros((40, 55), np.float32)
+    values[:, :50] = np.linspace(-3, 3, 40)[:, None]  # expression: no bounds
+    values[20:, 52] = 0.3  # the jaw opens in one step: a smoother rings around the step
+    values[:, 50] = np.r_[np.zeros(20), np.ones(20)]
+    track = smooth(MotionTrack.constant_rate(values, None, 30), "savgol")
+    assert track.values[:, 52].min() < 0 and track.values[:, 50].max() > 1  # the overshoot this is about
+    out = rendered_expressions(track, JobOptions(models="models", device="cpu"))
+    np.testing.assert_array_equal(out, np.clip(track.values, clamp_published(np.full(55, -np.inf)),
+                                               clamp_published(np.full(55, np.inf))))
+    assert out[:, 52].min() == 0.0 and out[:, 50].max() == 1.0
+    np.testing.assert_array_equal(out[:, :50], track.values[:, :50])
+
+
 def test_plot_writes_png_with_chosen_channels(tmp_path):
     valid = np.ones(60, bool)
     valid[20:25] = False
