@@ -3,7 +3,8 @@
 Contract: outputs go to ``OUT_DIR/<input stem>.mp4`` (inputs sharing a stem, such as ``a.mp4`` and ``a.mov``, get
 ``a.mp4.mp4`` and ``a.mov.mp4``, see :func:`output_names`); ``OUT_DIR`` must not be the input folder or inside
 it. An output that already exists is finished (outputs appear atomically, so a file there is complete) and is
-skipped; a file that fails is appended to ``OUT_DIR/failures.jsonl`` (one JSON object per line: ``file``,
+skipped, unless its provenance record says another job made it (other inputs or settings, see
+:func:`rendered_by_another_job`): then it is rendered again and replaced. A file that fails is appended to ``OUT_DIR/failures.jsonl`` (one JSON object per line: ``file``,
 ``error``, ``type``, ``time``) and the others go on. The model is loaded once per process and shared by every
 file.
 
@@ -33,6 +34,7 @@ from retarget.errors import InputError
 from retarget.jobs.options import JobOptions
 from retarget.jobs.scanned import ScannedClip
 from retarget.jobs.stage_times import StageTimes, finish_job
+from retarget.video.resume import job_digest
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ class BatchReport:
 def list_videos(folder: Path) -> list[Path]:
     """Video files directly in ``folder`` (by extension, hidden files excluded), sorted by name."""
     if not folder.is_dir():
-        raise InputError(f"{folder}: no such folder")
+        raise InputError(f"{folder}: {'is a file, not a folder of videos' if folder.exists() else 'no such folder'}")
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith("."))
 
@@ -132,6 +134,8 @@ def output_names(videos: list[Path]) -> dict[Path, str]:
 def check_folders(input_dir: Path, out_dir: Path) -> None:
     """Refuse an output folder that is the input folder or inside it (outputs would mix with the inputs, and a
     result named like an input would stand for it)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: is a file; the output must be a folder")
     inputs, outputs = input_dir.resolve(), out_dir.resolve()
     if outputs == inputs or inputs in outputs.parents:
         raise InputError(f"{out_dir}: the output folder must not be the input folder {input_dir} or inside it")
@@ -148,7 +152,10 @@ def output_folder(out_dir: Path) -> Iterator[None]:
     """Create ``out_dir`` (and its parents) for a ``with`` block; if the block raises and the folder it created is
     still empty (say, the identity photo has no face), remove it again, so a failed batch leaves nothing behind."""
     missing = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"{out_dir}: cannot create the output folder ({error.strerror or error})") from error
     try:
         yield
     except BaseException:
@@ -170,6 +177,37 @@ def append_failure(out_dir: Path, video: Path, error: BaseException) -> None:
         os.write(fd, line)
     finally:
         os.close(fd)
+
+
+def rendered_by_another_job(video: Path, output: Path, target: BatchTarget, options: JobOptions) -> bool:
+    """Whether the existing ``output`` of ``video`` records another job than this batch's for it (other inputs or
+    settings that change pixels: its provenance record's ``job_digest`` differs), so that it must be rendered again.
+    An output without a digest (written by an older version, or not by retarget) or an input that cannot be read
+    counts as finished, as before: nothing is replaced that cannot be told apart. Logs one line when it returns
+    True."""
+    from retarget.jobs.common import clip_range
+    from retarget.jobs.edit import edit_job_key
+    from retarget.jobs.run import run_job_key
+    from retarget.provenance.metadata import read_provenance
+    from retarget.video.reader import VideoReader
+
+    try:
+        settings = (read_provenance(output) or {}).get("settings") or {}
+        recorded = settings.get("job_digest")
+        if not isinstance(recorded, str):
+            return False
+        lo, hi = clip_range(VideoReader(video), None, None)
+    except Exception:  # an unreadable output or input: leave it to the clip's own job, as before
+        log.debug("cannot compare %s with its job", output, exc_info=True)
+        return False
+    if target.identity is not None:
+        key = run_job_key(video, target.identity, options, target.reference, target.side_by_side, lo, hi)
+    else:
+        key = edit_job_key(video, target.expression, options, target.side_by_side, lo, hi)
+    if recorded == job_digest(key):
+        return False
+    log.warning("%s: rendered by another job (other inputs or settings); rendering it again", output)
+    return True
 
 
 def prepare_clip_job(session, target: BatchTarget,
@@ -288,7 +326,7 @@ def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
         outputs = {video: out_dir / name for video, name in output_names(videos).items()}
         index, count = share if share is not None else process_share()
         mine = shard(videos, index, count)
-        todo = [v for v in mine if not outputs[v].exists()]
+        todo = [v for v in mine if not outputs[v].exists() or rendered_by_another_job(v, outputs[v], target, options)]
         report = BatchReport(skipped=len(mine) - len(todo))
         if not todo:
             return report

@@ -49,7 +49,7 @@ from retarget.motion.track import MotionTrack
 from retarget.video.audio import AudioSource
 from retarget.video.compose import side_by_side_chunk
 from retarget.video.reader import VideoReader
-from retarget.video.resume import ChunkedRender, file_identity
+from retarget.video.resume import ChunkedRender, file_identity, job_digest
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,15 @@ def _scan_edit(video, expression, output: Path, options: JobOptions, start: floa
                                 values, edited, keypoints, stats, own_session, finish=shared_times is None)
 
 
+def edit_job_key(video, source, options: JobOptions, side_by_side: bool, lo: int, hi: int) -> dict:
+    """What an ``edit`` render depends on (see :func:`~retarget.jobs.run.run_job_key`): the clip's and the
+    expression source's file identities, the edited frames ``[lo, hi)`` and the settings that change pixels."""
+    return {
+        "command": "edit", "video": file_identity(video), "expression": file_identity(source),
+        "range": [lo, hi], "side_by_side": side_by_side, "options": options.render_key(),
+    }
+
+
 def _render_edit(video, source_path: Path, output: Path, options: JobOptions, side_by_side: bool,
                  session: RenderSession, reader: VideoReader, lo: int, hi: int, scan, values: np.ndarray,
                  edited: np.ndarray, keypoints: np.ndarray, stats: StageTimes, own_session: bool, finish: bool) -> Path:
@@ -183,10 +192,7 @@ def _render_edit(video, source_path: Path, output: Path, options: JobOptions, si
         stats.set_load_parts(session.load_parts)
     stats.set_model(pipe.device, pipe.dtype)
     size = pipe.image_size
-    key = {
-        "command": "edit", "video": file_identity(video), "expression": file_identity(source_path),
-        "range": [lo, hi], "side_by_side": side_by_side, "options": options.render_key(),
-    }
+    key = edit_job_key(video, source_path, options, side_by_side, lo, hi)
     chunk = chunk_frames(edit_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
                          options.memory_budget, picture_bytes(info.width, info.height), in_flight=CHUNKS_IN_FLIGHT,
                          reserved=0 if scan.frames is None else scan.frames.nbytes)
@@ -231,7 +237,7 @@ def _render_edit(video, source_path: Path, output: Path, options: JobOptions, si
                    overlap=options.overlap)
         bar.close()
         tags = job_tags("edit", options, side_by_side=side_by_side, edited_range=[lo, hi],
-                        edited_frames=int(np.count_nonzero(edited)))
+                        edited_frames=int(np.count_nonzero(edited)), job_digest=job_digest(key))
         result = job.finalize(audio=AudioSource(Path(video)), progress=options.progress, metadata=tags)
     if finish:
         finish_job(stats)

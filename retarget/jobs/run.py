@@ -40,7 +40,7 @@ from retarget.jobs.stages import CHUNKS_IN_FLIGHT, run_stages
 from retarget.provenance.metadata import job_tags
 from retarget.video.compose import side_by_side_chunk
 from retarget.video.reader import VideoReader
-from retarget.video.resume import ChunkedRender, file_identity
+from retarget.video.resume import ChunkedRender, file_identity, job_digest
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,16 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
                                scan, expressions, stats, own_session, finish=times is None)
 
 
+def run_job_key(driving, identity, options: JobOptions, reference: bool, side_by_side: bool, lo: int, hi: int) -> dict:
+    """What a ``run`` render depends on, for resuming (see :class:`~retarget.video.resume.ChunkedRender`) and for
+    its output's ``job_digest``: the driving clip's and photo's file identities, the driving frames ``[lo, hi)``
+    and the settings that change pixels."""
+    return {
+        "command": "run", "driving": file_identity(driving), "identity": file_identity(identity),
+        "reference": reference, "side_by_side": side_by_side, "range": [lo, hi], "options": options.render_key(),
+    }
+
+
 def _render_run(driving, output: Path, options: JobOptions, reference: bool, side_by_side: bool,
                 session: RenderSession, photo: PhotoIdentity, reader: VideoReader, lo: int, hi: int, scan,
                 expressions: np.ndarray, stats: StageTimes, own_session: bool, finish: bool) -> Path:
@@ -135,10 +145,7 @@ def _render_run(driving, output: Path, options: JobOptions, reference: bool, sid
     stats.set_model(pipe.device, pipe.dtype)
     size = pipe.image_size
     reference_image = photo.aligned(size) if reference else None
-    key = {
-        "command": "run", "driving": file_identity(driving), "identity": file_identity(photo.path),
-        "reference": reference, "side_by_side": side_by_side, "range": [lo, hi], "options": options.render_key(),
-    }
+    key = run_job_key(driving, photo.path, options, reference, side_by_side, lo, hi)
     chunk = chunk_frames(run_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
                          options.memory_budget, picture_bytes(info.width, info.height), in_flight=CHUNKS_IN_FLIGHT,
                          reserved=0 if scan.frames is None else scan.frames.nbytes)
@@ -170,7 +177,8 @@ def _render_run(driving, output: Path, options: JobOptions, reference: bool, sid
         run_stages(job.pending_chunks(), prepare, render, save, done=lambda span: bar.update(len(span)),
                    overlap=options.overlap)
         bar.close()
-        tags = job_tags("run", options, reference=reference, side_by_side=side_by_side, driving_frames=[lo, hi])
+        tags = job_tags("run", options, reference=reference, side_by_side=side_by_side, driving_frames=[lo, hi],
+                        job_digest=job_digest(key))
         result = job.finalize(audio=audio_of_range(reader, lo, hi), progress=options.progress, metadata=tags)
     if finish:
         finish_job(stats)

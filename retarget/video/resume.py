@@ -73,6 +73,14 @@ def file_identity(path: str | os.PathLike, sample_bytes: int = 1 << 20) -> dict:
     return {"name": path.name, "size": size, "sha256_ends": digest.hexdigest()}
 
 
+def job_digest(job_key: Mapping) -> str:
+    """SHA-256 (hex) of a job key (the settings and input identities a render depends on, as given to
+    :class:`ChunkedRender`): two renders with the same digest are the same job. Rendered videos carry it in their
+    provenance record (``settings.job_digest``), so ``batch`` can tell a finished output of the same job from one
+    of another."""
+    return hashlib.sha256(json.dumps(job_key, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def work_folder(out_path: str | os.PathLike) -> Path:
     """The work folder of the output ``out_path``: ``OUT.mp4.retarget-work`` beside it."""
     out_path = Path(out_path)

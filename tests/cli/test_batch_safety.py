@@ -137,3 +137,61 @@ def test_run_and_edit_check_weights_before_the_face_scan(command, name, broken_m
     assert_one_line_error(code, err, Path(name).name)
     assert scanned == [] and not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+
+
+@pytest.mark.parametrize("command", ["run", "edit"])
+def test_a_finished_output_of_another_job_is_rendered_again(command, media, fast_args, tmp_path, capsys, caplog):
+    from retarget.cli import build_parser, options_from_args
+    from retarget.provenance.metadata import read_provenance
+    from retarget.video.resume import job_digest
+
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    copy_to(media["clip"], inputs, "a.mp4")
+    copy_to(media["clip"], inputs, "b.mp4")
+    target = ["--identity", media["photo"]] if command == "run" else ["--expression", media["photo"]]
+    argv = ["batch", inputs, "-o", outputs, *target, *fast_args]
+    assert run_cli(argv, capsys)[0] == 0
+
+    def digest(name):
+        return read_provenance(outputs / name)["settings"]["job_digest"]
+
+    # the digest is the one of the job's own key, computed here from the same inputs and options
+    options = options_from_args(build_parser().parse_args([command, str(media["clip"]), "-o", "x.mp4",
+                                            *[str(a) for a in target], *fast_args]))
+    key = (run_module.run_job_key(inputs / "a.mp4", media["photo"], options, True, False, 0, FRAMES)
+           if command == "run" else
+           edit_module.edit_job_key(inputs / "a.mp4", media["photo"], options, False, 0, FRAMES))
+    assert digest("a.mp4") == job_digest(key)
+    first = {name: (outputs / name).read_bytes() for name in ("a.mp4", "b.mp4")}
+
+    code, err = run_cli(argv, capsys)  # the same job: both finished, nothing rewritten
+    assert code == 0 and err.strip().splitlines()[-1].endswith("0 rendered, 2 already finished, 0 failed")
+    assert all((outputs / name).read_bytes() == data for name, data in first.items())
+
+    shutil.copyfile(media["clip"], outputs / "b.mp4")  # an output without a record: kept, as before
+    caplog.clear()
+    code, err = run_cli([*argv, "--seed", "1"], capsys)  # another job: a.mp4 again, b.mp4 kept
+    assert code == 0 and err.strip().splitlines()[-1].endswith("1 rendered, 1 already finished, 0 failed")
+    assert [r.getMessage() for r in caplog.records if "another job" in r.getMessage()] == \
+        [f"{outputs / 'a.mp4'}: rendered by another job (other inputs or settings); rendering it again"]
+    assert digest("a.mp4") != job_digest(key) and (outputs / "a.mp4").read_bytes() != first["a.mp4"]
+    assert (outputs / "b.mp4").read_bytes() == media["clip"].read_bytes()
+    assert probe_video(outputs / "a.mp4").frame_count == FRAMES
+
+
+def test_batch_folders_that_are_files_or_cannot_be_made(media, fast_args, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    copy_to(media["clip"], inputs, "a.mp4")
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    cases = [
+        ([media["clip"], "-o", tmp_path / "out"], f"{media['clip']}: is a file, not a folder of videos"),
+        ([inputs, "-o", a_file], f"{a_file}: is a file; the output must be a folder"),
+        ([inputs, "-o", a_file / "out"], f"{a_file / 'out'}: cannot create the output folder (Not a directory)"),
+    ]
+    for args, message in cases:
+        code, err = run_cli(["batch", *args, "--identity", media["photo"], *fast_args], capsys)
+        assert_one_line_error(code, err, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "in"] and a_file.read_text() == "x"
