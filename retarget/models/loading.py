@@ -87,7 +87,8 @@ def resolve_base_model(base_model: str | os.PathLike | None) -> Path:
     except Exception as exc:
         raise WeightsError(
             f"cannot fetch the base model '{base_model}' from the hub ({type(exc).__name__}); "
-            "download its vae/, tokenizer/ and scheduler/ folders and pass the folder with --base-model"
+            "download its vae/, tokenizer/ and scheduler/ folders and give that folder as --base-model (Python: "
+            "base_model=; or set $RETARGET_BASE_MODEL)"
         ) from exc
 
 
