@@ -243,8 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
 
     doctor = sub.add_parser("doctor", parents=[debug], help="check the environment and the weights folder")
-    doctor.add_argument("--models", metavar="DIR", default=None)
-    doctor.add_argument("--base-model", metavar="DIR|ID", default=None)
+    doctor.add_argument("--models", metavar="DIR", default=None,
+                        help="folder with the published files to check (default: $RETARGET_MODELS or ./models)")
+    doctor.add_argument("--base-model", metavar="DIR|ID", default=None,
+                        help="SD1.5 folder or hub id for vae/tokenizer/scheduler (default: $RETARGET_BASE_MODEL "
+                             "or stable-diffusion-v1-5/stable-diffusion-v1-5)")
     doctor.add_argument("--load", action="store_true", help="also load the diffusion model (slow)")
     return parser
 
@@ -304,8 +307,33 @@ def _require_inputs(*paths) -> None:
             raise InputError(f"{path}: no such file")
 
 
+#: Options of the common parser that a command accepts (one option set serves every command in scripts) but does
+#: not use, with what they are for: giving one of them a value prints a line that says so.
+_UNUSED_OPTIONS = {
+    "extract": ("rendering options of run, edit and batch", {
+        "base_model", "dtype", "vae_fp32", "compile", "compile_mode", "lcm_lora", "steps", "guidance",
+        "expression_scale", "reference_scale", "seed", "per_frame_noise", "smooth", "relative", "neutral_frame",
+        "expression_gain", "eyelid_gain", "jaw_gain", "color_match", "codec", "crf", "preset", "pix_fmt",
+        "no_watermark"}),
+    "run": ("an option of edit", {"color_match"}),
+}
+
+
+def _note_unused_options(args: argparse.Namespace) -> None:
+    """One line on stderr naming the options given to ``args.command`` that it does not use (see
+    :data:`_UNUSED_OPTIONS`), e.g. ``retarget extract: --steps, --codec do nothing here (rendering options of run,
+    edit and batch)``; nothing when every such option has its default."""
+    purpose, unused = _UNUSED_OPTIONS.get(args.command, ("", set()))
+    flags = [action.option_strings[0] for action in _common_parser()._actions
+             if action.dest in unused and getattr(args, action.dest, action.default) != action.default]
+    if flags:
+        verb = "does" if len(flags) == 1 else "do"
+        print(f"{PROG} {args.command}: {', '.join(flags)} {verb} nothing here ({purpose})", file=sys.stderr)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the chosen command; returns the exit status."""
+    _note_unused_options(args)
     if args.command in ("run", "edit", "batch", "extract"):
         _require_inputs(getattr(args, "driving", None), getattr(args, "video", None), getattr(args, "identity", None),
                         getattr(args, "expression", None), getattr(args, "face_reference", None))

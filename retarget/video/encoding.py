@@ -58,6 +58,8 @@ class EncoderSettings:
                 options["b"] = "0"
         if self.preset is not None and self.codec in _PRESET_CODECS:
             options["preset"] = self.preset
+        if self.codec == "libx265":  # x265 writes a dozen info lines per encoder opened (one per chunk)
+            options["x265-params"] = "log-level=error"
         options.update({str(k): str(v) for k, v in self.options.items()})
         return options
 
@@ -104,6 +106,7 @@ def _open_encoder(codec_name: str, pix_fmt: str, options: tuple[tuple[str, str],
             failure = None
         except Exception as error:  # PyAV raises several types (ArgumentError, OverflowError, ...)
             failure = error
+        del context  # freed here, inside the capture: x265 prints its statistics ("encoded 0 frames") on closing
     if failure is not None:
         why = said() or str(failure).strip().splitlines()[0]
         settings = ", ".join([f"{key} {value}" for key, value in options] + [f"pixel format {pix_fmt}"])

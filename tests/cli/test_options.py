@@ -241,3 +241,25 @@ def test_numbers_that_are_not_finite_or_out_of_range_stop_before_any_work(option
     assert code == 1 and err.strip().splitlines() == [f"retarget: error: {message}"]
     assert list(tmp_path.iterdir()) == []
     assert not any("face detector" in record.getMessage() for record in caplog.records)  # no model was loaded
+
+
+def test_options_a_command_does_not_use_are_named(media, fast_args, tmp_path, capsys):
+    """extract takes the rendering options (one option set serves every command) and says which of those given do
+    nothing; the motion file is the same as without them."""
+    plain, noted = tmp_path / "plain.npz", tmp_path / "noted.npz"
+    skip = {i for i, a in enumerate(fast_args) if a in ("--steps", "--guidance", "--base-model")}
+    base = [a for i, a in enumerate(fast_args) if i not in skip and i - 1 not in skip]  # the options and values
+    assert main(["extract", str(media["clip"]), "-o", str(plain), *base]) == 0
+    assert "do nothing here" not in capsys.readouterr().err
+    assert main(["extract", str(media["clip"]), "-o", str(noted), *base, "--steps", "4", "--codec", "libx265",
+                 "--smooth", "savgol", "--seed", "0"]) == 0
+    assert capsys.readouterr().err.splitlines()[0] == \
+        "retarget extract: --steps, --smooth, --codec do nothing here (rendering options of run, edit and batch)"
+    a, b = load_motion(plain), load_motion(noted)
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.valid, b.valid)
+    parser = build_parser()
+    from retarget.cli import _note_unused_options
+
+    _note_unused_options(parser.parse_args(["run", "v.mp4", "--identity", "p.jpg", "-o", "o.mp4", "--color-match"]))
+    assert capsys.readouterr().err == "retarget run: --color-match does nothing here (an option of edit)\n"

@@ -170,3 +170,17 @@ def test_settings_the_encoder_refuses_fail_when_made(settings, message, capfd):
     for good in (dict(crf=0), dict(crf=51, preset="ultrafast"), dict(pix_fmt="yuv444p"),
                  dict(codec="libvpx-vp9", crf=63)):
         EncoderSettings(**good)
+
+
+def test_x265_writes_nothing_on_the_process_stderr(tmp_path, capfd):
+    """libx265 prints a dozen info lines per encoder and "encoded N frames" when one closes, also for the encoder
+    that checks the settings; it is told to report errors only (user options still win)."""
+    capfd.readouterr()
+    settings = EncoderSettings(codec="libx265", preset="ultrafast")
+    with VideoWriter(tmp_path / "a.mp4", 25, settings=settings) as writer:
+        writer.write(np.stack([code_frame(k, 64, 48) for k in range(3)]))
+    assert capfd.readouterr().err == ""
+    assert probe_video(tmp_path / "a.mp4").frame_count == 3
+    assert settings.codec_options()["x265-params"] == "log-level=error"
+    mine = EncoderSettings(codec="libx265", preset="ultrafast", options={"x265-params": "log-level=info"})
+    assert mine.codec_options()["x265-params"] == "log-level=info"
