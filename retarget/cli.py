@@ -305,6 +305,8 @@ def _require_inputs(*paths) -> None:
     for path in paths:
         if path is not None and not Path(path).exists():
             raise InputError(f"{path}: no such file")
+        if path is not None and Path(path).is_dir():
+            raise InputError(f"{path}: is a folder, not a file")
 
 
 #: Options of the common parser that a command accepts (one option set serves every command in scripts) but does

@@ -36,13 +36,15 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         RGB uint8 array [H, W, 3], EXIF orientation applied, transparency composited over white.
 
     Raises:
-        InputError: the file does not exist, is a directory, or is not a readable image.
+        InputError: the file does not exist, is a folder or special file, or is not a readable image.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an image file")
     if not path.is_file():
-        raise InputError(f"not an image file (it is a directory or special file): {path}")
+        raise InputError(f"{path}: is a special file (device, pipe or socket), not an image file")
     try:
         with Image.open(path) as image:
             image.load()

@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from retarget.errors import InputError
+from retarget.jobs.common import write_problem, write_reason
 from retarget.jobs.options import JobOptions
 from retarget.jobs.scanned import ScannedClip
 from retarget.jobs.stage_times import StageTimes, finish_job
@@ -155,8 +156,11 @@ def output_folder(out_dir: Path) -> Iterator[None]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise InputError(f"{out_dir}: cannot create the output folder ({error.strerror or error})") from error
+        raise InputError(f"{out_dir}: cannot create the output folder ({write_reason(error)})") from error
     try:
+        reason = write_problem(out_dir / FAILURES_NAME)  # e.g. /proc: the folder exists but takes no files
+        if reason is not None:
+            raise InputError(f"{out_dir}: cannot write to the output folder ({reason})")
         yield
     except BaseException:
         for folder in missing:  # deepest first

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import math
+import os
 from pathlib import Path
 
 from retarget.errors import InputError
 from retarget.motion.gaps import fill_gaps
 from retarget.motion.smoothing import smooth
 from retarget.motion.track import MotionTrack
+from retarget.video.atomic import partial_path
 from retarget.video.audio import AudioSource
 from retarget.video.probe import VideoInfo
 from retarget.video.reader import VideoReader
@@ -16,10 +21,14 @@ VIDEO_OUTPUT_SUFFIXES = (".mp4", ".mkv", ".mov")
 
 
 def check_output(path, inputs=(), suffixes=VIDEO_OUTPUT_SUFFIXES) -> Path:
-    """``path`` as a Path after checking it can be written: known suffix, existing folder, not one of ``inputs``."""
+    """``path`` as a Path after checking it can be written: known suffix, existing folder, not one of ``inputs``,
+    and a folder that takes new files (see :func:`check_writable_folder`). Called before any work, so that an
+    output that cannot be written fails at once, with a line naming the user's path."""
     path = Path(path)
     if path.suffix.lower() not in suffixes:
         raise InputError(f"{path}: output must end in {', '.join(suffixes)}")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise InputError(f"{path}: cannot write to {path.parent} (it is a file, not a folder)")
     if not path.parent.is_dir():
         raise InputError(f"{path.parent}: output folder does not exist")
     if path.is_dir():
@@ -27,7 +36,52 @@ def check_output(path, inputs=(), suffixes=VIDEO_OUTPUT_SUFFIXES) -> Path:
     for item in inputs:
         if item is not None and Path(item).exists() and path.resolve() == Path(item).resolve():
             raise InputError(f"{path}: output would overwrite an input")
+    check_writable_folder(path)
     return path
+
+
+#: Plain reasons for the errors creating a file in a folder can give (others: the system's text).
+_WRITE_REASONS = {
+    getattr(errno, name): reason for name, reason in (
+        ("EACCES", "permission denied"), ("EPERM", "permission denied"), ("EROFS", "read-only file system"),
+        ("ENOSPC", "no space left on the device"), ("EDQUOT", "disk quota exceeded"),
+        ("ENOENT", "it does not take new files"),  # the folder exists (checked first): /proc and the like
+    ) if hasattr(errno, name)
+}
+
+
+def write_reason(error: OSError) -> str:
+    """The plain reason of an error creating a file or folder in an existing folder (the system's text otherwise)."""
+    return _WRITE_REASONS.get(error.errno) or (error.strerror or str(error)).lower()
+
+
+def check_writable_folder(path) -> None:
+    """Raise :class:`InputError` (``PATH: cannot write to FOLDER (reason)``) unless a new file can be created
+    beside the output ``path`` (see :func:`write_problem`). Jobs write everything (temporary files, the work
+    folder, the output) in that same folder."""
+    path = Path(path)
+    reason = write_problem(path)
+    if reason is not None:
+        folder = path.parent if str(path.parent) != "." else Path.cwd()
+        raise InputError(f"{path}: cannot write to {folder} ({reason})")
+
+
+def write_problem(path) -> str | None:
+    """Why no new file can be created beside ``path`` in its (existing) folder, in plain words, or None when one
+    can. The only reliable test (permissions say nothing for root, nor for read-only or special file systems) is to
+    create one: a uniquely named empty file, named like the atomic writers' temporary files
+    (``.NAME.partial-<random>.EXT``) so that one left by a killed process is recognisable, removed at once."""
+    probe = partial_path(Path(path))
+    try:
+        handle = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return None  # the folder takes files; a name clash with another writer is no reason to stop
+    except OSError as error:
+        return write_reason(error)
+    os.close(handle)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return None
 
 
 def timing(info: VideoInfo, first: int = 0, stop: int | None = None) -> dict:
@@ -42,6 +96,9 @@ def timing(info: VideoInfo, first: int = 0, stop: int | None = None) -> dict:
 def clip_range(reader: VideoReader, start: float | None, end: float | None) -> tuple[int, int]:
     """Frame numbers ``[first, stop)`` of the frames with ``start <= t < end`` (seconds, ``None`` = open end);
     :class:`InputError` for an empty or reversed range."""
+    for name, value in (("--start", start), ("--end", end)):
+        if value is not None and not math.isfinite(value):
+            raise InputError(f"{name} must be a finite number of seconds, got {value}")
     if start is not None and end is not None and end <= start:
         raise InputError(f"--end ({end}) must be after --start ({start})")
     if (start is not None and start < 0) or (end is not None and end < 0):

@@ -80,9 +80,10 @@ def _check_landmarker(path: Path) -> None:
 @dataclass(frozen=True)
 class WeightFile:
     """One file of the published layout: where it goes (``path``, relative to the models folder), where it comes
-    from (``hub_filename`` in the hub repository ``hub_repo``), how to get it by hand when the download fails
-    (``manual``, with ``{models}`` for the models folder), whether rendering needs it (``required``) and the
-    loader that checks a downloaded copy (``check``: raises :class:`WeightsError` for an unusable file)."""
+    from (``hub_filename`` in the hub repository ``hub_repo``), another way to get it by hand when the download
+    fails besides its hub address (``manual``, with ``{models}`` for the models folder; see :func:`manual_step`),
+    whether rendering needs it (``required``) and the loader that checks a downloaded copy (``check``: raises
+    :class:`WeightsError` for an unusable file)."""
 
     path: str
     what: str
@@ -121,6 +122,23 @@ WEIGHT_FILES = (
         required=False, hub_repo=SKYREELS_REPO, check=_check_landmarker,
     ),
 )
+
+
+def hub_url(item: WeightFile) -> str:
+    """The address of ``item``'s file on the model hub (``$HF_ENDPOINT`` respected), for a download by hand."""
+    try:
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(item.hub_repo, item.hub_filename)
+    except Exception:  # huggingface_hub missing or broken (doctor reports that): the public hub's address
+        return f"https://huggingface.co/{item.hub_repo}/resolve/main/{item.hub_filename}"
+
+
+def manual_step(item: WeightFile, models: Path) -> str:
+    """How to get ``item`` by hand into the models folder ``models``: its file on the hub (address) and where to
+    save it, then ``item.manual`` (another source) when it has one."""
+    step = f"download {hub_url(item)} and save it as {Path(models) / item.path}"
+    return f"{step}; or {item.manual.format(models=models)}" if item.manual else step
 
 
 def missing_files(models: Path, required_only: bool = True) -> list[WeightFile]:
@@ -254,8 +272,8 @@ def download_weights(models: Path, base_model: str | None = "", out=None) -> Pat
         shutil.rmtree(staging, ignore_errors=True)
     else:
         print("files that could not be downloaded (get them by hand):", file=out)
-        for item, reason in failed:
-            print(f"  {item.path}: {item.manual.format(models=models) if item.manual else reason}", file=out)
+        for item, _ in failed:
+            print(f"  {item.path}: {manual_step(item, models)}", file=out)
     lacking = [(item, reason) for item, reason in failed if item.required]
     if lacking:
         item, reason = lacking[0]
@@ -394,9 +412,7 @@ def weight_checks(models: Path, base_model: str | None, load: bool = False) -> l
         if path.is_file() and path.stat().st_size > 0:
             checks.append(Check(item.path, True, f"{path.stat().st_size / 1e6:.1f} MB"))
         else:
-            how = "run `retarget weights download`"
-            if item.manual:
-                how += f" or {item.manual.format(models=models)}"
+            how = f"run `retarget weights download` or {manual_step(item, models)}"
             checks.append(Check(item.path, False if item.required else None, f"missing; {how}"))
     base = base_model or os.environ.get("RETARGET_BASE_MODEL")
     if base and Path(base).expanduser().is_dir():

@@ -100,6 +100,8 @@ def open_input(path: str | os.PathLike) -> av.container.InputContainer:
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not a video file")
+    if not path.is_file():
+        raise InputError(f"{path}: is a special file (device, pipe or socket), not a video file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
     try:

@@ -181,17 +181,30 @@ def test_a_finished_output_of_another_job_is_rendered_again(command, media, fast
 
 
 def test_batch_folders_that_are_files_or_cannot_be_made(media, fast_args, tmp_path, capsys):
-    inputs = tmp_path / "in"
+    inputs, out, photo = tmp_path / "in", tmp_path / "out", media["photo"]
     inputs.mkdir()
     copy_to(media["clip"], inputs, "a.mp4")
     a_file = tmp_path / "afile"
     a_file.write_text("x")
     cases = [
-        ([media["clip"], "-o", tmp_path / "out"], f"{media['clip']}: is a file, not a folder of videos"),
-        ([inputs, "-o", a_file], f"{a_file}: is a file; the output must be a folder"),
-        ([inputs, "-o", a_file / "out"], f"{a_file / 'out'}: cannot create the output folder (Not a directory)"),
+        ([media["clip"], "-o", out, "--identity", photo], f"{media['clip']}: is a file, not a folder of videos"),
+        ([inputs, "-o", a_file, "--identity", photo], f"{a_file}: is a file; the output must be a folder"),
+        ([inputs, "-o", a_file / "out", "--identity", photo],
+         f"{a_file / 'out'}: cannot create the output folder (not a directory)"),
+        ([inputs, "-o", out, "--identity", tmp_path], f"{tmp_path}: is a folder, not a file"),
     ]
+    if not _takes_files(Path("/proc")):  # a folder that exists but takes no files
+        cases += [([inputs, "-o", "/proc", "--identity", photo],
+                   "/proc: cannot write to the output folder (it does not take new files)"),
+                  ([inputs, "-o", "/proc/out", "--identity", photo],
+                   "/proc/out: cannot create the output folder (it does not take new files)")]
     for args, message in cases:
-        code, err = run_cli(["batch", *args, "--identity", media["photo"], *fast_args], capsys)
+        code, err = run_cli(["batch", *args, *fast_args], capsys)
         assert_one_line_error(code, err, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "in"] and a_file.read_text() == "x"
+
+
+def _takes_files(folder: Path) -> bool:
+    from retarget.jobs.common import write_problem
+
+    return write_problem(folder / "probe") is None

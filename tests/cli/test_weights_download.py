@@ -192,3 +192,36 @@ def test_an_answer_from_the_hub_does_not_stop_the_other_repositories(tmp_path, m
     assert (tmp_path / "models" / "smirk" / "SMIRK_em1.pt").is_file()
     assert (tmp_path / "models" / "antelopev2" / "scrfd_10g_bnkps.onnx").is_file()
     assert not (tmp_path / "models" / "arc2face").exists()
+
+
+def test_offline_every_file_gets_its_hub_address_and_place_by_hand(tmp_path, monkeypatch, capsys):
+    """Without a network every file is listed with a manual step: its file on the hub and where to save it in the
+    models folder (the Arc2Face files have no other source; the others add theirs); doctor says the same."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    class Offline:
+        def list_repo_files(self, repo_id):
+            raise ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Offline)
+    models = tmp_path / "models"
+    assert main(["weights", "download", "--models", str(models), "--skip-base-model"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    steps = out[out.index("files that could not be downloaded (get them by hand):") + 1:]
+    assert len(steps) == len(weights_module.WEIGHT_FILES) == 10
+    for item, line in zip(weights_module.WEIGHT_FILES, steps):
+        step = (f"download {constants.ENDPOINT}/{item.hub_repo}/resolve/main/{item.hub_filename} and save it as "
+                f"{models / item.path}")
+        assert line == f"  {item.path}: {step}" + (f"; or {item.manual.format(models=models)}" if item.manual else "")
+    assert steps[0] == (f"  arc2face/config.json: download {constants.ENDPOINT}/FoivosPar/Arc2Face/resolve/main/"
+                        f"arc2face/config.json and save it as {models / 'arc2face' / 'config.json'}")
+    assert steps[6] == (f"  antelopev2/arcface.onnx: download {constants.ENDPOINT}/FoivosPar/Arc2Face/resolve/main/"
+                        f"arcface.onnx and save it as {models / 'antelopev2' / 'arcface.onnx'}")
+    assert "cannot list" not in "\n".join(steps)  # the reason is said above, with each file; here only what to do
+    assert [p.name for p in models.iterdir()] == []  # nothing half-fetched
+    checks = {check.name: check for check in weights_module.weight_checks(models, None)}
+    assert checks["arc2face/config.json"].ok is False
+    assert checks["arc2face/config.json"].detail == "missing; run `retarget weights download` or " + (
+        f"download {constants.ENDPOINT}/FoivosPar/Arc2Face/resolve/main/arc2face/config.json and save it as "
+        f"{models / 'arc2face' / 'config.json'}")

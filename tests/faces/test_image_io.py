@@ -52,8 +52,9 @@ def test_unreadable_files_are_input_errors_naming_the_file(tmp_path):
         load_image(tmp_path / "notes.jpg")
     with pytest.raises(InputError, match="missing.png"):
         load_image(tmp_path / "missing.png")
-    with pytest.raises(InputError, match="directory"):
+    with pytest.raises(InputError) as caught:
         load_image(tmp_path)
+    assert str(caught.value) == f"{tmp_path}: is a folder, not an image file"
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(InputError, match="empty.png"):
         load_image(tmp_path / "empty.png")
