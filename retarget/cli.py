@@ -420,7 +420,10 @@ def _error_line(error: BaseException) -> str:
     if isinstance(error, RetargetError):
         return message or type(error).__name__
     if isinstance(error, OSError) and error.filename:
-        return f"{error.filename}: {error.strerror or message}"
+        from retarget.video.atomic import partial_target
+
+        target = partial_target(error.filename)  # a temporary file of an atomic write: name the user's file
+        return f"{target if target is not None else error.filename}: {error.strerror or message}"
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,14 @@ def partial_path(target: str | os.PathLike) -> Path:
     """
     target = Path(target)
     return target.with_name(f".{target.stem}.partial-{uuid.uuid4().hex[:12]}{target.suffix}")
+
+
+def partial_target(path: str | os.PathLike) -> Path | None:
+    """The target whose temporary file ``path`` is (the inverse of :func:`partial_path`), or None when ``path``
+    is not named like one; so that an error while writing can name the user's file."""
+    path = Path(path)
+    match = re.fullmatch(r"\.(.+)\.partial-[0-9a-f]{12}(\.[^.]+)?", path.name)
+    return path.with_name(match.group(1) + (match.group(2) or "")) if match else None
 
 
 def discard(path: str | os.PathLike) -> None:

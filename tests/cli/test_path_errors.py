@@ -187,3 +187,21 @@ def test_doctor_options_have_the_same_help_as_the_other_commands():
     assert options["doctor"]["base_model"] == options["run"]["base_model"]
     assert options["run"]["models"] == options["app"]["models"] == (
         "folder with the published files (default: $RETARGET_MODELS or ./models)")
+
+
+def test_an_error_while_writing_names_the_users_file_not_the_temporary_one(tmp_path):
+    """A full disk while an atomic write is under way: the line names the target, not ``.NAME.partial-<hex>.EXT``."""
+    import errno
+
+    from retarget.cli import _error_line
+    from retarget.video.atomic import partial_path, partial_target
+
+    for target in (tmp_path / "out.mp4", tmp_path / "m.npz", tmp_path / "a.b.png", tmp_path / "noext"):
+        temporary = partial_path(target)
+        assert temporary.parent == target.parent and temporary.name != target.name
+        assert partial_target(temporary) == target
+        error = OSError(errno.ENOSPC, "No space left on device", str(temporary))
+        assert _error_line(error) == f"{target}: No space left on device"
+    assert partial_target(tmp_path / "out.mp4") is None and partial_target(tmp_path / ".x.partial-zz.mp4") is None
+    other = OSError(errno.EACCES, "Permission denied", str(tmp_path / "in.mp4"))
+    assert _error_line(other) == f"{tmp_path / 'in.mp4'}: Permission denied"
