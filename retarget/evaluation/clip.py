@@ -21,11 +21,22 @@ cosine by every judge (:func:`~retarget.evaluation.judges.identity_judges`) agai
 flicker of the output's aligned face and of the reference's. A frame is scored where the output (and, for each
 comparison, the other side) has a detected face. Memory: each clip is streamed twice (the scan, then the pixels
 for identity and flicker), one chunk of frames at a time; per frame only numbers are kept.
+
+Only the frames the scores need are decoded: of a run's driving clip, the frames ``[first, stop)`` (scanned,
+smoothed and gap-filled as ``run`` scans them, a fresh face tracker at ``first``); of an edit's original, every
+frame (the output has them all); of an edit's SOURCE, every frame (as ``edit`` reads it). A side-by-side render
+(``run``/``edit --side-by-side``, known from its provenance record) is scored on its result panel alone, cut out
+exactly (see :mod:`.panels`).
+
+Checks that need no model (:func:`plan_evaluation`: the files, frame counts, the motion file, the photo, the
+side-by-side layout) are made before any model loads or clip is scanned.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,15 +44,18 @@ import numpy as np
 
 from ..errors import InputError, NoFaceError
 from ..faces.alignment import arcface_transform, ffhq_transform
+from ..faces.image_io import load_image
 from ..faces.models import FaceModels
 from ..jobs.common import chunk_frames, clip_range, picture_bytes, prepared_motion
 from ..jobs.frames import ClipScan, photo_face, scan_clip
 from ..motion.motion_file import load_motion
 from ..motion.resample import resample
 from ..motion.track import DIM, PARTS, MotionTrack, channel_names
+from ..provenance.metadata import read_provenance
 from ..video.reader import VideoReader
 from . import metrics
 from .judges import IdentityJudge, cosine, identity_judges
+from .panels import LAYOUTS, Box, output_reader, result_panel
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +108,8 @@ class ClipEvaluation:
     ``driving_valid``; ``landmarks``/``reference_landmarks`` float32 ``[N, 10]`` (normalised 5-point shape);
     ``flicker``/``reference_flicker`` float32 ``[N]`` (change from the previous frame, grey levels, NaN where
     not both frames have a face). ``reference_index`` int ``[N]``: the reference clip's frame for each output
-    frame.
+    frame. ``output_panel``: the part of the output's frames that was scored (a side-by-side render's result
+    panel, see :mod:`.panels`), ``None`` for the whole frame.
     """
 
     inputs: EvalInputs
@@ -112,6 +127,7 @@ class ClipEvaluation:
     reference_landmarks: np.ndarray
     flicker: np.ndarray
     reference_flicker: np.ndarray
+    output_panel: Box | None = None
     summary: dict = field(default_factory=dict)
 
     @property
@@ -153,32 +169,42 @@ class _Pixels:
     flicker: np.ndarray
 
 
-def _pixel_pass(reader: VideoReader, faces: np.ndarray, judges: list[IdentityJudge], identity_keypoints: np.ndarray,
-                flicker_keypoints: np.ndarray, chunk_size: int, memory_budget: float) -> _Pixels:
-    """Second pass over a clip, one chunk of frames at a time: each judge's embedding of the face in every frame
-    where ``faces`` is True (``[N, D]``, zeros elsewhere; aligned at ``identity_keypoints``) and the
-    frame-to-frame change of the FFHQ-aligned :data:`FLICKER_CROP` face (``[N]``, aligned at
-    ``flicker_keypoints``; see :class:`~retarget.evaluation.metrics.FlickerMeter`)."""
+def _window(reader: VideoReader, first: int, stop: int) -> tuple[float | None, float | None]:
+    """``(start, end)`` seconds that select exactly the frames ``[first, stop)`` for ``reader.iter_chunks``."""
+    times = reader.info.frame_times()
+    return (None if first == 0 else float(times[first]),
+            None if stop >= len(times) else float(times[stop]))
+
+
+def _pixel_pass(reader: VideoReader, frames: tuple[int, int], faces: np.ndarray, judges: list[IdentityJudge],
+                identity_keypoints: np.ndarray, flicker_keypoints: np.ndarray, chunk_size: int,
+                memory_budget: float) -> _Pixels:
+    """Second pass over the clip's frames ``[first, stop)`` = ``frames`` (only those are decoded), one chunk at a
+    time; the arrays are indexed by frame - ``first``. Each judge's embedding of the face in every frame where
+    ``faces`` is True (``[M, D]``, zeros elsewhere; aligned at ``identity_keypoints``) and the frame-to-frame
+    change of the FFHQ-aligned :data:`FLICKER_CROP` face (``[M]``, aligned at ``flicker_keypoints``; see
+    :class:`~retarget.evaluation.metrics.FlickerMeter`)."""
     info = reader.info
-    count = info.frame_count
+    first, stop = frames
+    count = stop - first
     embeddings: dict[str, np.ndarray] = {}
     change = np.full(count, np.nan, np.float32)
     meter = metrics.FlickerMeter()
     picture = picture_bytes(info.width, info.height)
     chunk = chunk_frames(picture, chunk_size, memory_budget, picture)
-    for part in reader.iter_chunks(chunk):
-        for frame, index in zip(part.frames, part.indices):
-            crop = ffhq_transform(flicker_keypoints[index], FLICKER_CROP).warp(frame) if faces[index] else None
-            change[index] = meter.update(crop, bool(faces[index]))
-        rows = [i for i, index in enumerate(part.indices) if faces[index]]
-        if not rows:
+    for part in reader.iter_chunks(chunk, *_window(reader, first, stop)):
+        rows = part.indices - first
+        for frame, row in zip(part.frames, rows):
+            crop = ffhq_transform(flicker_keypoints[row], FLICKER_CROP).warp(frame) if faces[row] else None
+            change[row] = meter.update(crop, bool(faces[row]))
+        picked = [i for i, row in enumerate(rows) if faces[row]]
+        if not picked:
             continue
-        indices = part.indices[rows]
         for judge in judges:
-            values = judge.embed_many([part.frames[i] for i in rows], identity_keypoints[indices])
+            values = judge.embed_many([part.frames[i] for i in picked], identity_keypoints[rows[picked]])
             if judge.name not in embeddings:
                 embeddings[judge.name] = np.zeros((count, values.shape[1]), np.float32)
-            embeddings[judge.name][indices] = values
+            embeddings[judge.name][rows[picked]] = values
     return _Pixels(embeddings, change)
 
 
@@ -188,43 +214,70 @@ def _steady_keypoints(scan: ClipScan) -> np.ndarray:
     return scan.smoothed_keypoints() if scan.detected.sum() >= 2 else scan.keypoints
 
 
-def _scan(path: Path, models: FaceModels, chunk_size: int, memory_budget: float, progress: bool,
-          allow_empty: bool = False, cache: dict | None = None) -> tuple[VideoReader, ClipScan]:
-    """Open and scan a clip (the largest face followed, expressions read); a clip given twice (e.g. a clip
-    scored against itself) is scanned once through ``cache``. ``allow_empty``: a clip without any face gives an
+def _part(scan: ClipScan, first: int, stop: int) -> ClipScan:
+    """The frames ``[first, stop)`` of ``scan`` as a scan of their own (index 0 = frame ``first``; times stay on
+    the clip's clock)."""
+    return ClipScan(scan.keypoints[first:stop], scan.valid[first:stop], scan.times[first:stop], scan.rate,
+                    None if scan.expressions is None else scan.expressions[first:stop],
+                    detected=scan.detected[first:stop])
+
+
+@dataclass
+class _Scanned:
+    """A clip's frames ``[first, stop)``, scanned: ``reader`` (the output's may yield only its result panel) and
+    ``scan`` (:func:`_part`: index 0 = frame ``first``)."""
+
+    reader: VideoReader
+    first: int
+    stop: int
+    scan: ClipScan
+
+
+def _scan(reader: VideoReader, frames: tuple[int, int], models: FaceModels, chunk_size: int, memory_budget: float,
+          progress: bool, allow_empty: bool = False, cache: dict | None = None) -> _Scanned:
+    """Scan the frames ``[first, stop)`` = ``frames`` of ``reader``'s clip, and only those (the largest face
+    followed from ``first``, expressions read); the same frames of the same file and panel (e.g. a clip scored
+    against itself) are scanned once through ``cache``. ``allow_empty``: no face in those frames gives an
     all-invalid scan instead of :class:`NoFaceError`."""
-    key = Path(path).resolve()
+    first, stop = frames
+    key = (Path(reader.path).resolve(), getattr(reader, "box", None), first, stop)
     if cache is not None and key in cache:
-        if not allow_empty and not cache[key][1].detected.any():
-            raise NoFaceError(f"{path}: no frame shows a face")
-        return cache[key]
-    reader = VideoReader(path)
+        scanned = cache[key]
+        if not allow_empty and not scanned.scan.detected.any():
+            raise NoFaceError(f"{reader.path}: no frame shows a face")
+        return scanned
     try:
-        scan = scan_clip(reader, models, 0, chunk_size=chunk_size, progress=progress, memory_budget=memory_budget)
+        scan = scan_clip(reader, models, 0, chunk_size=chunk_size, progress=progress, memory_budget=memory_budget,
+                         frames=(first, stop))
+        scan = _part(scan, first, stop)
     except NoFaceError:
         if not allow_empty:
             raise
-        count = reader.info.frame_count
-        log.warning("%s: no frame has a face", path.name)
-        scan = ClipScan(np.zeros((count, 5, 2), np.float32), np.zeros(count, bool), reader.info.frame_times(),
-                        reader.info.frame_rate, np.zeros((count, DIM), np.float32))
+        count = stop - first
+        log.warning("%s: no frame has a face", reader.path.name)
+        scan = ClipScan(np.zeros((count, 5, 2), np.float32), np.zeros(count, bool),
+                        reader.info.frame_times()[first:stop], reader.info.frame_rate,
+                        np.zeros((count, DIM), np.float32))
+    scanned = _Scanned(reader, first, stop, scan)
     if cache is not None:
-        cache[key] = (reader, scan)
-    return reader, scan
+        cache[key] = scanned
+    return scanned
 
 
-def _targets(inputs: EvalInputs, driving_scan: ClipScan | None, times: np.ndarray) -> tuple[MotionTrack, MotionTrack]:
-    """(targets, raw driving values) at ``times`` (seconds on the source's own clock). The targets are the
-    ``--motion`` file's values, else the driving scan's, prepared as the jobs prepare them (``inputs.smooth``,
-    gaps filled) and interpolated linearly; the raw values (the driving scan's, else the motion file's) are taken
-    at the nearest frame, unsmoothed, with their own validity."""
-    if inputs.motion is not None:
-        source = load_motion(inputs.motion)
-        if len(source) == 0:
-            raise InputError(f"{inputs.motion}: the motion file has no frames")
-    else:
-        source = driving_scan.motion(filled=False)
-    raw = driving_scan.motion(filled=False) if driving_scan is not None else source
+def _measured(scan: ClipScan) -> MotionTrack:
+    """The scan's expressions as measured: valid where detected (a short gap's interpolated values count as
+    missing), times on the clip's clock."""
+    return MotionTrack(scan.expressions, scan.detected.copy(), scan.times, scan.rate)
+
+
+def _targets(inputs: EvalInputs, motion: MotionTrack | None, driving: ClipScan | None,
+             times: np.ndarray) -> tuple[MotionTrack, MotionTrack]:
+    """(targets, raw driving values) at ``times`` (seconds on the source's own clock). The targets are
+    ``motion``'s values (the ``--motion`` file), else the driving scan's, prepared as the jobs prepare them
+    (``inputs.smooth``, gaps filled) and interpolated linearly; the raw values (the driving scan's, else the motion
+    file's) are taken at the nearest frame, unsmoothed, with their own validity."""
+    source = motion if motion is not None else _measured(driving)
+    raw = _measured(driving) if driving is not None else source
     prepared = prepared_motion(source, inputs.smooth)
     return (resample(prepared, times, source.rate, method="linear"),
             resample(raw, times, raw.rate, method="nearest"))
@@ -250,56 +303,125 @@ def frame_ranges(inputs: EvalInputs) -> tuple[int, int, int]:
     return count, lo, hi
 
 
-def evaluate_clip(inputs: EvalInputs, models: FaceModels, *, chunk_size: int = 64, memory_budget: float = 2.0,
-                  progress: bool = True, judges: list[IdentityJudge] | None = None) -> ClipEvaluation:
-    """Evaluate ``inputs`` (see the module doc); ``judges`` default to
-    :func:`~retarget.evaluation.judges.identity_judges`. One-line errors (InputError, NoFaceError, WeightsError)
-    for unusable inputs."""
+@dataclass(frozen=True)
+class EvalPlan:
+    """What the arguments alone decide (:func:`plan_evaluation`): the output's frame ``count``, the reference
+    clip's frames ``[lo, hi)`` (see :func:`frame_ranges`), the output's ``panel`` to score (``None``: the whole
+    frame; see :func:`~retarget.evaluation.panels.result_panel`) and the ``--motion`` file's track (or ``None``)."""
+
+    count: int
+    lo: int
+    hi: int
+    panel: Box | None = None
+    motion: MotionTrack | None = None
+
+
+def _checked_motion(path: Path | None) -> MotionTrack | None:
+    """The ``--motion`` file's track (``None`` without one); :class:`InputError` for a file that is not a motion
+    file or has no frames."""
+    if path is None:
+        return None
+    track = load_motion(path)
+    if len(track) == 0:
+        raise InputError(f"{path}: the motion file has no frames")
+    return track
+
+
+def plan_evaluation(inputs: EvalInputs) -> EvalPlan:
+    """Every check that needs no model, made from the files alone (a fraction of a second): the frame counts
+    (:func:`frame_ranges`), the motion file, the identity photo and an edit's SOURCE are readable, and where a
+    side-by-side render's result is. One-line :class:`InputError` for the first that fails."""
     count, lo, hi = frame_ranges(inputs)
+    motion = _checked_motion(inputs.motion)
+    if inputs.identity is not None:
+        load_image(inputs.identity)
+    if inputs.mode == "edit" and inputs.driving is not None:
+        VideoReader(inputs.driving)  # SOURCE must be a readable video
+    record = read_provenance(inputs.output)
+    _note_range(inputs, record, lo, hi)
+    left = inputs.driving if inputs.mode == "run" else inputs.original
+    return EvalPlan(count, lo, hi, result_panel(inputs.output, record, inputs.mode, left), motion)
+
+
+def _note_range(inputs: EvalInputs, record: dict | None, lo: int, hi: int) -> None:
+    """Warn (one log line) when the output's provenance ``record`` says it was rendered from other frames than
+    ``[lo, hi)`` (a run's driving frames, an edit's edited range): most likely not the render's --start/--end. A
+    warning only: the record does not name the clip, which may be a cut of the one rendered from."""
+    settings = (record or {}).get("settings") or {}
+    rendered = settings.get("driving_frames" if inputs.mode == "run" else "edited_range")
+    if (record is None or record.get("command") != inputs.mode or not isinstance(rendered, list)
+            or len(rendered) != 2 or not all(isinstance(value, int) for value in rendered)):
+        return
+    if list(rendered) != [lo, hi]:
+        log.warning("%s records %s frames %s-%s, but --start/--end select %d-%d here: give the render's "
+                    "--start/--end", inputs.output.name, "driving" if inputs.mode == "run" else "edited",
+                    rendered[0], rendered[1] - 1, lo, hi - 1)
+
+
+def _reference(inputs: EvalInputs, plan: EvalPlan, scan: Callable[..., _Scanned]
+               ) -> tuple[_Scanned, np.ndarray, np.ndarray, np.ndarray, ClipScan | None]:
+    """The reference clip scanned (``scan(reader, frames)``, see :func:`_scan`) over the frames the scores need, and
+    how the output's ``N`` frames line up with it: ``(reference, reference_index [N], scored [N], target_times,
+    driving)``. A run: the driving frames ``[lo, hi)`` alone, all scored, the targets at their times on the driving
+    clock, the driving scan is the reference's. An edit: every frame of the original, those in ``[lo, hi)`` scored,
+    the targets at their times from ``lo`` (SOURCE's clock), ``driving`` SOURCE's whole scan (``None`` without
+    ``--driving``)."""
+    lo, hi = plan.lo, plan.hi
+    if inputs.mode == "run":
+        ref = scan(VideoReader(inputs.driving), (lo, hi))
+        return ref, np.arange(lo, hi), np.ones(plan.count, bool), ref.scan.times, ref.scan
+    reader = VideoReader(inputs.original)
+    ref = scan(reader, (0, reader.info.frame_count))
+    reference_index = np.arange(plan.count)
+    scored = (reference_index >= lo) & (reference_index < hi)
+    driving = None
+    if inputs.driving is not None:
+        source = VideoReader(inputs.driving)
+        driving = scan(source, (0, source.info.frame_count)).scan
+    return ref, reference_index, scored, ref.scan.times[lo:hi] - ref.scan.times[lo], driving
+
+
+def evaluate_clip(inputs: EvalInputs, models: FaceModels, *, chunk_size: int = 64, memory_budget: float = 2.0,
+                  progress: bool = True, judges: list[IdentityJudge] | None = None,
+                  plan: EvalPlan | None = None) -> ClipEvaluation:
+    """Evaluate ``inputs`` (see the module doc); ``judges`` default to
+    :func:`~retarget.evaluation.judges.identity_judges`, ``plan`` to :func:`plan_evaluation` (``inputs``'s).
+    One-line errors (InputError, NoFaceError, WeightsError) for unusable inputs."""
+    plan = plan if plan is not None else plan_evaluation(inputs)
+    count = plan.count
     judges = judges if judges is not None else identity_judges(models)
     by_photo = inputs.identity is not None
     if by_photo:  # read first: a photo without a face fails before the clips are scanned
         image, face = photo_face(inputs.identity, models, 0)
         photo_embeddings = {judge.name: judge.embed(image, face.keypoints) for judge in judges}
     scans: dict = {}
-    out_reader, out_scan = _scan(inputs.output, models, chunk_size, memory_budget, progress, allow_empty=True,
-                                 cache=scans)
-    times = out_reader.info.frame_times()
-    reference_path = inputs.original if inputs.mode == "edit" else inputs.driving
-    ref_reader, ref_scan = _scan(reference_path, models, chunk_size, memory_budget, progress, cache=scans)
-    ref_times = ref_reader.info.frame_times()
-    if inputs.mode == "run":
-        reference_index = np.arange(lo, hi)
-        scored = np.ones(count, bool)
-        target_times = ref_times[lo:hi]
-    else:
-        reference_index = np.arange(count)
-        scored = (reference_index >= lo) & (reference_index < hi)
-        target_times = ref_times[lo:hi] - ref_times[lo]
+    scan = functools.partial(_scan, models=models, chunk_size=chunk_size, memory_budget=memory_budget,
+                             progress=progress, cache=scans)
+    out = scan(output_reader(inputs.output, plan.panel), (0, count), allow_empty=True)
+    times = out.reader.info.frame_times()
+    ref, reference_index, scored, target_times, driving = _reference(inputs, plan, scan)
+    ref_rows = reference_index - ref.first
 
-    driving_scan = ref_scan if inputs.mode == "run" else None
-    if inputs.mode == "edit" and inputs.driving is not None:
-        _, driving_scan = _scan(inputs.driving, models, chunk_size, memory_budget, progress, cache=scans)
     target_values, target_valid = np.zeros((count, DIM), np.float32), np.zeros(count, bool)
     driving_values, driving_valid = np.zeros((count, DIM), np.float32), np.zeros(count, bool)
-    target, raw = _targets(inputs, driving_scan, target_times)  # for the scored frames, in order
+    target, raw = _targets(inputs, plan.motion, driving, target_times)  # for the scored frames, in order
     target_values[scored], target_valid[scored] = target.values, target.valid
     driving_values[scored], driving_valid[scored] = raw.values, raw.valid
 
-    output_face = out_scan.detected.copy()
-    reference_face = ref_scan.detected[reference_index]
+    output_face = out.scan.detected.copy()
+    reference_face = ref.scan.detected[ref_rows]
     # Identity: the judges' alignment at the detected keypoints; flicker: a crop at the smoothed ones.
-    out_pixels = _pixel_pass(out_reader, output_face, judges, out_scan.keypoints, _steady_keypoints(out_scan),
-                             chunk_size, memory_budget)
-    ref_pixels = _pixel_pass(ref_reader, ref_scan.detected, [] if by_photo else judges, ref_scan.keypoints,
-                             _steady_keypoints(ref_scan), chunk_size, memory_budget)
+    out_pixels = _pixel_pass(out.reader, (0, count), output_face, judges, out.scan.keypoints,
+                             _steady_keypoints(out.scan), chunk_size, memory_budget)
+    ref_pixels = _pixel_pass(ref.reader, (ref.first, ref.stop), ref.scan.detected, [] if by_photo else judges,
+                             ref.scan.keypoints, _steady_keypoints(ref.scan), chunk_size, memory_budget)
     identity: dict[str, np.ndarray] = {}
     for judge in judges:
         values = np.full(count, np.nan, np.float32)
         rows = output_face if by_photo else output_face & reference_face
         if rows.any():
             theirs = (photo_embeddings[judge.name] if by_photo
-                      else ref_pixels.embeddings[judge.name][reference_index[rows]])
+                      else ref_pixels.embeddings[judge.name][ref_rows[rows]])
             values[rows] = cosine(out_pixels.embeddings[judge.name][rows], theirs)
         identity[judge.name] = values
 
@@ -307,14 +429,14 @@ def evaluate_clip(inputs: EvalInputs, models: FaceModels, *, chunk_size: int = 6
     both = output_face & reference_face
     pairs = both & np.r_[False, both[:-1]]
     flicker_out = np.where(pairs, out_pixels.flicker, np.nan).astype(np.float32)
-    flicker_ref = np.where(pairs, ref_pixels.flicker[reference_index], np.nan).astype(np.float32)
+    flicker_ref = np.where(pairs, ref_pixels.flicker[ref_rows], np.nan).astype(np.float32)
     evaluation = ClipEvaluation(
         inputs=inputs, times=times, reference_index=reference_index, output_face=output_face,
-        reference_face=reference_face, identity=identity, achieved=out_scan.expressions.astype(np.float32),
+        reference_face=reference_face, identity=identity, achieved=out.scan.expressions.astype(np.float32),
         target=target_values, target_valid=target_valid, driving_values=driving_values, driving_valid=driving_valid,
-        landmarks=normalised_landmarks(out_scan.keypoints, output_face),
-        reference_landmarks=normalised_landmarks(ref_scan.keypoints[reference_index], reference_face),
-        flicker=flicker_out, reference_flicker=flicker_ref,
+        landmarks=normalised_landmarks(out.scan.keypoints, output_face),
+        reference_landmarks=normalised_landmarks(ref.scan.keypoints[ref_rows], reference_face),
+        flicker=flicker_out, reference_flicker=flicker_ref, output_panel=plan.panel,
     )
     evaluation.summary = summarise(evaluation)
     return evaluation
@@ -356,7 +478,9 @@ DEFINITIONS: dict[str, tuple[str, str]] = {
 
 
 def summarise(evaluation: ClipEvaluation) -> dict:
-    """The JSON-ready summary of ``evaluation`` (non-finite numbers as ``None``); see :data:`DEFINITIONS`."""
+    """The JSON-ready summary of ``evaluation`` (non-finite numbers as ``None``); see :data:`DEFINITIONS`.
+    ``output_panel``: ``None``, or for a side-by-side render the ``layout`` and the scored ``box``
+    ``[x0, y0, x1, y1]`` (columns ``[x0, x1)``, rows ``[y0, y1)`` of the output's frames)."""
     e = evaluation
     count = len(e.times)
     valid = e.expression_valid
@@ -378,6 +502,10 @@ def summarise(evaluation: ClipEvaluation) -> dict:
                    for name in ("output", "driving", "identity", "original", "motion")}
         | {"start": e.inputs.start, "end": e.inputs.end, "smooth": e.inputs.smooth},
         "frames": count,
+        "output_panel": None if e.output_panel is None else {
+            "layout": LAYOUTS[e.inputs.mode],
+            "box": [e.output_panel.x0, e.output_panel.y0, e.output_panel.x1, e.output_panel.y1],
+        },
         "coverage": {
             "output_face_frames": int(e.output_face.sum()),
             "reference_face_frames": int(e.reference_face.sum()),

@@ -22,12 +22,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..errors import InputError
+from ..jobs.common import write_problem
 from ..jobs.frames import frames_of_span
 from ..motion.plot import DEFAULT_CHANNELS, curves_figure
 from ..motion.track import MotionTrack, channel_index
 from ..video.atomic import atomic_output
 from ..video.reader import VideoReader
 from .clip import DEFINITIONS, ClipEvaluation
+from .panels import output_reader
 
 __all__ = ["csv_columns", "format_number", "check_report_dir", "per_frame_rows", "report_html", "write_report"]
 
@@ -40,7 +42,7 @@ CONTACT_FRAMES = 6
 
 def format_number(value) -> str:
     """A summary number as the report prints it: 4 significant digits, ``n/a`` for ``None``/NaN, ``inf``."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):  # per-frame float32 too
         return "n/a"
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return str(int(value))
@@ -48,12 +50,20 @@ def format_number(value) -> str:
 
 
 def check_report_dir(path) -> Path:
-    """``path`` as a Path after checking it can hold the report: not a file, its parent folder exists."""
+    """``path`` as a Path after checking it can hold the report, before anything is computed: not a file, its
+    parent folder exists, and the folder that must take new entries (``path`` itself when it exists, else its
+    parent, where it will be created) does: probed by creating and removing an empty file
+    (:func:`~retarget.jobs.common.write_problem`: permissions, read-only mounts and ``/proc`` alike). One-line
+    :class:`InputError` otherwise."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: exists and is not a folder")
     if not path.parent.is_dir():
         raise InputError(f"{path.parent}: folder does not exist")
+    reason = write_problem(path / "metrics.json" if path.is_dir() else path)
+    if reason is not None:
+        what = "write the report into it" if path.is_dir() else f"create the report folder in {path.parent}"
+        raise InputError(f"{path}: cannot {what} ({reason})")
     return path
 
 
@@ -155,19 +165,19 @@ def jitter_png(evaluation: ClipEvaluation) -> bytes:
 
 
 def contact_png(evaluation: ClipEvaluation, count: int = CONTACT_FRAMES) -> bytes:
-    """Sampled frames, reference (driving or original) | output, with each frame's number and identity cosines.
-    Decodes only those frames."""
+    """Sampled frames, reference (driving or original) | output (the part that was scored: a side-by-side
+    render's result panel), with each frame's number and identity cosines. Decodes only those frames."""
     e = evaluation
     frames = len(e.times)
     picks = np.unique(np.linspace(0, frames - 1, min(count, frames)).round().astype(int))
     reference_path = e.inputs.original if e.inputs.mode == "edit" else e.inputs.driving
-    output_reader, reference_reader = VideoReader(e.inputs.output), VideoReader(reference_path)
+    output, reference_reader = output_reader(e.inputs.output, e.output_panel), VideoReader(reference_path)
     figure = Figure(figsize=(6, 2.4 * len(picks)), dpi=90)
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(picks), 2, squeeze=False)
     for row, k in zip(axes, picks):
         m = int(e.reference_index[k])
-        pictures = (frames_of_span(reference_reader, m, m + 1)[0], frames_of_span(output_reader, k, k + 1)[0])
+        pictures = (frames_of_span(reference_reader, m, m + 1)[0], frames_of_span(output, k, k + 1)[0])
         scores = ", ".join(f"{name} {format_number(values[k])}" for name, values in e.identity.items())
         titles = (f"{reference_path.name} frame {m}", f"output frame {k}" + (f": {scores}" if scores else ""))
         for axis, picture, title in zip(row, pictures, titles):
@@ -208,6 +218,15 @@ code { background: #f4f4f4; padding: 0 3px; }
 """
 
 
+def _panel_note(panel: dict | None) -> str:
+    """The report's sentence on a side-by-side render's scored panel (empty for a whole-frame output)."""
+    if panel is None:
+        return ""
+    x0, y0, x1, y1 = panel["box"]
+    return (f" A side-by-side render ({html.escape(panel['layout'])}): only the result panel, columns {x0}-{x1 - 1}"
+            f" and rows {y0}-{y1 - 1} of each frame, is scored.")
+
+
 def report_html(evaluation: ClipEvaluation, images: dict[str, bytes]) -> str:
     """The report page: the summary table and the embedded PNGs (``images``: title -> PNG bytes)."""
     summary = evaluation.summary
@@ -231,7 +250,7 @@ def report_html(evaluation: ClipEvaluation, images: dict[str, bytes]) -> str:
 <h1>Evaluation of {html.escape(Path(inputs["output"]).name)}</h1>
 <p>{html.escape(summary["mode"])} render, {summary["frames"]} frames; {described}; targets smoothed with
 <code>{html.escape(str(inputs["smooth"]))}</code>. Frames with a face in the output:
-{summary["coverage"]["output_face_frames"]}.</p>
+{summary["coverage"]["output_face_frames"]}.{_panel_note(summary.get("output_panel"))}</p>
 <h2>Summary</h2>
 <table id="summary">
 <thead><tr><th>metric</th><th>value</th><th>better</th><th>definition</th></tr></thead>
