@@ -132,21 +132,9 @@ def test_motion_with_a_known_offset(tmp_path, capsys, media, face_models_dir):
 
 def _write_still_clip(path, frame: np.ndarray, count: int):
     """A lossless clip (x264 qp 0, yuv444p) of one picture repeated: every decoded frame is the same."""
-    import av
+    from tests.evaluation.test_side_by_side import write_lossless
 
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=RATE)
-        stream.width, stream.height = frame.shape[1], frame.shape[0]
-        stream.pix_fmt = "yuv444p"
-        stream.options = {"qp": "0", "preset": "ultrafast"}
-        for k in range(count):
-            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            picture.pts = k
-            for packet in stream.encode(picture):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
+    return write_lossless(path, np.repeat(frame[None], count, axis=0))
 
 
 def test_still_clip_has_no_flicker_and_no_jitter(tmp_path, capsys, media, face_models_dir):
