@@ -12,8 +12,9 @@ Two kinds of render are evaluated:
 The *reference clip* is the driving clip for a ``run`` and the original for an ``edit``: landmark jitter and
 flicker of the output are compared with it. The *targets* (the expressions the render was asked for) are SMIRK's
 values re-extracted from DRIVING, or the ``--motion`` file's (a ``run``: motion time = driving time; an
-``edit``: motion time 0 = ``start``), prepared as the jobs prepare them (``--smooth``, default ``kalman`` as in
-``run``/``edit``, then every gap filled); per-part gains and ``--relative`` are not re-applied.
+``edit``: motion time 0 = ``start``), prepared as the jobs prepare them (short gaps filled as the scan fills them,
+``--smooth``, default ``kalman`` as in ``run``/``edit``, then every gap filled, then clamped to the published
+ranges); per-part gains and ``--relative`` are not re-applied.
 
 Per frame (the output's frames): whether the output has a face (detected by the project's detector), the identity
 cosine by every judge (:func:`~retarget.evaluation.judges.identity_judges`) against the identity photo (or, for an
@@ -50,7 +51,7 @@ from ..jobs.common import chunk_frames, clip_range, picture_bytes, prepared_moti
 from ..jobs.frames import ClipScan, photo_face, scan_clip
 from ..motion.motion_file import load_motion
 from ..motion.resample import resample
-from ..motion.track import DIM, PARTS, MotionTrack, channel_names
+from ..motion.track import DIM, PARTS, MotionTrack, channel_names, clamp_published
 from ..provenance.metadata import read_provenance
 from ..video.reader import VideoReader
 from . import metrics
@@ -270,15 +271,23 @@ def _measured(scan: ClipScan) -> MotionTrack:
     return MotionTrack(scan.expressions, scan.detected.copy(), scan.times, scan.rate)
 
 
+def _as_rendered(scan: ClipScan) -> MotionTrack:
+    """The scan's expressions as ``run`` (and ``edit`` with a video SOURCE) take them before smoothing: a short
+    gap's interpolated values count as measured (:meth:`ClipScan.motion`), times on the clip's clock."""
+    return MotionTrack(scan.expressions, scan.valid.copy(), scan.times, scan.rate)
+
+
 def _targets(inputs: EvalInputs, motion: MotionTrack | None, driving: ClipScan | None,
              times: np.ndarray) -> tuple[MotionTrack, MotionTrack]:
     """(targets, raw driving values) at ``times`` (seconds on the source's own clock). The targets are
-    ``motion``'s values (the ``--motion`` file), else the driving scan's, prepared as the jobs prepare them
-    (``inputs.smooth``, gaps filled) and interpolated linearly; the raw values (the driving scan's, else the motion
+    ``motion``'s values (the ``--motion`` file), else the driving scan's (short gaps filled, see
+    :func:`_as_rendered`), prepared as the jobs prepare them (``inputs.smooth``, gaps filled) and interpolated
+    linearly; the raw values (the driving scan's, else the motion
     file's) are taken at the nearest frame, unsmoothed, with their own validity."""
-    source = motion if motion is not None else _measured(driving)
+    source = motion if motion is not None else _as_rendered(driving)
     raw = _measured(driving) if driving is not None else source
     prepared = prepared_motion(source, inputs.smooth)
+    prepared = prepared.with_values(clamp_published(prepared.values))  # as rendered (jobs.expressions)
     return (resample(prepared, times, source.rate, method="linear"),
             resample(raw, times, raw.rate, method="nearest"))
 

@@ -171,3 +171,32 @@ def test_report_numbers_print_nan_as_not_available():
 
     assert format_number(np.float32("nan")) == format_number(float("nan")) == format_number(None) == "n/a"
     assert format_number(np.float32(0.125)) == "0.125" and format_number(np.int64(7)) == "7"
+
+
+def test_targets_are_the_values_run_renders_around_a_filled_gap():
+    """A short detection gap is filled by the scan and smoothed as measured by ``run``; the targets follow the
+    same preparation (and the clamp to the published ranges), not one that counts the gap as missing."""
+    from fractions import Fraction
+    from types import SimpleNamespace
+
+    from retarget.evaluation.clip import _targets
+    from retarget.jobs.common import prepared_motion
+    from retarget.jobs.expressions import rendered_expressions
+    from retarget.jobs.frames import ClipScan
+    from retarget.jobs.options import JobOptions
+
+    n, rate = 30, Fraction(30)
+    rng = np.random.default_rng(3)
+    values = rng.normal(0, 0.3, (n, 55)).astype(np.float32)
+    values[:, 52] = np.abs(values[:, 52]) * 0.05  # a jaw opening near 0: smoothing dips below the bound
+    values[:, 50:52] = np.clip(values[:, 50:52], 0, 1)
+    detected = np.ones(n, bool)
+    detected[12:14] = False  # a short gap, filled by the scan (valid, interpolated values)
+    values[12:14] = (values[11] + values[14]) / 2
+    times = np.arange(n) / float(rate)
+    scan = ClipScan(np.zeros((n, 5, 2), np.float32), np.ones(n, bool), times, rate, expressions=values,
+                    detected=detected)
+    targets, _ = _targets(SimpleNamespace(smooth="kalman"), None, scan, times)
+    rendered = rendered_expressions(prepared_motion(scan.motion(), "kalman"), JobOptions(models="m", device="cpu"))
+    np.testing.assert_allclose(targets.values, rendered, atol=1e-6)
+    assert targets.values[:, 52].min() >= 0.0
