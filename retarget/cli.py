@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("retarget.faces").setLevel(logging.DEBUG if debug else logging.INFO)  # names the face models
     logging.getLogger("retarget.pipeline.compile").setLevel(logging.DEBUG if debug else logging.INFO)
-    if not debug:  # inductor's CPU compile warns "No CUDA runtime is found, using CUDA_HOME=..." on machines without CUDA
+    if not debug:  # inductor's CPU compile warns "No CUDA runtime is found, using CUDA_HOME=..." without CUDA
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     if not debug:
         import warnings

@@ -4,8 +4,9 @@ Contract: outputs go to ``OUT_DIR/<input stem>.mp4`` (inputs sharing a stem, suc
 ``a.mp4.mp4`` and ``a.mov.mp4``, see :func:`output_names`); ``OUT_DIR`` must not be the input folder or inside
 it. An output that already exists is finished (outputs appear atomically, so a file there is complete) and is
 skipped, unless its provenance record says another job made it (other inputs or settings, see
-:func:`rendered_by_another_job`): then it is rendered again and replaced. A file that fails is appended to ``OUT_DIR/failures.jsonl`` (one JSON object per line: ``file``,
-``error``, ``type``, ``time``) and the others go on. The model is loaded once per process and shared by every
+:func:`rendered_by_another_job`): then it is rendered again and replaced. A file that fails is appended to
+``OUT_DIR/failures.jsonl`` (one JSON object per line: ``file``, ``error``, ``type``, ``time``) and the others go
+on. The model is loaded once per process and shared by every
 file.
 
 Sharding: under ``accelerate launch`` (or any launcher that sets accelerate's environment) the sorted file list is
