@@ -265,27 +265,22 @@ def _scan(reader: VideoReader, frames: tuple[int, int], models: FaceModels, chun
     return scanned
 
 
-def _measured(scan: ClipScan) -> MotionTrack:
-    """The scan's expressions as measured: valid where detected (a short gap's interpolated values count as
-    missing), times on the clip's clock."""
-    return MotionTrack(scan.expressions, scan.detected.copy(), scan.times, scan.rate)
-
-
-def _as_rendered(scan: ClipScan) -> MotionTrack:
-    """The scan's expressions as ``run`` (and ``edit`` with a video SOURCE) take them before smoothing: a short
-    gap's interpolated values count as measured (:meth:`ClipScan.motion`), times on the clip's clock."""
-    return MotionTrack(scan.expressions, scan.valid.copy(), scan.times, scan.rate)
+def _track(scan: ClipScan, filled: bool) -> MotionTrack:
+    """The scan's expressions, times on the clip's clock: ``filled`` as ``run`` (and ``edit`` with a video SOURCE)
+    takes them before smoothing, a short gap's interpolated values counted as measured; else as measured, valid
+    where detected only."""
+    return MotionTrack(scan.expressions, (scan.valid if filled else scan.detected).copy(), scan.times, scan.rate)
 
 
 def _targets(inputs: EvalInputs, motion: MotionTrack | None, driving: ClipScan | None,
              times: np.ndarray) -> tuple[MotionTrack, MotionTrack]:
     """(targets, raw driving values) at ``times`` (seconds on the source's own clock). The targets are
-    ``motion``'s values (the ``--motion`` file), else the driving scan's (short gaps filled, see
-    :func:`_as_rendered`), prepared as the jobs prepare them (``inputs.smooth``, gaps filled) and interpolated
-    linearly; the raw values (the driving scan's, else the motion
-    file's) are taken at the nearest frame, unsmoothed, with their own validity."""
-    source = motion if motion is not None else _as_rendered(driving)
-    raw = _measured(driving) if driving is not None else source
+    ``motion``'s values (the ``--motion`` file), else the driving scan's with short gaps filled, prepared as the
+    jobs prepare them (``inputs.smooth``, every gap filled, clamped) and interpolated linearly; the raw values (the
+    driving scan's as measured, else the motion file's) are taken at the nearest frame, unsmoothed, with their own
+    validity."""
+    source = motion if motion is not None else _track(driving, filled=True)
+    raw = _track(driving, filled=False) if driving is not None else source
     prepared = prepared_motion(source, inputs.smooth)
     prepared = prepared.with_values(clamp_published(prepared.values))  # as rendered (jobs.expressions)
     return (resample(prepared, times, source.rate, method="linear"),
