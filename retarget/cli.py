@@ -441,8 +441,11 @@ def main(argv: list[str] | None = None) -> int:
         import warnings
 
         warnings.filterwarnings("ignore")
+    from retarget.progress import bars_for
+
     try:
-        return _dispatch(args)
+        with bars_for(sys.stderr):  # whole lines, no redraws, in a log
+            return _dispatch(args)
     except KeyboardInterrupt:
         if debug:
             raise

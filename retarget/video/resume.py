@@ -33,7 +33,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-from tqdm.auto import tqdm
 
 from retarget.video.atomic import atomic_output, commit, discard, partial_path
 from retarget.video.audio import AudioMuxer, AudioSource
@@ -309,6 +308,8 @@ class ChunkedRender:
                 muxer = AudioMuxer(output, audio)
             last_dts = None
             delay = None  # chunk 0's decoding delay (B-frames), in chunk_tb ticks
+            from tqdm.auto import tqdm  # looked up now: a front end may have put its own bar class there
+
             bar = tqdm(total=self.total_frames, desc=f"joining {self.out_path.name}", unit="frame",
                        disable=not progress, leave=False)
             for index in range(self.chunk_count):
