@@ -201,14 +201,16 @@ def rendered_by_another_job(video: Path, output: Path, target: BatchTarget, opti
         recorded = settings.get("job_digest")
         if not isinstance(recorded, str):
             return False
-        lo, hi = clip_range(VideoReader(video), None, None)
+        reader = VideoReader(video)
+        lo, hi = clip_range(reader, None, None)
     except Exception:  # an unreadable output or input: leave it to the clip's own job, as before
         log.debug("cannot compare %s with its job", output, exc_info=True)
         return False
     if target.identity is not None:
-        key = run_job_key(video, target.identity, options, target.reference, target.side_by_side, lo, hi)
+        key = run_job_key(video, target.identity, options, target.reference, target.side_by_side, lo, hi,
+                          reader.info.pixel_aspect)
     else:
-        key = edit_job_key(video, target.expression, options, target.side_by_side, lo, hi)
+        key = edit_job_key(video, target.expression, options, target.side_by_side, lo, hi, reader.info.pixel_aspect)
     if recorded == job_digest(key):
         return False
     log.warning("%s: rendered by another job (other inputs or settings); rendering it again", output)

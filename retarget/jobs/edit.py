@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ from retarget.motion.track import MotionTrack
 from retarget.video.audio import AudioSource
 from retarget.video.compose import side_by_side_chunk
 from retarget.video.reader import VideoReader
-from retarget.video.resume import ChunkedRender, file_identity, job_digest
+from retarget.video.resume import ChunkedRender, file_identity, job_digest, with_pixel_aspect
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +172,16 @@ def _scan_edit(video, expression, output: Path, options: JobOptions, start: floa
                                 values, edited, keypoints, stats, own_session, finish=shared_times is None)
 
 
-def edit_job_key(video, source, options: JobOptions, side_by_side: bool, lo: int, hi: int) -> dict:
+def edit_job_key(video, source, options: JobOptions, side_by_side: bool, lo: int, hi: int,
+                 pixel_aspect: Fraction = Fraction(1)) -> dict:
     """What an ``edit`` render depends on (see :func:`~retarget.jobs.run.run_job_key`): the clip's and the
-    expression source's file identities, the edited frames ``[lo, hi)`` and the settings that change pixels."""
-    return {
+    expression source's file identities, the edited frames ``[lo, hi)``, the settings that change pixels and the
+    clip's pixel aspect when it is not 1."""
+    key = {
         "command": "edit", "video": file_identity(video), "expression": file_identity(source),
         "range": [lo, hi], "side_by_side": side_by_side, "options": options.render_key(),
     }
+    return with_pixel_aspect(key, pixel_aspect)
 
 
 def _render_edit(video, source_path: Path, output: Path, options: JobOptions, side_by_side: bool,
@@ -192,7 +196,7 @@ def _render_edit(video, source_path: Path, output: Path, options: JobOptions, si
         stats.set_load_parts(session.load_parts)
     stats.set_model(pipe.device, pipe.dtype)
     size = pipe.image_size
-    key = edit_job_key(video, source_path, options, side_by_side, lo, hi)
+    key = edit_job_key(video, source_path, options, side_by_side, lo, hi, info.pixel_aspect)
     chunk = chunk_frames(edit_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
                          options.memory_budget, picture_bytes(info.width, info.height), in_flight=CHUNKS_IN_FLIGHT,
                          reserved=0 if scan.frames is None else scan.frames.nbytes)

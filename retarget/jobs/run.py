@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from retarget.jobs.stages import CHUNKS_IN_FLIGHT, run_stages
 from retarget.provenance.metadata import job_tags
 from retarget.video.compose import side_by_side_chunk
 from retarget.video.reader import VideoReader
-from retarget.video.resume import ChunkedRender, file_identity, job_digest
+from retarget.video.resume import ChunkedRender, file_identity, job_digest, with_pixel_aspect
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +124,18 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
                                scan, expressions, stats, own_session, finish=times is None)
 
 
-def run_job_key(driving, identity, options: JobOptions, reference: bool, side_by_side: bool, lo: int, hi: int) -> dict:
+def run_job_key(driving, identity, options: JobOptions, reference: bool, side_by_side: bool, lo: int, hi: int,
+                pixel_aspect: Fraction = Fraction(1)) -> dict:
     """What a ``run`` render depends on, for resuming (see :class:`~retarget.video.resume.ChunkedRender`) and for
     its output's ``job_digest``: the driving clip's and photo's file identities, the driving frames ``[lo, hi)``
-    and the settings that change pixels."""
-    return {
+    and the settings that change pixels. ``pixel_aspect`` (the clip's, see :class:`~retarget.video.probe.VideoInfo`)
+    enters the key only when it is not 1: earlier versions read anamorphic clips unresampled, and the keys of
+    every other clip stay as they were."""
+    key = {
         "command": "run", "driving": file_identity(driving), "identity": file_identity(identity),
         "reference": reference, "side_by_side": side_by_side, "range": [lo, hi], "options": options.render_key(),
     }
+    return with_pixel_aspect(key, pixel_aspect)
 
 
 def _render_run(driving, output: Path, options: JobOptions, reference: bool, side_by_side: bool,
@@ -145,7 +150,7 @@ def _render_run(driving, output: Path, options: JobOptions, reference: bool, sid
     stats.set_model(pipe.device, pipe.dtype)
     size = pipe.image_size
     reference_image = photo.aligned(size) if reference else None
-    key = run_job_key(driving, photo.path, options, reference, side_by_side, lo, hi)
+    key = run_job_key(driving, photo.path, options, reference, side_by_side, lo, hi, info.pixel_aspect)
     chunk = chunk_frames(run_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
                          options.memory_budget, picture_bytes(info.width, info.height), in_flight=CHUNKS_IN_FLIGHT,
                          reserved=0 if scan.frames is None else scan.frames.nbytes)

@@ -6,6 +6,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -60,17 +61,24 @@ def two_face_frames(count: int, width: int = 320, height: int = 160) -> np.ndarr
 
 def write_clip(path: Path, frames: np.ndarray, rate: Fraction = Fraction(30000, 1001), audio: bool = True,
                sample_rate: int = 44100, *, pts: list[int] | None = None, time_base: Fraction | None = None,
-               rotation: int | None = None, pix_fmt: str = "yuv420p") -> Path:
+               rotation: int | None = None, pix_fmt: str = "yuv420p", pixel_aspect: Fraction | None = None) -> Path:
     """Encode ``frames`` (as displayed) with libx264 at ``rate`` (exact) plus, with ``audio``, an AAC sine tone as
     long as the video. ``pts`` with ``time_base`` give variable timestamps; ``rotation`` (degrees
     counter-clockwise, a multiple of 90) stores the pictures turned back and sets the display matrix, so a
-    reader that applies it sees ``frames``. Odd sizes need a ``pix_fmt`` without chroma subsampling (yuv444p)."""
+    reader that applies it sees ``frames``. ``pixel_aspect`` (anamorphic video) stores the pictures with their
+    width divided by it (area resampling) and sets that sample aspect ratio, so a reader that resamples to square
+    pixels sees ``frames`` up to resampling. Odd sizes need a ``pix_fmt`` without chroma subsampling (yuv444p)."""
     turns = (rotation or 0) // 90
     coded = np.stack([np.rot90(frame, -turns) for frame in frames]) if turns else frames
+    if pixel_aspect is not None:
+        width = round(coded.shape[2] / pixel_aspect)
+        coded = np.stack([cv2.resize(frame, (width, frame.shape[0]), interpolation=cv2.INTER_AREA) for frame in coded])
     container = av.open(str(path), mode="w")
     stream = container.add_stream("libx264", rate=rate)
     stream.width, stream.height = coded.shape[2], coded.shape[1]
     stream.pix_fmt = pix_fmt
+    if pixel_aspect is not None:
+        stream.codec_context.sample_aspect_ratio = Fraction(pixel_aspect)
     stream.options = {"crf": "10", "preset": "ultrafast"}
     tb = time_base if time_base is not None else 1 / rate
     stream.codec_context.time_base = tb

@@ -1,7 +1,12 @@
-"""Display orientation of a video stream (FFmpeg display matrix) and how to apply it to decoded pixels.
+"""How a video stream's decoded pixels are shown: display orientation (FFmpeg display matrix) and pixel aspect.
 
 Phones store portrait video as landscape pixels plus a 3x3 display matrix that says how to turn them for display.
 The rules below follow FFmpeg's own autorotation (``fftools``), so frames come out as ``ffplay``/``ffmpeg`` show them.
+
+Anamorphic video (DV, HDV, some broadcast and camcorder formats) stores pixels that are not square: the sample
+aspect ratio (SAR) says how wide one pixel is shown relative to its height, e.g. 1440x1080 at 4:3 is shown as
+1920x1080 and 720x480 at 8:9 as 640x480. Its frames are resampled to square pixels (the width scaled by the SAR,
+in the stored picture's axes, before any rotation), as a player shows them, so faces keep their proportions.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -90,3 +96,26 @@ def _ccw_degrees(clockwise: int) -> int:
     """A clockwise angle in [0, 360) as a counter-clockwise angle in (-180, 180]."""
     ccw = (-clockwise) % 360
     return ccw - 360 if ccw > 180 else ccw
+
+
+#: Pixel aspect ratios outside this range (a stretch of more than 4x either way) are taken as damaged metadata.
+PIXEL_ASPECT_RANGE = (Fraction(1, 4), Fraction(4))
+
+
+def pixel_aspect(stream) -> Fraction:
+    """The sample aspect ratio (pixel width / pixel height) of a PyAV video stream, as FFmpeg guesses it: the
+    container's value when set, else the codec's; 1 when neither is set or the value is implausible (a warning)."""
+    for value in (getattr(stream, "sample_aspect_ratio", None), getattr(stream.codec_context, "sample_aspect_ratio", None)):
+        if value is not None and value.numerator > 0 and value.denominator > 0:
+            aspect = Fraction(value.numerator, value.denominator)
+            low, high = PIXEL_ASPECT_RANGE
+            if not low <= aspect <= high:
+                warnings.warn(f"pixel aspect ratio {aspect} ignored (taken as square pixels)", stacklevel=2)
+                return Fraction(1)
+            return aspect
+    return Fraction(1)
+
+
+def square_pixel_width(coded_width: int, aspect: Fraction) -> int:
+    """Width in square pixels of a stored picture ``coded_width`` pixels wide whose pixels are ``aspect`` wide."""
+    return max(1, round(coded_width * aspect))

@@ -18,7 +18,7 @@ import av
 import numpy as np
 
 from retarget.errors import InputError
-from retarget.video.orientation import Orientation, orientation_from_display_matrix
+from retarget.video.orientation import Orientation, orientation_from_display_matrix, pixel_aspect, square_pixel_width
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,9 @@ class AudioInfo:
 class VideoInfo:
     """What a caller needs to decode, align and re-encode a clip.
 
-    Sizes: ``width``/``height`` are the display size (after rotation), ``coded_width``/``coded_height`` the stored
-    one. Times: ``frame_rate`` is exact (``Fraction(30000, 1001)`` for NTSC 29.97); for variable-frame-rate input
+    Sizes: ``width``/``height`` are the display size in square pixels (after resampling anamorphic pixels, whose
+    width is ``pixel_aspect`` times their height, and after rotation; see :mod:`retarget.video.orientation`),
+    ``coded_width``/``coded_height`` the stored one. Times: ``frame_rate`` is exact (``Fraction(30000, 1001)`` for NTSC 29.97); for variable-frame-rate input
     (``is_vfr``) it is the mean rate and ``frame_pts`` are the real timestamps. ``frame_pts`` holds every frame's
     presentation timestamp in ``time_base`` units, sorted; ``start_pts`` is the first. ``duration`` in seconds
     runs from the first frame to the end of the last one.
@@ -68,6 +69,7 @@ class VideoInfo:
     is_vfr: bool
     audio: AudioInfo | None
     frame_pts: np.ndarray = field(repr=False, compare=False)
+    pixel_aspect: Fraction = Fraction(1)
 
     @property
     def rotation(self) -> int:
@@ -87,8 +89,11 @@ class VideoInfo:
             else "no audio"
         )
         vfr = " (variable)" if self.is_vfr else ""
+        aspect = "" if self.pixel_aspect == 1 else (
+            f" (stored {self.coded_width}x{self.coded_height} with pixel aspect "
+            f"{self.pixel_aspect.numerator}:{self.pixel_aspect.denominator})")
         return (
-            f"{self.path.name}: {self.width}x{self.height}, {rate} fps{vfr}, {self.frame_count} frames, "
+            f"{self.path.name}: {self.width}x{self.height}{aspect}, {rate} fps{vfr}, {self.frame_count} frames, "
             f"{self.duration:.3f} s, rotation {self.rotation}, {audio}"
         )
 
@@ -193,7 +198,8 @@ def _probe(path: Path, container: av.container.InputContainer) -> VideoInfo:
 
     orientation = orientation_from_display_matrix(display_matrix(first_frame))
     coded_width, coded_height = first_frame.width, first_frame.height
-    width, height = orientation.display_size(coded_width, coded_height)
+    aspect = pixel_aspect(stream)
+    width, height = orientation.display_size(square_pixel_width(coded_width, aspect), coded_height)
 
     audio = None
     if audio_stream is not None:
@@ -234,6 +240,7 @@ def _probe(path: Path, container: av.container.InputContainer) -> VideoInfo:
         is_vfr=is_vfr,
         audio=audio,
         frame_pts=frame_pts,
+        pixel_aspect=aspect,
     )
 
 

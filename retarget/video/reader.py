@@ -1,4 +1,5 @@
-"""Streaming decode: RGB frames in bounded chunks, with their timestamps, rotation applied.
+"""Streaming decode: RGB frames in bounded chunks, with their timestamps, as a player shows them (anamorphic
+pixels resampled to square ones, rotation applied).
 
 Memory: one chunk of ``chunk_size`` frames (``chunk_size * H * W * 3`` bytes) plus the decoder's own few
 reference frames, whatever the clip length. The decoder is flushed at the end of the stream so the last frames
@@ -17,6 +18,7 @@ import av
 import numpy as np
 
 from retarget.errors import InputError
+from retarget.video.orientation import square_pixel_width
 from retarget.video.probe import VideoInfo, _reason, open_input, probe_video
 
 
@@ -24,7 +26,7 @@ from retarget.video.probe import VideoInfo, _reason, open_input, probe_video
 class FrameChunk:
     """Consecutive decoded frames.
 
-    ``frames``: uint8 ``[n, H, W, 3]`` RGB in display orientation. ``pts``: int64 ``[n]`` presentation timestamps
+    ``frames``: uint8 ``[n, H, W, 3]`` RGB in display orientation and square pixels. ``pts``: int64 ``[n]`` presentation timestamps
     in the stream's ``time_base``. ``times``: float64 ``[n]`` seconds since the clip's first frame. ``indices``:
     int64 ``[n]`` frame numbers in the whole clip (0 = first frame), also when reading a time range.
     """
@@ -71,12 +73,17 @@ class VideoReader:
     def iter_frames(
         self, start: float | None = None, end: float | None = None
     ) -> Iterator[tuple[np.ndarray, int, int]]:
-        """Yield ``(rgb, pts, index)``: uint8 ``[H, W, 3]`` display-oriented RGB, the pts in ``info.time_base``,
-        and the frame number in the whole clip, for the frames with ``start <= t < end``."""
+        """Yield ``(rgb, pts, index)``: uint8 ``[H, W, 3]`` RGB as shown (square pixels, display orientation; ``H``
+        and ``W`` are ``info.height``/``info.width``), the pts in ``info.time_base``, and the frame number in the
+        whole clip, for the frames with ``start <= t < end``."""
         info = self.info
         lo, hi = self.frame_range(start, end)
         if lo >= hi:
             return
+        # Anamorphic pixels: swscale resamples the width while it converts to RGB (one pass, Lanczos).
+        square = {} if info.pixel_aspect == 1 else {
+            "width": square_pixel_width(info.coded_width, info.pixel_aspect), "height": info.coded_height,
+            "interpolation": "LANCZOS"}
         first_pts, last_pts = int(info.frame_pts[lo]), int(info.frame_pts[hi - 1])
         container = open_input(self.path)
         produced = 0
@@ -94,7 +101,7 @@ class VideoReader:
                 if pts > last_pts:
                     break
                 index = lo + produced
-                rgb = info.orientation.apply(frame.to_ndarray(format="rgb24"))
+                rgb = info.orientation.apply(frame.to_ndarray(format="rgb24", **square))
                 produced += 1
                 yield rgb, int(pts), index
                 if produced == hi - lo:

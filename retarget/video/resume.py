@@ -72,6 +72,15 @@ def file_identity(path: str | os.PathLike, sample_bytes: int = 1 << 20) -> dict:
     return {"name": path.name, "size": size, "sha256_ends": digest.hexdigest()}
 
 
+def with_pixel_aspect(job_key: dict, pixel_aspect: Fraction) -> dict:
+    """``job_key`` with an input clip's pixel aspect added when it is not 1 (anamorphic pixels, which the reader
+    resamples to square ones); the keys of clips with square pixels stay those of earlier versions."""
+    pixel_aspect = Fraction(pixel_aspect)
+    if pixel_aspect != 1:
+        job_key["pixel_aspect"] = [pixel_aspect.numerator, pixel_aspect.denominator]
+    return job_key
+
+
 def job_digest(job_key: Mapping) -> str:
     """SHA-256 (hex) of a job key (the settings and input identities a render depends on, as given to
     :class:`ChunkedRender`): two renders with the same digest are the same job. Rendered videos carry it in their

@@ -180,6 +180,37 @@ def test_a_finished_output_of_another_job_is_rendered_again(command, media, fast
     assert probe_video(outputs / "a.mp4").frame_count == FRAMES
 
 
+def test_an_anamorphic_clip_has_its_pixel_aspect_in_the_job_key(media, fast_args, tmp_path, capsys):
+    """Square-pixel keys are those of earlier versions; a clip with another pixel aspect (read resampled since)
+    has it in its key, and ``batch`` compares a finished output with the same key its render used."""
+    from fractions import Fraction
+
+    from retarget.cli import build_parser, options_from_args
+    from retarget.provenance.metadata import read_provenance
+    from retarget.video.resume import job_digest
+
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    clip = write_clip(inputs / "wide.mp4", moving_face_frames(SHORT), pixel_aspect=Fraction(4, 3))
+    options = options_from_args(build_parser().parse_args(["run", str(clip), "-o", "x.mp4", "--identity",
+                                                           str(media["photo"]), *fast_args]))
+    square = run_module.run_job_key(clip, media["photo"], options, True, False, 0, SHORT)
+    assert set(square) == {"command", "driving", "identity", "reference", "side_by_side", "range", "options"}
+    assert run_module.run_job_key(clip, media["photo"], options, True, False, 0, SHORT, Fraction(1)) == square
+    wide = run_module.run_job_key(clip, media["photo"], options, True, False, 0, SHORT, Fraction(4, 3))
+    assert wide == {**square, "pixel_aspect": [4, 3]}
+    assert edit_module.edit_job_key(clip, media["photo"], options, False, 0, SHORT, Fraction(4, 3))["pixel_aspect"] \
+        == [4, 3]
+
+    argv = ["batch", inputs, "-o", outputs, "--identity", media["photo"], *fast_args]
+    assert run_cli(argv, capsys)[0] == 0
+    assert read_provenance(outputs / "wide.mp4")["settings"]["job_digest"] == job_digest(wide)
+    first = (outputs / "wide.mp4").read_bytes()
+    code, err = run_cli(argv, capsys)
+    assert code == 0 and err.strip().splitlines()[-1].endswith("0 rendered, 1 already finished, 0 failed")
+    assert (outputs / "wide.mp4").read_bytes() == first
+
+
 def test_batch_folders_that_are_files_or_cannot_be_made(media, fast_args, tmp_path, capsys):
     inputs, out, photo = tmp_path / "in", tmp_path / "out", media["photo"]
     inputs.mkdir()

@@ -1,6 +1,6 @@
-"""``run`` and ``edit`` on awkward clips: variable frame rate, a display-matrix rotation, an odd size, 30000/1001
-with AAC. Both keep the frame count, the timestamps (VFR) or exact rate, and the audio; ``edit`` keeps the
-displayed (rotation applied) size."""
+"""``run`` and ``edit`` on awkward clips: variable frame rate, a display-matrix rotation, anamorphic (non-square)
+pixels, an odd size, 30000/1001 with AAC. Both keep the frame count, the timestamps (VFR) or exact rate, and the
+audio; ``edit`` keeps the displayed size (rotation applied, pixels made square)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ def make_clip(kind: str, folder) -> tuple:
     if kind == "rotated":
         write_clip(path, moving_face_frames(8, width=120, height=160), rotation=90)
         return path, (120, 160)
+    if kind == "anamorphic":  # 4:3 pixels: the 160x120 pictures are stored 120x120
+        write_clip(path, moving_face_frames(8), pixel_aspect=Fraction(4, 3))
+        return path, (160, 120)
     if kind == "odd_size":
         write_clip(path, moving_face_frames(8, width=161, height=121), rate=Fraction(25), pix_fmt="yuv444p")
         return path, (161, 121)
@@ -33,7 +36,7 @@ def make_clip(kind: str, folder) -> tuple:
     return path, (160, 120)
 
 
-@pytest.mark.parametrize("kind", ["vfr", "rotated", "odd_size", "ntsc_aac"])
+@pytest.mark.parametrize("kind", ["vfr", "rotated", "anamorphic", "odd_size", "ntsc_aac"])
 @pytest.mark.parametrize("command", ["run", "edit"])
 def test_awkward_clips_keep_count_timing_audio_and_size(kind, command, media, fast_args, tmp_path):
     clip, displayed = make_clip(kind, tmp_path)
@@ -50,6 +53,7 @@ def test_awkward_clips_keep_count_timing_audio_and_size(kind, command, media, fa
     assert result.audio is not None and result.audio.codec == "aac"
     assert abs(result.audio.duration - source.audio.duration) < 0.001
     assert result.rotation == 0  # the rotation is applied to the pixels, not carried as metadata
+    assert result.pixel_aspect == 1  # so is the pixel aspect
     if command == "edit":
         assert (result.width, result.height) == displayed
     else:

@@ -1,5 +1,5 @@
 """Synthetic test videos made with PyAV: frame numbers drawn as a binary code, optional AAC/PCM audio,
-variable frame rate, display-matrix rotation, odd sizes."""
+variable frame rate, display-matrix rotation, anamorphic pixels, odd sizes."""
 
 from __future__ import annotations
 
@@ -49,10 +49,12 @@ def make_video(
     pix_fmt: str = "yuv420p",
     codec: str = "libx264",
     faststart: bool = False,
+    pixel_aspect: Fraction | None = None,
 ) -> Path:
     """Write a test clip. ``pts`` (with ``time_base``) gives variable timestamps; ``audio`` is an audio codec
     name (a 440 Hz tone, 44.1 kHz stereo, as long as the video) or None; ``rotation`` sets the display matrix
-    (degrees counter-clockwise)."""
+    (degrees counter-clockwise); ``pixel_aspect`` the sample aspect ratio (anamorphic pixels; the pictures are drawn
+    at the stored size)."""
     options = {"movflags": "faststart"} if faststart else {}
     container = av.open(str(path), mode="w", options=options)
     stream = container.add_stream(codec, rate=rate)
@@ -63,6 +65,8 @@ def make_video(
         stream.options = {"preset": "ultrafast", "crf": "12"}
     if rotation is not None:
         stream.set_display_rotation(rotation)
+    if pixel_aspect is not None:
+        stream.codec_context.sample_aspect_ratio = pixel_aspect
     a_stream = None
     if audio:
         a_stream = container.add_stream(audio, rate=44100)

@@ -1,7 +1,9 @@
-"""Probing and streaming decode: exact rates, frame counts, flush, ranges, rotation, VFR, bad files."""
+"""Probing and streaming decode: exact rates, frame counts, flush, ranges, rotation, anamorphic pixels, VFR, bad
+files."""
 
 from fractions import Fraction
 
+import cv2
 import numpy as np
 import pytest
 
@@ -68,6 +70,36 @@ def test_rotation_from_display_matrix_is_applied(tmp_path, rotation, turns):
         upright = np.rot90(frame, -turns)  # undo the display rotation: back to the coded picture
         assert read_code(upright) == k
         assert np.abs(frame.astype(int) - np.rot90(code_frame(k, 96, 64), turns)).mean() < 3
+
+
+@pytest.mark.parametrize(("stored", "aspect", "rotation", "shown"), [
+    ((72, 64), Fraction(4, 3), None, (96, 64)),  # wide pixels (HDV-like): the width is stretched
+    ((108, 64), Fraction(8, 9), None, (96, 64)),  # narrow pixels (NTSC DV-like): the width is narrowed
+    ((72, 64), Fraction(4, 3), 90, (64, 96)),  # along the stored width, before the rotation: the shown height
+])
+def test_anamorphic_pixels_are_resampled_to_square(tmp_path, stored, aspect, rotation, shown):
+    path = make_video(tmp_path / "sar.mp4", 4, *stored, audio=None, rotation=rotation, pixel_aspect=aspect)
+    info = probe_video(path)
+    assert info.pixel_aspect == aspect and (info.coded_width, info.coded_height) == stored
+    assert (info.width, info.height) == shown
+    assert "stored %dx%d with pixel aspect %d:%d" % (*stored, aspect.numerator, aspect.denominator) in info.summary()
+    frames = next(VideoReader(path).iter_chunks(4)).frames
+    assert frames.shape == (4, shown[1], shown[0], 3)
+    for k, frame in enumerate(frames):
+        upright = frame if rotation is None else np.rot90(frame, -1)  # the stored picture's axes
+        drawn = code_frame(k, *stored)
+        # as drawn, stretched to square pixels by an independent resampler (the edges of the cells differ)
+        expected = cv2.resize(drawn, (upright.shape[1], upright.shape[0]), interpolation=cv2.INTER_LINEAR)
+        assert np.abs(upright.astype(int) - expected).mean() < 6
+        assert read_code(cv2.resize(upright, stored, interpolation=cv2.INTER_AREA)) == k
+
+
+def test_implausible_pixel_aspect_is_taken_as_square(tmp_path):
+    path = make_video(tmp_path / "sar.mp4", 2, audio=None, pixel_aspect=Fraction(10))
+    with pytest.warns(UserWarning, match="pixel aspect ratio 10 ignored"):
+        info = probe_video(path)
+    assert info.pixel_aspect == 1 and (info.width, info.height) == (96, 64)
+    assert next(VideoReader(path, info).iter_chunks(2)).frames.shape == (2, 64, 96, 3)
 
 
 def test_variable_frame_rate_detected_and_timestamps_kept(tmp_path):
