@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -200,7 +200,9 @@ def _render_edit(video, source_path: Path, output: Path, options: JobOptions, si
     chunk = chunk_frames(edit_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
                          options.memory_budget, picture_bytes(info.width, info.height), in_flight=CHUNKS_IN_FLIGHT,
                          reserved=0 if scan.frames is None else scan.frames.nbytes)
-    with ChunkedRender(output, key, info.frame_count, chunk, info.frame_rate, settings=options.encoder,
+    # the clip's own frames: encoded in its colour, so players show the untouched pixels as they show the clip
+    settings = replace(options.encoder, colour=info.colour)
+    with ChunkedRender(output, key, info.frame_count, chunk, info.frame_rate, settings=settings,
                        **timing(info)) as job:  # its lock is released however the render ends
         from tqdm.auto import tqdm
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from retarget.jobs.session import RenderSession
 from retarget.jobs.stage_times import StageTimes, finish_job
 from retarget.jobs.stages import CHUNKS_IN_FLIGHT, run_stages
 from retarget.provenance.metadata import job_tags
+from retarget.video.colour import SDR_BT709
 from retarget.video.compose import side_by_side_chunk
 from retarget.video.reader import VideoReader
 from retarget.video.resume import ChunkedRender, file_identity, job_digest, with_pixel_aspect
@@ -154,7 +155,9 @@ def _render_run(driving, output: Path, options: JobOptions, reference: bool, sid
     chunk = chunk_frames(run_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
                          options.memory_budget, picture_bytes(info.width, info.height), in_flight=CHUNKS_IN_FLIGHT,
                          reserved=0 if scan.frames is None else scan.frames.nbytes)
-    with ChunkedRender(output, key, hi - lo, chunk, info.frame_rate, settings=options.encoder,
+    # the faces are the model's RGB (and a side-by-side's driving frames RGB as decoded): BT.709, tagged
+    settings = replace(options.encoder, colour=SDR_BT709)
+    with ChunkedRender(output, key, hi - lo, chunk, info.frame_rate, settings=settings,
                        **timing(info, lo, hi)) as job:  # its lock is released however the render ends
         from tqdm.auto import tqdm
 

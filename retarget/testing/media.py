@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from retarget.video.colour import ColourTags
+
 
 def face_photo() -> np.ndarray:
     """scikit-image's astronaut (public domain), cropped around the face: uint8 [300, 300, 3]."""
@@ -61,13 +63,15 @@ def two_face_frames(count: int, width: int = 320, height: int = 160) -> np.ndarr
 
 def write_clip(path: Path, frames: np.ndarray, rate: Fraction = Fraction(30000, 1001), audio: bool = True,
                sample_rate: int = 44100, *, pts: list[int] | None = None, time_base: Fraction | None = None,
-               rotation: int | None = None, pix_fmt: str = "yuv420p", pixel_aspect: Fraction | None = None) -> Path:
+               rotation: int | None = None, pix_fmt: str = "yuv420p", pixel_aspect: Fraction | None = None,
+               colour: ColourTags | None = None) -> Path:
     """Encode ``frames`` (as displayed) with libx264 at ``rate`` (exact) plus, with ``audio``, an AAC sine tone as
     long as the video. ``pts`` with ``time_base`` give variable timestamps; ``rotation`` (degrees
     counter-clockwise, a multiple of 90) stores the pictures turned back and sets the display matrix, so a
     reader that applies it sees ``frames``. ``pixel_aspect`` (anamorphic video) stores the pictures with their
     width divided by it (area resampling) and sets that sample aspect ratio, so a reader that resamples to square
-    pixels sees ``frames`` up to resampling. Odd sizes need a ``pix_fmt`` without chroma subsampling (yuv444p)."""
+    pixels sees ``frames`` up to resampling. ``colour``: encode with that matrix and tag it (default: PyAV's own
+    conversion, BT.601, untagged). Odd sizes need a ``pix_fmt`` without chroma subsampling (yuv444p)."""
     turns = (rotation or 0) // 90
     coded = np.stack([np.rot90(frame, -turns) for frame in frames]) if turns else frames
     if pixel_aspect is not None:
@@ -79,6 +83,10 @@ def write_clip(path: Path, frames: np.ndarray, rate: Fraction = Fraction(30000, 
     stream.pix_fmt = pix_fmt
     if pixel_aspect is not None:
         stream.codec_context.sample_aspect_ratio = Fraction(pixel_aspect)
+    if colour is not None:
+        context = stream.codec_context
+        context.colorspace, context.color_primaries, context.color_trc = colour.matrix, colour.primaries, colour.transfer
+        context.color_range = 1
     stream.options = {"crf": "10", "preset": "ultrafast"}
     tb = time_base if time_base is not None else 1 / rate
     stream.codec_context.time_base = tb
@@ -90,6 +98,8 @@ def write_clip(path: Path, frames: np.ndarray, rate: Fraction = Fraction(30000, 
         audio_stream.layout = "mono"
     for k, frame in enumerate(coded):
         picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        if colour is not None:
+            picture = picture.reformat(format=pix_fmt, dst_colorspace=colour.matrix, dst_color_range=1)
         picture.pts = pts[k] if pts is not None else k
         picture.time_base = tb
         for packet in stream.encode(picture):

@@ -16,6 +16,8 @@ from typing import Literal
 import av
 import numpy as np
 
+from retarget.video.colour import ColourTags
+
 #: Codecs that take ``crf``, with its largest value (0 is the smallest); of these, the ones that take ``preset``.
 _CRF_CODECS = {"libx264": 51, "libx264rgb": 51, "libx265": 51, "libvpx-vp9": 63, "libaom-av1": 63, "libsvtav1": 63}
 _PRESET_CODECS = {"libx264", "libx264rgb", "libx265", "libsvtav1"}
@@ -28,7 +30,9 @@ class EncoderSettings:
     ``codec``: an FFmpeg encoder name (``libx264`` default). ``crf``: constant quality (0 = lossless for x264,
     18 = visually lossless default, 23 = x264's own default; ignored by codecs without CRF). ``preset``: x264/x265
     speed preset (``medium`` default). ``pix_fmt``: ``yuv420p`` default. ``odd_size``: ``"pad"`` or ``"crop"``
-    (see module doc). ``options``: extra encoder options passed to FFmpeg as strings.
+    (see module doc). ``options``: extra encoder options passed to FFmpeg as strings. ``colour``: the matrix the
+    frames are encoded with and the tags written (default, None: BT.709; see :mod:`retarget.video.colour`); the
+    jobs set it from their input.
     """
 
     codec: str = "libx264"
@@ -37,6 +41,7 @@ class EncoderSettings:
     pix_fmt: str = "yuv420p"
     odd_size: Literal["pad", "crop"] = "pad"
     options: Mapping[str, str] = field(default_factory=dict)
+    colour: ColourTags | None = None
 
     def __post_init__(self):
         """Checks the settings at once, opening the encoder on a small picture, so that settings it refuses fail
@@ -64,8 +69,9 @@ class EncoderSettings:
         return options
 
     def as_dict(self) -> dict:
-        """JSON-ready form (for job keys)."""
-        return {
+        """JSON-ready form (for job keys); ``colour`` only when set, so the keys of settings without it stay those
+        of earlier versions."""
+        data = {
             "codec": self.codec,
             "crf": self.crf,
             "preset": self.preset,
@@ -73,6 +79,9 @@ class EncoderSettings:
             "odd_size": self.odd_size,
             "options": dict(sorted((str(k), str(v)) for k, v in self.options.items())),
         }
+        if self.colour is not None:
+            data["colour"] = self.colour.as_dict()
+        return data
 
 
 @functools.lru_cache(maxsize=64)

@@ -18,6 +18,7 @@ import av
 import numpy as np
 
 from retarget.errors import InputError
+from retarget.video.colour import SDR_BT601, ColourTags, stream_colour
 from retarget.video.orientation import Orientation, orientation_from_display_matrix, pixel_aspect, square_pixel_width
 
 
@@ -70,6 +71,7 @@ class VideoInfo:
     audio: AudioInfo | None
     frame_pts: np.ndarray = field(repr=False, compare=False)
     pixel_aspect: Fraction = Fraction(1)
+    colour: ColourTags = SDR_BT601
 
     @property
     def rotation(self) -> int:
@@ -94,7 +96,7 @@ class VideoInfo:
             f"{self.pixel_aspect.numerator}:{self.pixel_aspect.denominator})")
         return (
             f"{self.path.name}: {self.width}x{self.height}{aspect}, {rate} fps{vfr}, {self.frame_count} frames, "
-            f"{self.duration:.3f} s, rotation {self.rotation}, {audio}"
+            f"{self.duration:.3f} s, rotation {self.rotation}, colour {self.colour.describe()}, {audio}"
         )
 
 
@@ -241,6 +243,7 @@ def _probe(path: Path, container: av.container.InputContainer) -> VideoInfo:
         audio=audio,
         frame_pts=frame_pts,
         pixel_aspect=aspect,
+        colour=stream_colour(first_frame),
     )
 
 

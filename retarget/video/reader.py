@@ -1,5 +1,5 @@
-"""Streaming decode: RGB frames in bounded chunks, with their timestamps, as a player shows them (anamorphic
-pixels resampled to square ones, rotation applied).
+"""Streaming decode: RGB frames in bounded chunks, with their timestamps, as a player shows them (the stream's
+colour matrix, see :mod:`retarget.video.colour`; anamorphic pixels resampled to square ones; rotation applied).
 
 Memory: one chunk of ``chunk_size`` frames (``chunk_size * H * W * 3`` bytes) plus the decoder's own few
 reference frames, whatever the clip length. The decoder is flushed at the end of the stream so the last frames
@@ -101,7 +101,8 @@ class VideoReader:
                 if pts > last_pts:
                     break
                 index = lo + produced
-                rgb = info.orientation.apply(frame.to_ndarray(format="rgb24", **square))
+                rgb = info.orientation.apply(
+                    frame.to_ndarray(format="rgb24", src_colorspace=info.colour.matrix, **square))
                 produced += 1
                 yield rgb, int(pts), index
                 if produced == hi - lo:

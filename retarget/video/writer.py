@@ -24,6 +24,7 @@ import numpy as np
 
 from retarget.video.atomic import commit, discard, partial_path
 from retarget.video.audio import AudioMuxer, AudioSource
+from retarget.video.colour import SDR_BT709, is_yuv, output_range
 from retarget.video.encoding import EncoderSettings, encoded_size, fit_frame
 
 
@@ -34,7 +35,9 @@ class VideoWriter:
     given to :meth:`write`; default ``1 / rate``, in which case ``pts`` may be omitted and frame k gets pts k.
     Output timestamps are shifted so the first frame written is at time 0. ``audio``: a source whose audio
     (or a time range of it) goes into the file, see :mod:`retarget.video.audio`. Frames must all have the same
-    size; odd sizes are handled per ``settings.odd_size``.
+    size; odd sizes are handled per ``settings.odd_size``. A YUV pixel format is converted to with the matrix of
+    ``settings.colour`` (default BT.709), which the stream is tagged with, with its primaries, its transfer and the
+    range (see :mod:`retarget.video.colour`), so players agree on the colours.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class VideoWriter:
         self._partial = partial_path(self.path)
         self._container: av.container.OutputContainer | None = None
         self._stream = None
+        self._convert: dict | None = None  # reformat arguments: RGB to the stream's YUV, or None for RGB formats
         self._audio: AudioMuxer | None = None
         self._first_pts: int | None = None
         self._last_pts: int | None = None
@@ -81,6 +85,13 @@ class VideoWriter:
         stream.time_base = self.time_base
         stream.thread_type = "AUTO"
         stream.options = self.settings.codec_options()
+        if is_yuv(self.settings.pix_fmt):
+            colour, colour_range = self.settings.colour or SDR_BT709, output_range(self.settings.pix_fmt)
+            context = stream.codec_context
+            context.colorspace, context.color_primaries = colour.matrix, colour.primaries
+            context.color_trc, context.color_range = colour.transfer, colour_range
+            self._convert = {"format": self.settings.pix_fmt, "dst_colorspace": colour.matrix,
+                             "dst_color_range": colour_range}
         self._stream = stream
         if self.audio_source is not None:
             self._audio = AudioMuxer(self._container, self.audio_source)
@@ -119,6 +130,8 @@ class VideoWriter:
                 raise ValueError(f"pts must increase: {frame_pts} after {self._last_pts}")
             self._last_pts = frame_pts
             picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(fit_frame(frame, enc_w, enc_h)), format="rgb24")
+            if self._convert is not None:  # explicitly, with the matrix the stream is tagged with
+                picture = picture.reformat(**self._convert)
             picture.pts = frame_pts - self._first_pts
             picture.time_base = self.time_base
             for packet in self._stream.encode(picture):

@@ -1,6 +1,7 @@
 """``run`` and ``edit`` on awkward clips: variable frame rate, a display-matrix rotation, anamorphic (non-square)
-pixels, an odd size, 30000/1001 with AAC. Both keep the frame count, the timestamps (VFR) or exact rate, and the
-audio; ``edit`` keeps the displayed size (rotation applied, pixels made square)."""
+pixels, BT.709 tags on an SD picture, an odd size, 30000/1001 with AAC. Both keep the frame count, the timestamps
+(VFR) or exact rate, and the audio; ``edit`` keeps the displayed size (rotation applied, pixels made square) and the
+clip's colour tags, ``run`` tags BT.709."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from retarget.cli import main
+from retarget.video.colour import SDR_BT709
 from retarget.video.probe import probe_video
 from retarget.testing.media import moving_face_frames, write_clip
 
@@ -29,6 +31,9 @@ def make_clip(kind: str, folder) -> tuple:
     if kind == "anamorphic":  # 4:3 pixels: the 160x120 pictures are stored 120x120
         write_clip(path, moving_face_frames(8), pixel_aspect=Fraction(4, 3))
         return path, (160, 120)
+    if kind == "bt709":  # tagged BT.709 below 720 rows, where an untagged clip would count as BT.601
+        write_clip(path, moving_face_frames(8), colour=SDR_BT709)
+        return path, (160, 120)
     if kind == "odd_size":
         write_clip(path, moving_face_frames(8, width=161, height=121), rate=Fraction(25), pix_fmt="yuv444p")
         return path, (161, 121)
@@ -36,7 +41,7 @@ def make_clip(kind: str, folder) -> tuple:
     return path, (160, 120)
 
 
-@pytest.mark.parametrize("kind", ["vfr", "rotated", "anamorphic", "odd_size", "ntsc_aac"])
+@pytest.mark.parametrize("kind", ["vfr", "rotated", "anamorphic", "bt709", "odd_size", "ntsc_aac"])
 @pytest.mark.parametrize("command", ["run", "edit"])
 def test_awkward_clips_keep_count_timing_audio_and_size(kind, command, media, fast_args, tmp_path):
     clip, displayed = make_clip(kind, tmp_path)
@@ -56,8 +61,10 @@ def test_awkward_clips_keep_count_timing_audio_and_size(kind, command, media, fa
     assert result.pixel_aspect == 1  # so is the pixel aspect
     if command == "edit":
         assert (result.width, result.height) == displayed
+        assert result.colour == source.colour
     else:
         assert (result.width, result.height) == (32, 32)
+        assert result.colour == SDR_BT709
 
 
 def test_odd_size_in_yuv420p_is_padded_by_one_pixel(media, fast_args, tmp_path):
