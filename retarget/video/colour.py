@@ -13,8 +13,8 @@ shifted colours there. So:
   (whose faces the model makes in sRGB-like RGB) with BT.709 (:data:`SDR_BT709`).
 
 HDR input (PQ or HLG transfer) is handled in its own encoding, without tone mapping: the models see its non-linear
-values as they are, and ``edit`` keeps its tags, so players tone-map the output as they do the clip (at the bit
-depth of ``--pix-fmt``: ``yuv420p10le`` keeps 10 bits).
+values as they are, and ``edit`` keeps its tags, so players tone-map the output as they do the clip. Frames pass
+through 8-bit RGB, so a 10-bit clip comes out with 8 bits of precision whatever the output's pixel format.
 
 The values are FFmpeg's (``AVColorSpace``, ``AVColorPrimaries``, ``AVColorTransferCharacteristic``), which PyAV
 reads and writes as integers.

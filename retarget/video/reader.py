@@ -80,10 +80,13 @@ class VideoReader:
         lo, hi = self.frame_range(start, end)
         if lo >= hi:
             return
-        # Anamorphic pixels: swscale resamples the width while it converts to RGB (one pass, Lanczos).
-        square = {} if info.pixel_aspect == 1 else {
-            "width": square_pixel_width(info.coded_width, info.pixel_aspect), "height": info.coded_height,
-            "interpolation": "LANCZOS"}
+        # The stream's matrix (see retarget.video.colour); anamorphic pixels: swscale resamples the width while it
+        # converts to RGB (one pass, Lanczos).
+        convert = {"src_colorspace": info.colour.matrix}
+        if info.pixel_aspect != 1:
+            convert.update(width=square_pixel_width(info.coded_width, info.pixel_aspect), height=info.coded_height,
+                           interpolation="LANCZOS")
+        deep = _bits_per_component(info.pix_fmt) > 8
         first_pts, last_pts = int(info.frame_pts[lo]), int(info.frame_pts[hi - 1])
         container = open_input(self.path)
         produced = 0
@@ -101,8 +104,11 @@ class VideoReader:
                 if pts > last_pts:
                     break
                 index = lo + produced
-                rgb = info.orientation.apply(
-                    frame.to_ndarray(format="rgb24", src_colorspace=info.colour.matrix, **square))
+                if deep:  # swscale's 10/12-bit to rgb24 path reads ~2 levels dark; via 16 bits within 1
+                    rgb = _round_to_8_bits(frame.to_ndarray(format="rgb48le", **convert))
+                else:
+                    rgb = frame.to_ndarray(format="rgb24", **convert)
+                rgb = info.orientation.apply(rgb)
                 produced += 1
                 yield rgb, int(pts), index
                 if produced == hi - lo:
@@ -139,6 +145,19 @@ class VideoReader:
                 buffer, pts, indices = None, [], []
         if pts:
             yield _chunk(buffer[: len(pts)], pts, indices, info.start_pts, scale)
+
+
+def _bits_per_component(pix_fmt: str | None) -> int:
+    """Bits of a pixel format's first component (8 when unknown)."""
+    try:
+        return int(av.VideoFormat(pix_fmt).components[0].bits) if pix_fmt else 8
+    except (ValueError, TypeError, IndexError):
+        return 8
+
+
+def _round_to_8_bits(rgb16: np.ndarray) -> np.ndarray:
+    """uint16 ``[..., 3]`` (0..65535) to uint8 (0..255), rounded to the nearest level (65535 / 255 = 257)."""
+    return ((rgb16.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
 def _chunk(frames: np.ndarray, pts: list[int], indices: list[int], start_pts: int, scale: float) -> FrameChunk:

@@ -111,3 +111,16 @@ def test_untagged_inputs_are_read_as_a_browser_reads_them(tmp_path, height, expe
     planes = written_planes(clip)[0]
     frame = next(VideoReader(clip).iter_chunks(1)).frames[0]
     assert np.abs(frame - limited_range_rgb(planes, expected.matrix)).max() <= 1.5
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv444p10le", "yuv420p10le"])
+def test_ten_bit_clips_are_read_to_the_nearest_level(tmp_path, pix_fmt):
+    """A 10-bit clip is converted through 16-bit RGB: greys and colours within one level (swscale's direct 8-bit
+    output read them about 2 levels dark)."""
+    picture = patches_picture(16)
+    clip = write_clip(tmp_path / "deep.mp4", picture[None], Fraction(25), audio=False, pix_fmt=pix_fmt,
+                      colour=SDR_BT709)
+    assert probe_video(clip).pix_fmt == pix_fmt
+    frame = next(VideoReader(clip).iter_chunks(1)).frames[0]
+    centres = [16 * k + 8 for k in range(len(PATCHES))]  # away from 4:2:0 chroma at the patches' edges
+    assert np.abs(frame[4:12, centres].astype(int) - picture[4:12, centres]).max() <= 1
