@@ -85,7 +85,8 @@ def write_clip(path: Path, frames: np.ndarray, rate: Fraction = Fraction(30000, 
         stream.codec_context.sample_aspect_ratio = Fraction(pixel_aspect)
     if colour is not None:
         context = stream.codec_context
-        context.colorspace, context.color_primaries, context.color_trc = colour.matrix, colour.primaries, colour.transfer
+        context.colorspace, context.color_primaries = colour.matrix, colour.primaries
+        context.color_trc = colour.transfer
         context.color_range = 1
     stream.options = {"crf": "10", "preset": "ultrafast"}
     tb = time_base if time_base is not None else 1 / rate

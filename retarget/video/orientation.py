@@ -105,7 +105,8 @@ PIXEL_ASPECT_RANGE = (Fraction(1, 4), Fraction(4))
 def pixel_aspect(stream) -> Fraction:
     """The sample aspect ratio (pixel width / pixel height) of a PyAV video stream, as FFmpeg guesses it: the
     container's value when set, else the codec's; 1 when neither is set or the value is implausible (a warning)."""
-    for value in (getattr(stream, "sample_aspect_ratio", None), getattr(stream.codec_context, "sample_aspect_ratio", None)):
+    for value in (getattr(stream, "sample_aspect_ratio", None),
+                  getattr(stream.codec_context, "sample_aspect_ratio", None)):
         if value is not None and value.numerator > 0 and value.denominator > 0:
             aspect = Fraction(value.numerator, value.denominator)
             low, high = PIXEL_ASPECT_RANGE

@@ -47,10 +47,12 @@ class VideoInfo:
 
     Sizes: ``width``/``height`` are the display size in square pixels (after resampling anamorphic pixels, whose
     width is ``pixel_aspect`` times their height, and after rotation; see :mod:`retarget.video.orientation`),
-    ``coded_width``/``coded_height`` the stored one. Times: ``frame_rate`` is exact (``Fraction(30000, 1001)`` for NTSC 29.97); for variable-frame-rate input
-    (``is_vfr``) it is the mean rate and ``frame_pts`` are the real timestamps. ``frame_pts`` holds every frame's
-    presentation timestamp in ``time_base`` units, sorted; ``start_pts`` is the first. ``duration`` in seconds
-    runs from the first frame to the end of the last one.
+    ``coded_width``/``coded_height`` the stored one. Times: ``frame_rate`` is exact (``Fraction(30000, 1001)`` for
+    NTSC 29.97); for variable-frame-rate input (``is_vfr``) it is the mean rate and ``frame_pts`` are the real
+    timestamps. ``frame_pts`` holds every frame's presentation timestamp in ``time_base`` units, sorted;
+    ``start_pts`` is the first. ``duration`` in seconds runs from the first frame to the end of the last one.
+    ``colour``: the matrix the frames are decoded with, and the primaries and transfer, from the stream's tags or,
+    where they are missing, as a browser takes them (see :mod:`retarget.video.colour`).
     """
 
     path: Path

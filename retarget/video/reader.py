@@ -26,9 +26,10 @@ from retarget.video.probe import VideoInfo, _reason, open_input, probe_video
 class FrameChunk:
     """Consecutive decoded frames.
 
-    ``frames``: uint8 ``[n, H, W, 3]`` RGB in display orientation and square pixels. ``pts``: int64 ``[n]`` presentation timestamps
-    in the stream's ``time_base``. ``times``: float64 ``[n]`` seconds since the clip's first frame. ``indices``:
-    int64 ``[n]`` frame numbers in the whole clip (0 = first frame), also when reading a time range.
+    ``frames``: uint8 ``[n, H, W, 3]`` RGB in display orientation and square pixels. ``pts``: int64 ``[n]``
+    presentation timestamps in the stream's ``time_base``. ``times``: float64 ``[n]`` seconds since the clip's
+    first frame. ``indices``: int64 ``[n]`` frame numbers in the whole clip (0 = first frame), also when reading a
+    time range.
     """
 
     frames: np.ndarray
