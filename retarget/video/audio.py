@@ -65,6 +65,9 @@ class AudioMuxer:
         self.copied = (not source.reencode) and codec in output.supported_codecs
         if self.copied:
             self.stream = output.add_stream_from_template(in_stream)
+            layout = _named_layout(in_stream.codec_context)
+            if layout is not None:
+                self.stream.codec_context.layout = layout
             self._items = self._copy_packets()
         else:
             self.stream = self._add_encoder(output, in_stream)
@@ -86,7 +89,8 @@ class AudioMuxer:
         if rates and rate not in rates:
             rate = 48000 if 48000 in rates else max(rates)
         stream = output.add_stream(name, rate=rate)
-        stream.layout = in_stream.codec_context.layout.name if in_stream.codec_context.layout else "stereo"
+        stream.layout = _named_layout(in_stream.codec_context) or (
+            in_stream.codec_context.layout.name if in_stream.codec_context.layout else "stereo")
         return stream
 
     def _in_range(self, start: Fraction, end: Fraction) -> bool:
@@ -193,6 +197,24 @@ class AudioMuxer:
         if self.has_audio and self._input is not None:
             self._input.close()
             self._input = None
+
+
+# FFmpeg's default layout for a channel count (``av_channel_layout_default``).
+_DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+
+
+def _named_layout(codec_context) -> str | None:
+    """The default layout name for an audio stream whose channels are counted but not named, else None.
+
+    AVI and WAV audio without a channel mask reads as e.g. ``"2 channels"``; the MP4 muxer refuses to write PCM in
+    such a layout (``unsupported channel layout``, when the file is closed), so the output stream is given the
+    layout FFmpeg assumes for that many channels. The samples are unchanged.
+    """
+    layout = codec_context.layout
+    channels = len(layout.channels) if layout is not None else 0
+    if layout is None or layout.name != f"{channels} channels":
+        return None
+    return _DEFAULT_LAYOUTS.get(channels)
 
 
 def _slice_frame(frame: av.AudioFrame, lo: int, hi: int) -> av.AudioFrame:

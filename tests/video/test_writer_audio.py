@@ -2,6 +2,7 @@
 
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 
@@ -65,6 +66,33 @@ def test_audio_reencoded_when_container_cannot_hold_it(tmp_path):
     assert info.audio.codec == "aac"
     assert info.audio.duration == pytest.approx(30 * 1001 / 30000, abs=0.05)
     assert info.frame_count == 30
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv"])
+def test_pcm_without_channel_names_is_copied(suffix, tmp_path):
+    # AVI stores PCM without a channel mask: it reads back as "2 channels", which the MP4 muxer refused when the
+    # file was closed (EINVAL). The output stream is named stereo; the samples are copied byte for byte.
+    source = make_video(tmp_path / "camera.avi", 30, audio="pcm_s16le")
+    with av.open(str(source)) as container:
+        assert container.streams.audio[0].codec_context.layout.name == "2 channels"
+    out = transcode(source, tmp_path / f"out{suffix}")
+    info = probe_video(out)
+    assert info.audio.codec == "pcm_s16le"
+    assert info.frame_count == 30
+    assert b"".join(audio_packets(out)) == b"".join(audio_packets(source))
+    with av.open(str(out)) as container:  # Matroska stores a channel count only
+        expected = "2 channels" if suffix == ".mkv" else "stereo"
+        assert container.streams.audio[0].codec_context.layout.name == expected
+
+
+def test_pcm_without_channel_names_is_reencoded_where_needed(tmp_path):
+    source = make_video(tmp_path / "camera.avi", 30, audio="pcm_s16le")
+    out = transcode(source, tmp_path / "out.webm", settings=EncoderSettings(codec="libvpx-vp9", crf=40))
+    info = probe_video(out)
+    assert info.audio.codec == "opus"
+    assert info.audio.duration == pytest.approx(30 * 1001 / 30000, abs=0.05)
+    with av.open(str(out)) as container:
+        assert container.streams.audio[0].codec_context.layout.name == "stereo"
 
 
 def test_audio_range_reencoded_is_cut_to_the_sample(tmp_path):
