@@ -154,6 +154,9 @@ def _scan_edit(video, expression, output: Path, options: JobOptions, start: floa
                      frames=(lo, hi), memory_budget=options.memory_budget, keep_frames=keep,
                      overlap=options.overlap, check=scan_check(session, check), times=stats)
 
+    note = scan.missing_face_note(info.path.name, (lo, hi))
+    if note:
+        log.warning("%s; those frames pass through unedited", note)
     times = scan.times
     values = np.zeros((info.frame_count, 55), np.float32)
     has_values = np.zeros(info.frame_count, bool)

@@ -7,6 +7,7 @@ file stays a faithful record. See :mod:`retarget.motion.motion_file` for the for
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from retarget.devices import resolve_device
@@ -16,6 +17,8 @@ from retarget.jobs.frames import face_reference, scan_clip
 from retarget.jobs.options import JobOptions
 from retarget.motion.motion_file import save_motion
 from retarget.video.reader import VideoReader
+
+log = logging.getLogger(__name__)
 
 
 def extract_job(video, output, options: JobOptions, faces: FaceModels | None = None) -> Path:
@@ -27,6 +30,9 @@ def extract_job(video, output, options: JobOptions, faces: FaceModels | None = N
     reference = face_reference(options.face_reference, faces) if options.face_reference is not None else None
     scan = scan_clip(reader, faces, options.face_index, chunk_size=options.chunk_size, progress=options.progress,
                      reference=reference, memory_budget=options.memory_budget, overlap=options.overlap)
+    note = scan.missing_face_note(reader.info.path.name, filled=False)
+    if note:
+        log.warning("%s; the motion file marks them missing", note)
     metadata = {"source": Path(video).name, "frames": str(reader.info.frame_count)}
     if reference is None:
         metadata["face_index"] = str(options.face_index)

@@ -95,6 +95,27 @@ class ClipScan:
         return MotionTrack(self.expressions[lo:hi], valid[lo:hi], self.times[lo:hi] - self.times[lo],
                            self.rate, metadata=metadata or {})
 
+    def missing_face_note(self, name: str, frames: tuple[int, int] | None = None, filled: bool = True) -> str | None:
+        """One line naming the frames of ``[first, stop)`` (default: all) that do not have the followed face
+        (``valid`` False: after gap filling; with ``filled`` False, ``detected`` False), e.g. ``"clip.mp4: no face in 38 of 90 frames (0.87-2.10 s)"``, with
+        at most three time spans (seconds from the clip's first frame, each from the first missing frame's time to
+        the end of the last); None when every frame has it."""
+        lo, hi = frames if frames is not None else (0, len(self.valid))
+        missing = ~(self.valid if filled else self.detected)[lo:hi]
+        count = int(missing.sum())
+        if count == 0:
+            return None
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], missing.astype(np.int8), [0]])))
+        spans = [(lo + a, lo + b) for a, b in zip(edges[::2], edges[1::2])]  # [first, stop) clip frame numbers
+        period = float(1 / self.rate) if self.rate else 0.0
+
+        def end_time(stop: int) -> float:
+            return float(self.times[stop]) if stop < len(self.times) else float(self.times[stop - 1]) + period
+
+        shown = ", ".join(f"{float(self.times[a]):.2f}-{end_time(b):.2f} s" for a, b in spans[:3])
+        more = f" and {len(spans) - 3} more span(s)" if len(spans) > 3 else ""
+        return f"{name}: no face in {count} of {hi - lo} frames ({shown}{more})"
+
     def smoothed_keypoints(self, cutoff_hz: float = 3.0) -> np.ndarray:
         """Keypoints with zero-lag Kalman/RTS smoothing over time (steadier paste-back): the detected frames are
         the measurements, every valid frame (filled ones included) gets the smoothed estimate, frames that are not

@@ -55,7 +55,8 @@ def test_retarget_equals_cli_and_keeps_the_model_warm(client, served_app, media,
     service = served_app[1]
     first = client.predict(handle_file(str(media["clip"])), handle_file(str(media["photo"])),
                            *values("retarget", steps=1), api_name="/retarget")
-    assert first[3] == "Done."
+    assert first[3] == "Done with 1 warning(s)."  # the clip's last two frames have no face
+    assert "clip.mp4: no face in 2 of 12 frames (0.33-0.40 s)" in first[2]
     session = next(iter(service.sessions))
     pipeline = session.pipeline
 
@@ -64,7 +65,7 @@ def test_retarget_equals_cli_and_keeps_the_model_warm(client, served_app, media,
         handle_file(str(media["clip"])), handle_file(str(media["photo"])),
         *values("retarget", seed=3, expression_gain=1.5, end=0.3), api_name="/retarget")
     app_calls = list(renders)
-    assert status == "Done." and warnings == ""
+    assert status == "Done." and warnings == ""  # the frames without a face are after --end
     assert list(service.sessions) == [session] and session.pipeline is pipeline  # loaded once, reused
     assert session.options.steps == 2 and session.options.seed == 3  # this job's settings, not the first one's
 
@@ -96,7 +97,7 @@ def test_edit_with_photo_side_by_side(client, media):
     video, download, warnings, status = client.predict(
         handle_file(str(media["clip"])), handle_file(str(media["photo"])),
         *values("edit", side_by_side=True, color_match=True), api_name="/edit")
-    assert status == "Done."
+    assert status == "Done with 1 warning(s)." and "those frames pass through unedited" in warnings
     frames, rate = video_frames(as_path(download))
     assert frames.shape == (12, 120, 320, 3) and rate == Fraction(30000, 1001)  # original | result
     change = np.abs(frames[:, :, :160].astype(int) - frames[:, :, 160:]).mean(axis=(1, 2, 3))
@@ -110,7 +111,7 @@ def test_motion_equals_extract(client, media, cli_models, tmp_path, capsys):
 
     curves, motion, warnings, status = client.predict(handle_file(str(media["clip"])), "exp00,jaw0",
                                                       *values("motion"), api_name="/motion")
-    assert status == "Done."
+    assert status == "Done with 1 warning(s)." and "the motion file marks them missing" in warnings
     track = load_motion(as_path(motion))
     reference = tmp_path / "cli.npz"
     code, _ = cli(["extract", media["clip"], "-o", reference, *model_args(cli_models)[:6], "--no-progress"], capsys)

@@ -118,6 +118,7 @@ def test_stderr_names_the_face_models_once_they_loaded(media, cli_models, tmp_pa
         "not found)",
         f"retarget.faces.expressions: SMIRK crop: from the detector's keypoints "
         f"({models / 'smirk' / 'face_landmarker.task'} not found), RGB input",
+        "retarget.jobs.extract: clip.mp4: no face in 2 of 12 frames (0.33-0.40 s); the motion file marks them missing",
     ]
     # a failure before any face model loaded: the error line alone
     failed = _cli(["extract", tmp_path / "absent.mp4", "-o", tmp_path / "n.npz", "--models", models])
@@ -139,6 +140,47 @@ def test_compile_without_a_cxx_compiler_warns_once_and_renders_eagerly(media, fa
     assert len(failed) == 1 and "Traceback" not in done.stderr, done.stderr
     assert failed[0].startswith("retarget.pipeline.compile: torch.compile failed (")
     assert "C++ compiler" in failed[0] and failed[0].endswith("); rendering without it")
+    assert probe_video(out).frame_count == FRAMES
+
+
+# --- frames without the face ----------------------------------------------------------------------------------
+
+def _scan(valid, detected=None, rate=Fraction(25)):
+    from retarget.jobs.frames import ClipScan
+
+    valid = np.asarray(valid, bool)
+    times = np.arange(len(valid)) / float(rate)
+    return ClipScan(np.zeros((len(valid), 5, 2), np.float32), valid, times, rate,
+                    detected=None if detected is None else np.asarray(detected, bool))
+
+
+def test_missing_face_note_counts_and_spans_the_frames_without_the_face():
+    assert _scan([1, 1, 1]).missing_face_note("a.mp4") is None
+    scan = _scan([0, 0, 1, 1, 0, 1, 1, 1, 0, 0])  # 25 fps: frames 0-1, 4, 8-9 missing
+    assert scan.missing_face_note("a.mp4") == "a.mp4: no face in 5 of 10 frames (0.00-0.08 s, 0.16-0.20 s, 0.32-0.40 s)"
+    # a range counts only its own frames, at the clip's times
+    assert scan.missing_face_note("a.mp4", (3, 6)) == "a.mp4: no face in 1 of 3 frames (0.16-0.20 s)"
+    assert scan.missing_face_note("a.mp4", (5, 8)) is None
+    # more than three spans: the first three and a count
+    many = _scan([0, 1] * 5)
+    assert many.missing_face_note("b.mp4") == \
+        "b.mp4: no face in 5 of 10 frames (0.00-0.04 s, 0.08-0.12 s, 0.16-0.20 s and 2 more span(s))"
+    # filled False counts the frames the detector missed, filled gaps included
+    filled = _scan([1, 1, 1, 1], detected=[1, 0, 0, 1])
+    assert filled.missing_face_note("c.mp4") is None
+    assert filled.missing_face_note("c.mp4", filled=False) == "c.mp4: no face in 2 of 4 frames (0.04-0.12 s)"
+
+
+@pytest.mark.parametrize("command", ["run", "edit"])
+def test_run_and_edit_say_which_frames_have_no_face(command, media, fast_args, tmp_path, caplog):
+    out = tmp_path / "out.mp4"
+    target = ["--identity", media["photo"]] if command == "run" else ["--expression", media["photo"]]
+    with caplog.at_level("WARNING", logger="retarget.jobs"):
+        assert main([command, str(media["clip"]), *map(str, target), "-o", str(out), *fast_args]) == 0
+    notes = [r.getMessage() for r in caplog.records if "no face in" in r.getMessage()]
+    consequence = ("those frames take the expressions of the neighbouring frames with a face" if command == "run"
+                   else "those frames pass through unedited")
+    assert notes == [f"clip.mp4: no face in 2 of 12 frames (0.33-0.40 s); {consequence}"]
     assert probe_video(out).frame_count == FRAMES
 
 
