@@ -40,7 +40,10 @@ from retarget.video.resume import job_digest
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
+#: What ``batch`` takes as a video, by file extension (any case): the common containers, camcorder MPEG-TS
+#: (AVCHD ``.mts``/``.m2ts``), phone ``.3gp``, broadcast ``.mxf`` and Ogg ``.ogv``.
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".flv",
+                  ".wmv", ".3gp", ".mxf", ".ogv")
 FAILURES_NAME = "failures.jsonl"
 
 

@@ -72,6 +72,18 @@ def test_edit_junk_motion_and_debug_traceback(media, fast_args, tmp_path, capsys
     assert_one_line_error(code, err, "x.avi")
 
 
+def test_batch_lists_videos_by_extension_in_any_case(tmp_path):
+    from retarget.jobs.batch import list_videos
+
+    names = ["a.mp4", "B.MOV", "c.MTS", "d.m2ts", "e.3gp", "f.mxf", "g.ogv", "h.webm", ".hidden.mp4", "notes.txt",
+             "still.jpg", "anim.gif"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "folder.mp4").mkdir()  # a folder is not a video, whatever its name
+    assert [p.name for p in list_videos(tmp_path)] == ["B.MOV", "a.mp4", "c.MTS", "d.m2ts", "e.3gp", "f.mxf",
+                                                       "g.ogv", "h.webm"]
+
+
 def test_batch_skips_finished_logs_failures_and_exits_non_zero(media, fast_args, tmp_path, capsys, caplog,
                                                                monkeypatch):
     inputs, outputs = tmp_path / "in", tmp_path / "out"
