@@ -22,6 +22,11 @@ from retarget.video.orientation import square_pixel_width
 from retarget.video.probe import VideoInfo, _reason, open_input, probe_video
 
 
+#: How much earlier (seconds) a seek that landed after a range's first frame is tried again, before decoding from the
+#: top: about one GOP of camcorder MPEG-TS, then longer GOPs (x264's default keyframe interval is 250 frames).
+SEEK_RETRIES_S = (1.0, 5.0, 20.0)
+
+
 @dataclass(frozen=True)
 class FrameChunk:
     """Consecutive decoded frames.
@@ -76,7 +81,13 @@ class VideoReader:
     ) -> Iterator[tuple[np.ndarray, int, int]]:
         """Yield ``(rgb, pts, index)``: uint8 ``[H, W, 3]`` RGB as shown (square pixels, display orientation; ``H``
         and ``W`` are ``info.height``/``info.width``), the pts in ``info.time_base``, and the frame number in the
-        whole clip, for the frames with ``start <= t < end``."""
+        whole clip, for the frames with ``start <= t < end``.
+
+        A range that does not begin at the first frame starts with a seek, which is checked: where the demuxer
+        lands after the range's first frame (MPEG-TS and MPEG-PS have no index and can land on a frame that is not a
+        keyframe, from which the decoder shows nothing until the next keyframe), the seek is tried again
+        :data:`SEEK_RETRIES_S` seconds earlier, and in the end the clip is decoded from its start.
+        """
         info = self.info
         lo, hi = self.frame_range(start, end)
         if lo >= hi:
@@ -89,40 +100,64 @@ class VideoReader:
                            interpolation="LANCZOS")
         deep = _bits_per_component(info.pix_fmt) > 8
         first_pts, last_pts = int(info.frame_pts[lo]), int(info.frame_pts[hi - 1])
-        container = open_input(self.path)
         produced = 0
-        try:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            if self.threads:
-                stream.codec_context.thread_count = self.threads
-            if lo > 0:
-                container.seek(first_pts, stream=stream, backward=True, any_frame=False)
-            for frame in container.decode(stream):
-                pts = frame.pts if frame.pts is not None else int(info.frame_pts[min(lo + produced, hi - 1)])
-                if pts < first_pts:
-                    continue
-                if pts > last_pts:
-                    break
-                index = lo + produced
-                if deep:  # swscale's 10/12-bit to rgb24 path reads ~2 levels dark; via 16 bits within 1
-                    rgb = _round_to_8_bits(frame.to_ndarray(format="rgb48le", **convert))
-                else:
-                    rgb = frame.to_ndarray(format="rgb24", **convert)
-                rgb = info.orientation.apply(rgb)
-                produced += 1
-                yield rgb, int(pts), index
-                if produced == hi - lo:
-                    break
-        except av.error.FFmpegError as error:
-            raise InputError(f"{self.path}: damaged video, decoding stopped at frame {lo + produced} "
-                             f"({_reason(error)})") from error
-        finally:
-            container.close()
+        for seek_pts in self._seek_targets(first_pts) if lo > 0 else [None]:
+            container = open_input(self.path)
+            try:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                if self.threads:
+                    stream.codec_context.thread_count = self.threads
+                if seek_pts is not None:
+                    container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
+                decoded = 0  # frames decoded in this pass: their numbers in the clip when it starts at the top
+                for frame in container.decode(stream):
+                    if frame.pts is not None:
+                        pts = frame.pts
+                    elif seek_pts is None:
+                        pts = int(info.frame_pts[min(decoded, len(info.frame_pts) - 1)])
+                    else:
+                        break  # no timestamp after a seek: the position is unknown, decode from the top instead
+                    decoded += 1
+                    if decoded == 1 and seek_pts is not None and pts > first_pts:
+                        break  # landed after the range's first frame
+                    if pts < first_pts:
+                        continue
+                    if pts > last_pts:
+                        break
+                    index = lo + produced
+                    if deep:  # swscale's 10/12-bit to rgb24 path reads ~2 levels dark; via 16 bits within 1
+                        rgb = _round_to_8_bits(frame.to_ndarray(format="rgb48le", **convert))
+                    else:
+                        rgb = frame.to_ndarray(format="rgb24", **convert)
+                    rgb = info.orientation.apply(rgb)
+                    produced += 1
+                    yield rgb, int(pts), index
+                    if produced == hi - lo:
+                        break
+            except av.error.FFmpegError as error:
+                raise InputError(f"{self.path}: damaged video, decoding stopped at frame {lo + produced} "
+                                 f"({_reason(error)})") from error
+            finally:
+                container.close()
+            if produced > 0 or seek_pts is None:
+                break  # a frame of the range came out (nothing is decoded twice), or this pass started at the top
         if produced < hi - lo:
             raise InputError(
                 f"{self.path}: truncated or damaged video, decoded {produced} of {hi - lo} frames"
             )
+
+    def _seek_targets(self, first_pts: int) -> list[int | None]:
+        """Where to seek for a range starting at ``first_pts``, in order of trial: the frame itself, then
+        :data:`SEEK_RETRIES_S` seconds earlier, then None (decode from the top)."""
+        info = self.info
+        targets = []
+        for back in (0.0, *SEEK_RETRIES_S):
+            target = first_pts - round(Fraction(back) / info.time_base)
+            if target <= info.start_pts:
+                break
+            targets.append(target)
+        return [*targets, None]
 
     def iter_chunks(
         self, chunk_size: int = 16, start: float | None = None, end: float | None = None

@@ -9,6 +9,7 @@ import pytest
 
 from retarget.errors import InputError
 from retarget.video import VideoReader, probe_video
+from retarget.video.probe import open_input
 from tests.video.synthetic import code_frame, make_video, read_code
 
 
@@ -54,6 +55,31 @@ def test_time_range_selects_exact_frames(ntsc):
     chunk = next(reader.iter_chunks(4, start=1.2))
     assert chunk.indices.tolist() == [36, 37, 38, 39]
     assert chunk.times[0] == pytest.approx(36 * 1001 / 30000)
+
+
+@pytest.mark.parametrize("keyframe_interval", [None, 12])
+def test_ranges_of_an_mpeg_ts_clip_are_exact(tmp_path, keyframe_interval, monkeypatch):
+    # MPEG-TS has no index: a seek lands on a packet by timestamp, often not a keyframe, and the decoder then shows
+    # nothing until the next keyframe (with x264's default GOP, none at all: a range read gave 0 frames).
+    clip = make_video(tmp_path / "camcorder.ts", 60, audio="aac", keyframe_interval=keyframe_interval)
+    import retarget.video.reader as reader_module
+
+    opened = []
+    monkeypatch.setattr(reader_module, "open_input", lambda path: opened.append(path) or open_input(path))
+    reader = VideoReader(clip)
+    for start, end in [(0.5, 1.0), (1.2, None), (0.0, 0.3)]:
+        lo, hi = reader.frame_range(start, end)
+        got = [(index, read_code(rgb)) for rgb, _, index in reader.iter_frames(start, end)]
+        assert got == [(k, k) for k in range(lo, hi)]
+    chunks = list(reader.iter_chunks(16, start=0.4))
+    assert [read_code(f) for c in chunks for f in c.frames] == list(range(12, 60))
+    if keyframe_interval is None:
+        assert len(opened) > 4  # a seek missed and was tried again
+    # a clip with an index seeks once
+    opened.clear()
+    mp4 = make_video(tmp_path / "indexed.mp4", 60, audio=None, keyframe_interval=keyframe_interval)
+    assert [read_code(rgb) for rgb, _, _ in VideoReader(mp4).iter_frames(1.2, None)] == list(range(36, 60))
+    assert len(opened) == 1
 
 
 @pytest.mark.parametrize(("rotation", "turns"), [(90, 1), (-90, -1), (180, 2)])
