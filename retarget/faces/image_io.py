@@ -7,6 +7,8 @@ Every function in :mod:`retarget.faces` takes and returns images as **RGB uint8 
 * grayscale (``L``, ``1``), palette (``P``), CMYK, YCbCr and LAB images are converted to RGB;
 * images with transparency (``RGBA``, ``LA``, ``P`` with a transparent colour) are composited over white;
 * 16-bit images (``I;16`` grayscale PNG, 48/64-bit RGB(A) PNG) are scaled to 8 bits (value / 257, rounded);
+* HEIF/HEIC photos (the iPhone's format) are read with pillow-heif where it is installed (the ``heif`` extra), and
+  name it in their error otherwise; AVIF is read by Pillow itself;
 * a missing, empty, truncated or non-image file raises :class:`~retarget.errors.InputError` naming the file.
 """
 
@@ -24,13 +26,16 @@ __all__ = ["load_image", "to_rgb_uint8"]
 
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _WHITE = (255, 255, 255)
+# Major brands of the ISO-BMFF ``ftyp`` box of HEIF images with HEVC pictures (``heic``: Apple's photos).
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+_heif_registered = False
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file into an upright RGB uint8 array.
 
     Args:
-        path: a file PIL can decode (JPEG, PNG, WebP, TIFF, BMP, ...).
+        path: a file PIL can decode (JPEG, PNG, WebP, AVIF, TIFF, BMP, ...), or HEIF/HEIC with pillow-heif.
 
     Returns:
         RGB uint8 array [H, W, 3], EXIF orientation applied, transparency composited over white.
@@ -45,6 +50,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{path}: is a folder, not an image file")
     if not path.is_file():
         raise InputError(f"{path}: is a special file (device, pipe or socket), not an image file")
+    if _is_heif(path):
+        _register_heif(path)
     try:
         with Image.open(path) as image:
             image.load()
@@ -52,6 +59,32 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             return _pil_to_rgb_uint8(upright)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"cannot read image {path}: not a readable image file ({exc})") from exc
+
+
+def _is_heif(path: Path) -> bool:
+    """Whether the file starts with an ISO-BMFF ``ftyp`` box of a HEIF brand (see :data:`_HEIF_BRANDS`)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
+
+
+def _register_heif(path: Path) -> None:
+    """Let Pillow open HEIF files through pillow-heif (once per process); InputError naming ``path`` and the fix
+    when pillow-heif is not installed. pillow-heif applies the file's own rotation and mirroring and clears the EXIF
+    orientation, so :func:`load_image` does not turn the picture twice."""
+    global _heif_registered
+    if _heif_registered:
+        return
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError as exc:
+        raise InputError(f"{path}: a HEIF/HEIC photo (the iPhone's format) needs pillow-heif: pip install pillow-heif "
+                         "(the extra retarget[heif]), or save the photo as JPEG") from exc
+    register_heif_opener()
+    _heif_registered = True
 
 
 def _pil_to_rgb_uint8(image: Image.Image) -> np.ndarray:

@@ -54,7 +54,7 @@ from retarget.video.resume import ChunkedRender, file_identity, job_digest, with
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif")
 
 
 @dataclass(frozen=True)

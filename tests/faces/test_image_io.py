@@ -46,6 +46,25 @@ def test_grayscale_rgba_cmyk_and_16_bit(tmp_path, photo):
     assert deep.dtype == np.uint8 and np.array_equal(deep[..., 0], photo[:, :, 1])
 
 
+def test_heic_and_avif_photos(tmp_path, photo, monkeypatch):
+    pillow_heif = pytest.importorskip("pillow_heif", reason="pillow-heif (the heif extra) is not installed")
+    from retarget.faces import image_io
+
+    pillow_heif.register_heif_opener()  # to write the test file
+    Image.fromarray(photo).save(tmp_path / "IMG_0001.HEIC", quality=95)
+    assert (tmp_path / "IMG_0001.HEIC").read_bytes()[4:12] == b"ftypheic"
+    loaded = load_image(tmp_path / "IMG_0001.HEIC")
+    assert loaded.shape == (60, 90, 3) and loaded.dtype == np.uint8 and np.abs(loaded.astype(int) - photo).mean() < 6
+    Image.fromarray(photo).save(tmp_path / "photo.avif", quality=95)
+    assert np.abs(load_image(tmp_path / "photo.avif").astype(int) - photo).mean() < 6
+
+    # without pillow-heif: one error naming the file and the fix
+    monkeypatch.setattr(image_io, "_heif_registered", False)
+    monkeypatch.setitem(__import__("sys").modules, "pillow_heif", None)
+    with pytest.raises(InputError, match=r"IMG_0001.HEIC: a HEIF/HEIC photo .* needs pillow-heif: pip install"):
+        load_image(tmp_path / "IMG_0001.HEIC")
+
+
 def test_unreadable_files_are_input_errors_naming_the_file(tmp_path):
     (tmp_path / "notes.jpg").write_text("this is not an image")
     with pytest.raises(InputError, match="notes.jpg"):
