@@ -150,6 +150,25 @@ class _stderr_captured:
         return lines[-1].split("]: ", 1)[-1] if lines else ""
 
 
+def apple_codec_tag(codec_name: str, suffix: str) -> str | None:
+    """The sample-entry tag to give a video stream of encoder (or codec) ``codec_name`` in a file ending in
+    ``suffix`` so that Apple's players (QuickTime, Safari, iOS, Photos) play it: ``"hvc1"`` for HEVC in MP4/MOV
+    (FFmpeg's default there is ``hev1``, which they refuse), None where the default is right."""
+    if suffix.lower() not in (".mp4", ".mov", ".m4v"):
+        return None
+    return "hvc1" if _codec_id(codec_name) == _codec_id("hevc") else None
+
+
+def _codec_id(name: str) -> int | None:
+    """FFmpeg's codec id of an encoder or decoder name (``libx265`` and ``hevc`` share one), None if unknown."""
+    for mode in ("w", "r"):
+        try:
+            return av.Codec(name, mode).id
+        except Exception:  # PyAV raises its own UnknownCodecError (a ValueError) or FFmpegError by version
+            continue
+    return None
+
+
 def size_alignment(pix_fmt: str) -> tuple[int, int]:
     """(horizontal, vertical) multiple that frame sizes must have for ``pix_fmt`` (2, 2 for ``yuv420p``)."""
     fmt = av.VideoFormat(pix_fmt)

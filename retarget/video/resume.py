@@ -36,7 +36,7 @@ import numpy as np
 
 from retarget.video.atomic import atomic_output, commit, discard, partial_path
 from retarget.video.audio import AudioMuxer, AudioSource
-from retarget.video.encoding import EncoderSettings
+from retarget.video.encoding import EncoderSettings, apple_codec_tag
 from retarget.video.work_lock import FolderLock
 from retarget.video.writer import VideoWriter
 
@@ -309,6 +309,9 @@ class ChunkedRender:
             first = av.open(str(self._chunk_path(0)))
             template = first.streams.video[0]
             out_stream = output.add_stream_from_template(template)
+            tag = apple_codec_tag(template.codec_context.name, self.out_path.suffix)
+            if tag is not None:  # the muxer would write its own default tag for a copied stream
+                out_stream.codec_context.codec_tag = tag
             chunk_tb = Fraction(template.time_base)
             extradata = template.codec_context.extradata
             first.close()

@@ -25,7 +25,7 @@ import numpy as np
 from retarget.video.atomic import commit, discard, partial_path
 from retarget.video.audio import AudioMuxer, AudioSource
 from retarget.video.colour import SDR_BT709, is_yuv, output_range
-from retarget.video.encoding import EncoderSettings, encoded_size, fit_frame
+from retarget.video.encoding import EncoderSettings, apple_codec_tag, encoded_size, fit_frame
 
 
 class VideoWriter:
@@ -85,6 +85,9 @@ class VideoWriter:
         stream.time_base = self.time_base
         stream.thread_type = "AUTO"
         stream.options = self.settings.codec_options()
+        tag = apple_codec_tag(self.settings.codec, self.path.suffix)
+        if tag is not None:
+            stream.codec_context.codec_tag = tag
         if is_yuv(self.settings.pix_fmt):
             colour, colour_range = self.settings.colour or SDR_BT709, output_range(self.settings.pix_fmt)
             context = stream.codec_context

@@ -116,6 +116,24 @@ def test_other_containers_join_every_frame_with_exact_times(tmp_path, suffix):
     assert np.allclose(times, np.arange(30) * 1001 / 30000, atol=1e-3)  # Matroska's time base is 1 ms
 
 
+@pytest.mark.parametrize("suffix, tag", [(".mp4", "hvc1"), (".mov", "hvc1"), (".mkv", None)])
+def test_hevc_in_mp4_and_mov_is_tagged_for_apple_players(tmp_path, suffix, tag):
+    """FFmpeg tags HEVC in MP4/MOV ``hev1``, which QuickTime, Safari and iOS refuse; chunks and the joined output
+    carry ``hvc1``. Matroska has no such tag."""
+    import av
+
+    settings = EncoderSettings(codec="libx265", preset="ultrafast")
+    out = tmp_path / f"out{suffix}"
+    job = ChunkedRender(out, {"seed": 1}, 12, 4, Fraction(25), settings=settings)
+    render(job, [])
+    job.finalize(progress=False)
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "hevc"
+        assert stream.codec_context.codec_tag == (tag or "\0\0\0\0")
+        assert [read_code(f.to_ndarray(format="rgb24")) for f in container.decode(stream)] == list(range(12))
+
+
 @pytest.mark.parametrize("last_chunk", [1, 2, 5])
 def test_a_short_last_chunk_keeps_the_decode_times_even(tmp_path, last_chunk):
     """x264 at the default preset delays decoding by its B-frames, but a chunk of one or two frames has none: the
