@@ -247,8 +247,8 @@ class ExpressionPipeline:
         import transformers.models.clip  # noqa: F401
 
         clock.lap("imports")
-        unet = load_unet(files.unet_dir, dtype)
-        clock.lap("unet")
+        unet = load_unet(files.unet_dir, dtype, device)  # moved, then cast on the device
+        clock.lap("unet", sync=device)
         if unet.config.cross_attention_dim is None:
             raise WeightsError(f"{files.unet_dir}: the UNet has no cross-attention")
         context = AttentionContext()
@@ -257,19 +257,19 @@ class ExpressionPipeline:
         if has_reference:
             load_reference_lora(unet, files.reference_lora)
         clock.lap("adapters")
-        text_encoder = load_identity_encoder_model(files.encoder_dir, dtype)
+        text_encoder = load_identity_encoder_model(files.encoder_dir, dtype, device)
         clock.lap("encoder")
         if text_encoder.config.hidden_size != unet.config.cross_attention_dim:
             raise WeightsError(
                 f"{files.encoder_dir}: the identity encoder is {text_encoder.config.hidden_size}-d, the UNet expects "
                 f"{unet.config.cross_attention_dim}-d prompt embeddings"
             )
-        vae = load_vae(files.base_dir / "vae", dtype)
+        vae = load_vae(files.base_dir / "vae", dtype, device)
         tokenizer = load_tokenizer(files.base_dir / "tokenizer")
         scheduler_config = load_scheduler_config(files.base_dir / "scheduler")
         clock.lap("vae")
-        # The backbone weights were loaded in ``dtype``; the adapters' new layers follow. (nn.Module.to: diffusers'
-        # override warns about float32 modules on every dtype cast, even when the model has none.)
+        # The backbone weights were loaded in ``dtype`` on the device; the adapters' new layers follow. (nn.Module.to:
+        # diffusers' override warns about float32 modules on every dtype cast, even when the model has none.)
         for module in (unet, vae, text_encoder, projection):
             torch.nn.Module.to(module, device=device, dtype=dtype)
         clock.lap("to_device", sync=device)

@@ -100,11 +100,14 @@ def _read_json(path: Path, what: str) -> dict:
         raise WeightsError(f"cannot read {path}: {exc}") from exc
 
 
-def _strict_load(model: torch.nn.Module, state: dict, path: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """Check ``state`` against ``model`` (names and shapes) and assign it, cast to ``dtype`` (floating tensors)."""
+def _strict_load(model: torch.nn.Module, state: dict, path: Path, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> torch.nn.Module:
+    """Check ``state`` against ``model`` (names and shapes) and assign it, on ``device`` (default: where the tensors
+    are) and cast to ``dtype`` (floating tensors). Each tensor moves and is cast in one ``Tensor.to``, so for a GPU
+    the cast (e.g. of the fp16 release to bf16) runs there rather than on the CPU."""
     check_state_dict(model, state, path)
-    if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    if dtype is not None or device is not None:
+        state = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else None) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model
 
@@ -114,9 +117,9 @@ def _build_on_meta(factory):
         return factory()
 
 
-def load_unet(folder: Path, dtype: torch.dtype | None = None):
+def load_unet(folder: Path, dtype: torch.dtype | None = None, device: torch.device | str | None = None):
     """The Arc2Face UNet (``config.json`` + ``diffusion_pytorch_model.safetensors``), strictly; weights in ``dtype``
-    (default: as stored)."""
+    (default: as stored) on ``device`` (default: the CPU)."""
     from diffusers import UNet2DConditionModel
 
     config = _read_json(folder / "config.json", "Arc2Face UNet config")
@@ -124,22 +127,24 @@ def load_unet(folder: Path, dtype: torch.dtype | None = None):
         folder, ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"), "Arc2Face UNet weights"
     )
     unet = _build_on_meta(lambda: UNet2DConditionModel.from_config(config))
-    return _strict_load(unet, state, path, dtype).eval().requires_grad_(False)
+    return _strict_load(unet, state, path, dtype, device).eval().requires_grad_(False)
 
 
-def load_vae(folder: Path, dtype: torch.dtype | None = None):
-    """The SD1.5 VAE (``vae/``), strictly; weights in ``dtype`` (default: as stored)."""
+def load_vae(folder: Path, dtype: torch.dtype | None = None, device: torch.device | str | None = None):
+    """The SD1.5 VAE (``vae/``), strictly; weights in ``dtype`` (default: as stored) on ``device`` (default: the
+    CPU)."""
     from diffusers import AutoencoderKL
 
     config = _read_json(folder / "config.json", "VAE config")
     path, state = load_weights_file(folder, ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"), "VAE weights")
     vae = _build_on_meta(lambda: AutoencoderKL.from_config(config))
-    return _strict_load(vae, state, path, dtype).eval().requires_grad_(False)
+    return _strict_load(vae, state, path, dtype, device).eval().requires_grad_(False)
 
 
-def load_identity_encoder_model(folder: Path, dtype: torch.dtype | None = None):
+def load_identity_encoder_model(folder: Path, dtype: torch.dtype | None = None,
+                                device: torch.device | str | None = None):
     """The Arc2Face CLIP text encoder; published ``text_model.*`` keys are mapped for current transformers.
-    Weights in ``dtype`` (default: as stored)."""
+    Weights in ``dtype`` (default: as stored) on ``device`` (default: the CPU)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     require_file(folder / "config.json", "identity encoder config")
@@ -147,13 +152,13 @@ def load_identity_encoder_model(folder: Path, dtype: torch.dtype | None = None):
     path, state = load_weights_file(folder, ("model.safetensors", "pytorch_model.bin"), "identity encoder weights")
     model = _build_on_meta(lambda: CLIPTextModel(config))
     # Non-persistent buffers (position_ids) are not in the file: materialise them before assigning weights.
-    model = model.to_empty(device="cpu")
+    model = model.to_empty(device=device or "cpu")
     for module in model.modules():
         if hasattr(module, "position_ids"):
             length = module.position_ids.shape[-1]
-            module.position_ids = torch.arange(length).expand(1, -1)
+            module.position_ids = torch.arange(length, device=device or "cpu").expand(1, -1)
     state = map_encoder_keys(state, set(model.state_dict()))
-    return _strict_load(model, state, path, dtype).eval().requires_grad_(False)
+    return _strict_load(model, state, path, dtype, device).eval().requires_grad_(False)
 
 
 def load_tokenizer(folder: Path):

@@ -9,7 +9,7 @@ import torch
 from retarget import ExpressionPipeline
 from retarget.errors import WeightsError
 from retarget.models.formats import read_expression_adapter, write_expression_adapter
-from retarget.models.loading import load_identity_encoder_model, resolve_base_model
+from retarget.models.loading import load_identity_encoder_model, load_unet, load_vae, resolve_base_model
 
 
 @pytest.fixture
@@ -35,6 +35,24 @@ def test_published_text_model_keys_load_into_current_transformers(tiny_checkpoin
         bare = key[len("text_model."):]
         target = state[bare] if bare in state else state[key]
         assert torch.equal(target, value)
+
+
+def test_backbones_load_onto_the_device_in_the_dtype(tiny_checkpoint):
+    """Each weight moves and is cast in one step, so on a GPU the cast runs there: the loaders put every tensor on
+    the given device in the given dtype (the meta device stands in for a GPU here), and on the CPU the values are
+    those of a load followed by a cast."""
+    models, base = tiny_checkpoint.models_dir, tiny_checkpoint.base_dir
+    loaders = [lambda **kw: load_unet(models / "arc2face", **kw), lambda **kw: load_vae(base / "vae", **kw),
+               lambda **kw: load_identity_encoder_model(models / "encoder", **kw)]
+    for load in loaders:
+        placed = load(dtype=torch.bfloat16, device="meta")
+        tensors = list(placed.parameters()) + list(placed.buffers())
+        assert tensors and all(t.is_meta for t in tensors)
+        assert all(t.dtype == torch.bfloat16 for t in placed.parameters())
+        direct = load(dtype=torch.bfloat16, device="cpu").state_dict()
+        reference = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load().state_dict().items()}
+        assert direct.keys() == reference.keys()
+        assert all(torch.equal(direct[k], reference[k]) and direct[k].dtype == reference[k].dtype for k in direct)
 
 
 def test_missing_expression_adapter_names_the_file(models_copy, tiny_checkpoint):
