@@ -52,7 +52,8 @@ class VideoInfo:
     timestamps. ``frame_pts`` holds every frame's presentation timestamp in ``time_base`` units, sorted;
     ``start_pts`` is the first. ``duration`` in seconds runs from the first frame to the end of the last one.
     ``colour``: the matrix the frames are decoded with, and the primaries and transfer, from the stream's tags or,
-    where they are missing, as a browser takes them (see :mod:`retarget.video.colour`).
+    where they are missing, as a browser takes them (see :mod:`retarget.video.colour`). ``stream_index``: the video
+    stream that is the clip (see :func:`video_stream`).
     """
 
     path: Path
@@ -74,6 +75,7 @@ class VideoInfo:
     frame_pts: np.ndarray = field(repr=False, compare=False)
     pixel_aspect: Fraction = Fraction(1)
     colour: ColourTags = SDR_BT601
+    stream_index: int = 0
 
     @property
     def rotation(self) -> int:
@@ -152,10 +154,22 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         container.close()
 
 
+def video_stream(container: av.container.InputContainer):
+    """The clip's video stream: the one FFmpeg picks as best (``av_find_best_stream``: not a cover picture, and the
+    largest picture among the rest), as players do; None for a file without video. A file with a cover picture or
+    a thumbnail track before its video (cover art from a downloader, a camera's preview track) is read as its
+    video, not as the picture."""
+    candidates = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not candidates:
+        return None
+    best = container.streams.best("video")
+    return best if best in candidates else candidates[0]
+
+
 def _probe(path: Path, container: av.container.InputContainer) -> VideoInfo:
-    if not container.streams.video:
+    stream = video_stream(container)
+    if stream is None:
         raise InputError(f"{path}: has no video stream")
-    stream = container.streams.video[0]
     if stream.time_base is None:
         raise InputError(f"{path}: video stream has no time base")
     audio_stream = container.streams.audio[0] if container.streams.audio else None
@@ -246,6 +260,7 @@ def _probe(path: Path, container: av.container.InputContainer) -> VideoInfo:
         frame_pts=frame_pts,
         pixel_aspect=aspect,
         colour=stream_colour(first_frame),
+        stream_index=stream.index,
     )
 
 

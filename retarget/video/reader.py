@@ -104,7 +104,7 @@ class VideoReader:
         for seek_pts in self._seek_targets(first_pts) if lo > 0 else [None]:
             container = open_input(self.path)
             try:
-                stream = container.streams.video[0]
+                stream = container.streams[info.stream_index]
                 stream.thread_type = "AUTO"
                 if self.threads:
                     stream.codec_context.thread_count = self.threads

@@ -176,6 +176,59 @@ def test_missing_empty_junk_and_audio_only_files_are_input_errors(tmp_path):
         assert str(path) in message and "\n" not in message, name
 
 
+def _cover(container, size=32):
+    """Add a one-picture MJPEG stream to ``container`` (before any other) and mux its picture; returns the stream."""
+    import av
+
+    cover = container.add_stream("mjpeg", rate=1)
+    cover.width = cover.height = size
+    cover.pix_fmt = "yuvj420p"
+    return cover
+
+
+def _mux_picture(container, cover, size=32):
+    import av
+
+    picture = av.VideoFrame.from_ndarray(np.full((size, size, 3), 200, np.uint8), format="rgb24")
+    for packet in [*cover.encode(picture), *cover.encode()]:
+        packet.pts = packet.dts = 0
+        container.mux(packet)
+
+
+def test_the_clip_is_the_best_video_stream_not_a_picture_before_it(tmp_path):
+    import av
+
+    source = make_video(tmp_path / "source.mp4", 20, audio=None)
+    # a one-picture track before the video (a preview or thumbnail track): the clip is the larger video after it
+    path = tmp_path / "thumbnail_first.mkv"
+    with av.open(str(source)) as src, av.open(str(path), "w") as out:
+        cover = _cover(out)
+        video = out.add_stream_from_template(src.streams.video[0])
+        _mux_picture(out, cover)
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = video
+                out.mux(packet)
+    info = probe_video(path)
+    assert info.stream_index == 1 and info.frame_count == 20 and (info.width, info.height) == (96, 64)
+    assert [read_code(rgb) for rgb, _, _ in VideoReader(path).iter_frames(0.2, None)] == list(range(6, 20))
+    # an audio file with cover art (an attached picture) has no video
+    art = tmp_path / "song.mp4"  # (the .m4a muxer takes no picture)
+    with av.open(str(art), "w") as out:
+        cover = _cover(out)
+        cover.disposition = av.stream.Disposition.attached_pic
+        tone = out.add_stream("aac", rate=44100)
+        _mux_picture(out, cover)
+        frame = av.AudioFrame.from_ndarray(np.zeros((2, 1024), np.float32), format="fltp", layout="stereo")
+        frame.sample_rate, frame.pts = 44100, 0
+        for packet in [*tone.encode(frame), *tone.encode()]:
+            out.mux(packet)
+    with av.open(str(art)) as container:
+        assert [s.type for s in container.streams] == ["audio", "video"]  # the picture is read as a video stream
+    with pytest.raises(InputError, match="song.mp4: has no video stream"):
+        probe_video(art)
+
+
 def test_truncated_files_are_input_errors(tmp_path):
     normal = make_video(tmp_path / "a.mp4", 60, 160, 96, audio=None)
     cut = tmp_path / "cut.mp4"
