@@ -177,9 +177,7 @@ def test_missing_empty_junk_and_audio_only_files_are_input_errors(tmp_path):
 
 
 def _cover(container, size=32):
-    """Add a one-picture MJPEG stream to ``container`` (before any other) and mux its picture; returns the stream."""
-    import av
-
+    """Add a one-picture MJPEG stream to ``container`` (before any other); returns the stream."""
     cover = container.add_stream("mjpeg", rate=1)
     cover.width = cover.height = size
     cover.pix_fmt = "yuvj420p"
