@@ -229,7 +229,7 @@ class RenderSession:
                     reference_scale=o.reference_scale, expression_scale=o.expression_scale,
                     num_inference_steps=o.steps, guidance_scale=o.guidance, latents=latents, output_type="uint8",
                 ).images
-            except torch.OutOfMemoryError as error:
+            except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError) as error:  # torch < 2.5: CUDA's
                 shortage = _first_line(error)
             if shortage is not None:  # raised outside the handler: the failed batch's tensors are let go first
                 raise DeviceMemoryError(out_of_memory_message(self.device, o.batch_size, shortage))
