@@ -16,6 +16,7 @@ from retarget.video.atomic import partial_path
 from retarget.video.audio import AudioSource
 from retarget.video.probe import VideoInfo
 from retarget.video.reader import VideoReader
+from retarget.video.timecode import offset_timecode
 
 VIDEO_OUTPUT_SUFFIXES = (".mp4", ".mkv", ".mov")
 
@@ -117,6 +118,15 @@ def audio_of_range(reader: VideoReader, first: int, stop: int) -> AudioSource:
     begin = None if first == 0 else float(times[first])
     end = None if stop >= len(times) else float(times[stop])
     return AudioSource(reader.path, start=begin, end=end)
+
+
+def range_timecode(info: VideoInfo, first: int) -> str | None:
+    """The SMPTE timecode of frame ``first`` of the clip (its start timecode moved on by that frame's time, in
+    frames at the clip's rate), or None when the clip has no timecode."""
+    if info.timecode is None:
+        return None
+    frames = round(float(info.frame_times()[first]) * info.frame_rate) if first else 0
+    return offset_timecode(info.timecode, frames, info.frame_rate)
 
 
 def prepared_motion(track: MotionTrack, method: str) -> MotionTrack:

@@ -247,7 +247,8 @@ def _render_edit(video, source_path: Path, output: Path, options: JobOptions, si
         bar.close()
         tags = job_tags("edit", options, side_by_side=side_by_side, edited_range=[lo, hi],
                         edited_frames=int(np.count_nonzero(edited)), job_digest=job_digest(key))
-        result = job.finalize(audio=AudioSource(Path(video)), progress=options.progress, metadata=tags)
+        result = job.finalize(audio=AudioSource(Path(video)), progress=options.progress, metadata=tags,
+                              timecode=info.timecode)  # the whole clip: the source's own start timecode
     if finish:
         finish_job(stats)
     return result

@@ -30,7 +30,7 @@ import numpy as np
 
 from retarget.faces.alignment import ffhq_transform
 from retarget.jobs.common import (audio_of_range, check_output, chunk_frames, clip_range, keep_scanned_frames,
-                                  picture_bytes, prepared_motion, run_frame_bytes, timing)
+                                  picture_bytes, prepared_motion, range_timecode, run_frame_bytes, timing)
 from retarget.jobs.expressions import neutral_values, rendered_expressions
 from retarget.jobs.frames import photo_face, scan_clip
 from retarget.jobs.options import JobOptions
@@ -190,7 +190,8 @@ def _render_run(driving, output: Path, options: JobOptions, reference: bool, sid
         bar.close()
         tags = job_tags("run", options, reference=reference, side_by_side=side_by_side, driving_frames=[lo, hi],
                         job_digest=job_digest(key))
-        result = job.finalize(audio=audio_of_range(reader, lo, hi), progress=options.progress, metadata=tags)
+        result = job.finalize(audio=audio_of_range(reader, lo, hi), progress=options.progress, metadata=tags,
+                              timecode=range_timecode(reader.info, lo))
     if finish:
         finish_job(stats)
     return result

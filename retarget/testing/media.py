@@ -64,14 +64,15 @@ def two_face_frames(count: int, width: int = 320, height: int = 160) -> np.ndarr
 def write_clip(path: Path, frames: np.ndarray, rate: Fraction = Fraction(30000, 1001), audio: bool = True,
                sample_rate: int = 44100, *, pts: list[int] | None = None, time_base: Fraction | None = None,
                rotation: int | None = None, pix_fmt: str = "yuv420p", pixel_aspect: Fraction | None = None,
-               colour: ColourTags | None = None) -> Path:
+               colour: ColourTags | None = None, timecode: str | None = None) -> Path:
     """Encode ``frames`` (as displayed) with libx264 at ``rate`` (exact) plus, with ``audio``, an AAC sine tone as
     long as the video. ``pts`` with ``time_base`` give variable timestamps; ``rotation`` (degrees
     counter-clockwise, a multiple of 90) stores the pictures turned back and sets the display matrix, so a
     reader that applies it sees ``frames``. ``pixel_aspect`` (anamorphic video) stores the pictures with their
     width divided by it (area resampling) and sets that sample aspect ratio, so a reader that resamples to square
     pixels sees ``frames`` up to resampling. ``colour``: encode with that matrix and tag it (default: PyAV's own
-    conversion, BT.601, untagged). Odd sizes need a ``pix_fmt`` without chroma subsampling (yuv444p)."""
+    conversion, BT.601, untagged). ``timecode``: the start timecode (a timecode track in MOV/MP4). Odd sizes need a
+    ``pix_fmt`` without chroma subsampling (yuv444p)."""
     turns = (rotation or 0) // 90
     coded = np.stack([np.rot90(frame, -turns) for frame in frames]) if turns else frames
     if pixel_aspect is not None:
@@ -89,6 +90,8 @@ def write_clip(path: Path, frames: np.ndarray, rate: Fraction = Fraction(30000, 
         context.color_trc = colour.transfer
         context.color_range = 1
     stream.options = {"crf": "10", "preset": "ultrafast"}
+    if timecode is not None:
+        stream.metadata["timecode"] = timecode
     tb = time_base if time_base is not None else 1 / rate
     stream.codec_context.time_base = tb
     if rotation is not None:

@@ -20,6 +20,7 @@ import numpy as np
 from retarget.errors import InputError
 from retarget.video.colour import SDR_BT601, ColourTags, stream_colour
 from retarget.video.orientation import Orientation, orientation_from_display_matrix, pixel_aspect, square_pixel_width
+from retarget.video.timecode import timecode_frames
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,9 @@ class VideoInfo:
     ``start_pts`` is the first. ``duration`` in seconds runs from the first frame to the end of the last one.
     ``colour``: the matrix the frames are decoded with, and the primaries and transfer, from the stream's tags or,
     where they are missing, as a browser takes them (see :mod:`retarget.video.colour`). ``stream_index``: the video
-    stream that is the clip (see :func:`video_stream`).
+    stream that is the clip (see :func:`video_stream`). ``timecode``: the SMPTE timecode of the first frame
+    (``"01:00:10:05"``; ``;`` before the frames for drop-frame), from a MOV/MP4 timecode track or a Matroska tag,
+    else None; it is a valid timecode at ``frame_rate`` (see :mod:`retarget.video.timecode`).
     """
 
     path: Path
@@ -76,6 +79,7 @@ class VideoInfo:
     pixel_aspect: Fraction = Fraction(1)
     colour: ColourTags = SDR_BT601
     stream_index: int = 0
+    timecode: str | None = None
 
     @property
     def rotation(self) -> int:
@@ -261,7 +265,24 @@ def _probe(path: Path, container: av.container.InputContainer) -> VideoInfo:
         pixel_aspect=aspect,
         colour=stream_colour(first_frame),
         stream_index=stream.index,
+        timecode=_timecode(container, stream, frame_rate),
     )
+
+
+def _timecode(container: av.container.InputContainer, stream, rate: Fraction) -> str | None:
+    """The start timecode FFmpeg reports: the video stream's ``timecode`` tag (MOV/MP4 timecode tracks are also read
+    into it; Matroska's ``TIMECODE``), else the container's or a data stream's; None when absent or not a timecode
+    at ``rate``."""
+    sources = [stream.metadata, container.metadata, *(s.metadata for s in container.streams if s.type == "data")]
+    for tags in sources:
+        for key, value in tags.items():
+            if key.lower() == "timecode":
+                try:
+                    timecode_frames(value, rate)
+                except ValueError:
+                    continue
+                return value.strip()
+    return None
 
 
 def _frame_rate(

@@ -279,9 +279,10 @@ class ChunkedRender:
         self._write_manifest()
 
     def finalize(self, audio: AudioSource | None = None, progress: bool = True,
-                 metadata: Mapping[str, str] | None = None) -> Path:
+                 metadata: Mapping[str, str] | None = None, timecode: str | None = None) -> Path:
         """Join all chunks into ``out_path`` (atomically, with ``audio`` if given, and the container ``metadata``
-        tags, e.g. :func:`retarget.provenance.metadata.container_tags`) and delete the work folder.
+        tags, e.g. :func:`retarget.provenance.metadata.container_tags`) and delete the work folder. ``timecode``:
+        the first frame's SMPTE timecode (a timecode track in MP4/MOV, a tag in Matroska), or None for none.
 
         Raises ``RuntimeError`` if chunks are missing.
         """
@@ -291,7 +292,7 @@ class ChunkedRender:
                                f"(first: {missing[0]})")
         temporary = partial_path(self.out_path)
         try:
-            self._concatenate(temporary, audio, progress, metadata)
+            self._concatenate(temporary, audio, progress, metadata, timecode)
             commit(temporary, self.out_path)
         except BaseException:
             discard(temporary)
@@ -301,7 +302,7 @@ class ChunkedRender:
         return self.out_path
 
     def _concatenate(self, target: Path, audio: AudioSource | None, progress: bool,
-                     metadata: Mapping[str, str] | None = None) -> None:
+                     metadata: Mapping[str, str] | None = None, timecode: str | None = None) -> None:
         output = av.open(str(target), mode="w")
         output.metadata.update({str(key): str(value) for key, value in (metadata or {}).items()})
         muxer = None
@@ -312,6 +313,8 @@ class ChunkedRender:
             tag = apple_codec_tag(template.codec_context.name, self.out_path.suffix)
             if tag is not None:  # the muxer would write its own default tag for a copied stream
                 out_stream.codec_context.codec_tag = tag
+            if timecode is not None:  # a timecode track in MP4/MOV (PyAV 18 or newer), a tag in Matroska
+                out_stream.metadata["timecode"] = timecode
             chunk_tb = Fraction(template.time_base)
             extradata = template.codec_context.extradata
             first.close()

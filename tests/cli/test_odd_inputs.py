@@ -73,3 +73,20 @@ def test_odd_size_in_yuv420p_is_padded_by_one_pixel(media, fast_args, tmp_path):
     assert main(["edit", str(clip), "--expression", str(media["photo"]), "-o", str(out), *fast_args]) == 0
     result = probe_video(out)
     assert (result.width, result.height) == (162, 122) and result.frame_count == 8
+
+
+def test_timecode_is_kept_by_edit_and_moved_to_the_range_by_run(media, fast_args, tmp_path):
+    import av
+
+    if int(av.__version__.split(".")[0]) < 18:
+        pytest.skip("PyAV 17 writes no timecode track for a copied stream")
+    clip = write_clip(tmp_path / "shot.mov", moving_face_frames(12), rate=Fraction(30000, 1001), timecode="01:00:00;00")
+    assert probe_video(clip).timecode == "01:00:00;00"
+    edited, driven = tmp_path / "edited.mov", tmp_path / "driven.mov"
+    assert main(["edit", str(clip), "--expression", str(media["photo"]), "--start", "0.2", "-o", str(edited),
+                 *fast_args]) == 0
+    assert main(["run", str(clip), "--identity", str(media["photo"]), "--start", "0.2", "-o", str(driven),
+                 *fast_args]) == 0
+    assert probe_video(edited).timecode == "01:00:00;00"  # the whole clip, as the source
+    assert probe_video(driven).timecode == "01:00:00;06"  # from frame 6 (0.2002 s), the range's first
+    assert probe_video(driven).frame_count == 6
