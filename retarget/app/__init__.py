@@ -30,7 +30,10 @@ def create_app(models=None, base_model: str | None = None, device: str | None = 
         raise InputError(message)
     from retarget.app.service import AppService, AppSettings
     from retarget.app.ui import build
+    from retarget.faces.image_io import enable_heif
     from retarget.jobs.options import default_models_dir
+
+    enable_heif()  # the photo widgets open uploads with Pillow: iPhone photos (HEIC) too, with the heif extra
 
     settings = AppSettings(models=Path(models) if models else default_models_dir(), base_model=base_model,
                            device=device, dtype=dtype)

@@ -22,7 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
 
-__all__ = ["load_image", "to_rgb_uint8"]
+__all__ = ["enable_heif", "load_image", "to_rgb_uint8"]
 
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _WHITE = (255, 255, 255)
@@ -71,20 +71,27 @@ def _is_heif(path: Path) -> bool:
     return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
 
 
-def _register_heif(path: Path) -> None:
-    """Let Pillow open HEIF files through pillow-heif (once per process); InputError naming ``path`` and the fix
-    when pillow-heif is not installed. pillow-heif applies the file's own rotation and mirroring and clears the EXIF
-    orientation, so :func:`load_image` does not turn the picture twice."""
+def enable_heif() -> bool:
+    """Let Pillow open HEIF/HEIC files through pillow-heif, for this whole process (done once; the web app calls it
+    at start, since its photo widgets open uploads with Pillow); False when pillow-heif is not installed.
+    pillow-heif applies the file's own rotation and mirroring and clears the EXIF orientation, so :func:`load_image`
+    does not turn the picture twice."""
     global _heif_registered
-    if _heif_registered:
-        return
-    try:
-        from pillow_heif import register_heif_opener
-    except ImportError as exc:
+    if not _heif_registered:
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:
+            return False
+        register_heif_opener()
+        _heif_registered = True
+    return True
+
+
+def _register_heif(path: Path) -> None:
+    """:func:`enable_heif`, or InputError naming ``path`` and the fix when pillow-heif is not installed."""
+    if not enable_heif():
         raise InputError(f"{path}: a HEIF/HEIC photo (the iPhone's format) needs pillow-heif: pip install pillow-heif "
-                         "(the extra retarget[heif]), or save the photo as JPEG") from exc
-    register_heif_opener()
-    _heif_registered = True
+                         "(the extra retarget[heif]), or save the photo as JPEG")
 
 
 def _pil_to_rgb_uint8(image: Image.Image) -> np.ndarray:

@@ -33,3 +33,18 @@ def test_page_defaults_are_the_command_lines():
         assert getattr(page, name) == getattr(args, name), name
     assert page.reference == (not args.no_reference) and page.neutral_frame == "auto" and args.neutral_frame is None
     assert (page.start, page.end, page.face_reference) == (args.start, args.end, args.face_reference)
+
+
+def test_the_app_lets_pillow_open_heic_uploads(monkeypatch, tmp_path):
+    """Gradio's photo widgets open each upload with Pillow, so the app registers pillow-heif when it is created."""
+    import pytest
+
+    pytest.importorskip("gradio", reason="the app extra (gradio) is not installed")
+    from retarget.app import create_app
+    from retarget.faces import image_io
+
+    calls = []
+    monkeypatch.setattr(image_io, "enable_heif", lambda: calls.append(True) or True)
+    blocks, service = create_app(tmp_path, device="cpu")
+    service.close()
+    assert calls == [True]

@@ -106,6 +106,19 @@ def test_edit_with_photo_side_by_side(client, media):
     assert change[edited].min() > 2 * change[list(BLANK)].max()  # the face was edited in the others
 
 
+def test_iphone_heic_photo_as_identity(client, media, tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif", reason="pillow-heif (the heif extra) is not installed")
+    from PIL import Image
+
+    photo = tmp_path / "IMG_0001.HEIC"
+    pillow_heif.from_pillow(Image.open(media["photo"]).convert("RGB")).save(photo, quality=95)
+    video, download, warnings, status = client.predict(handle_file(str(media["clip"])), handle_file(str(photo)),
+                                                       *values("retarget", end=0.3), api_name="/retarget")
+    assert status == "Done." and warnings == ""
+    frames, _ = video_frames(as_path(download))
+    assert frames.shape == (9, 32, 32, 3)
+
+
 def test_motion_equals_extract(client, media, cli_models, tmp_path, capsys):
     from retarget.motion.motion_file import load_motion
 
