@@ -211,9 +211,10 @@ def rendered_by_another_job(video: Path, output: Path, target: BatchTarget, opti
         return False
     if target.identity is not None:
         key = run_job_key(video, target.identity, options, target.reference, target.side_by_side, lo, hi,
-                          reader.info.pixel_aspect)
+                          reader.info.pixel_aspect, reader.info.interlaced)
     else:
-        key = edit_job_key(video, target.expression, options, target.side_by_side, lo, hi, reader.info.pixel_aspect)
+        key = edit_job_key(video, target.expression, options, target.side_by_side, lo, hi, reader.info.pixel_aspect,
+                           reader.info.interlaced)
     if recorded == job_digest(key):
         return False
     log.warning("%s: rendered by another job (other inputs or settings); rendering it again", output)

@@ -50,7 +50,7 @@ from retarget.motion.track import MotionTrack
 from retarget.video.audio import AudioSource
 from retarget.video.compose import side_by_side_chunk
 from retarget.video.reader import VideoReader
-from retarget.video.resume import ChunkedRender, file_identity, job_digest, with_pixel_aspect
+from retarget.video.resume import ChunkedRender, file_identity, job_digest, with_reading
 
 log = logging.getLogger(__name__)
 
@@ -176,15 +176,15 @@ def _scan_edit(video, expression, output: Path, options: JobOptions, start: floa
 
 
 def edit_job_key(video, source, options: JobOptions, side_by_side: bool, lo: int, hi: int,
-                 pixel_aspect: Fraction = Fraction(1)) -> dict:
+                 pixel_aspect: Fraction = Fraction(1), interlaced: bool = False) -> dict:
     """What an ``edit`` render depends on (see :func:`~retarget.jobs.run.run_job_key`): the clip's and the
-    expression source's file identities, the edited frames ``[lo, hi)``, the settings that change pixels and the
-    clip's pixel aspect when it is not 1."""
+    expression source's file identities, the edited frames ``[lo, hi)``, the settings that change pixels and,
+    for anamorphic and interlaced clips, what the reader does to their pictures."""
     key = {
         "command": "edit", "video": file_identity(video), "expression": file_identity(source),
         "range": [lo, hi], "side_by_side": side_by_side, "options": options.render_key(),
     }
-    return with_pixel_aspect(key, pixel_aspect)
+    return with_reading(key, pixel_aspect, interlaced)
 
 
 def _render_edit(video, source_path: Path, output: Path, options: JobOptions, side_by_side: bool,
@@ -199,7 +199,7 @@ def _render_edit(video, source_path: Path, output: Path, options: JobOptions, si
         stats.set_load_parts(session.load_parts)
     stats.set_model(pipe.device, pipe.dtype)
     size = pipe.image_size
-    key = edit_job_key(video, source_path, options, side_by_side, lo, hi, info.pixel_aspect)
+    key = edit_job_key(video, source_path, options, side_by_side, lo, hi, info.pixel_aspect, info.interlaced)
     chunk = chunk_frames(edit_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
                          options.memory_budget, picture_bytes(info.width, info.height), in_flight=CHUNKS_IN_FLIGHT,
                          reserved=0 if scan.frames is None else scan.frames.nbytes)

@@ -42,7 +42,7 @@ from retarget.provenance.metadata import job_tags
 from retarget.video.colour import SDR_BT709
 from retarget.video.compose import side_by_side_chunk
 from retarget.video.reader import VideoReader
-from retarget.video.resume import ChunkedRender, file_identity, job_digest, with_pixel_aspect
+from retarget.video.resume import ChunkedRender, file_identity, job_digest, with_reading
 
 log = logging.getLogger(__name__)
 
@@ -129,17 +129,17 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
 
 
 def run_job_key(driving, identity, options: JobOptions, reference: bool, side_by_side: bool, lo: int, hi: int,
-                pixel_aspect: Fraction = Fraction(1)) -> dict:
+                pixel_aspect: Fraction = Fraction(1), interlaced: bool = False) -> dict:
     """What a ``run`` render depends on, for resuming (see :class:`~retarget.video.resume.ChunkedRender`) and for
     its output's ``job_digest``: the driving clip's and photo's file identities, the driving frames ``[lo, hi)``
-    and the settings that change pixels. ``pixel_aspect`` (the clip's, see :class:`~retarget.video.probe.VideoInfo`)
-    enters the key only when it is not 1: earlier versions read anamorphic clips unresampled, and the keys of
-    every other clip stay as they were."""
+    and the settings that change pixels. ``pixel_aspect`` and ``interlaced`` (the clip's, see
+    :class:`~retarget.video.probe.VideoInfo`) enter the key only for anamorphic and interlaced clips (see
+    :func:`~retarget.video.resume.with_reading`)."""
     key = {
         "command": "run", "driving": file_identity(driving), "identity": file_identity(identity),
         "reference": reference, "side_by_side": side_by_side, "range": [lo, hi], "options": options.render_key(),
     }
-    return with_pixel_aspect(key, pixel_aspect)
+    return with_reading(key, pixel_aspect, interlaced)
 
 
 def _render_run(driving, output: Path, options: JobOptions, reference: bool, side_by_side: bool,
@@ -154,7 +154,8 @@ def _render_run(driving, output: Path, options: JobOptions, reference: bool, sid
     stats.set_model(pipe.device, pipe.dtype)
     size = pipe.image_size
     reference_image = photo.aligned(size) if reference else None
-    key = run_job_key(driving, photo.path, options, reference, side_by_side, lo, hi, info.pixel_aspect)
+    key = run_job_key(driving, photo.path, options, reference, side_by_side, lo, hi, info.pixel_aspect,
+                      info.interlaced)
     chunk = chunk_frames(run_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
                          options.memory_budget, picture_bytes(info.width, info.height), in_flight=CHUNKS_IN_FLIGHT,
                          reserved=0 if scan.frames is None else scan.frames.nbytes)

@@ -56,7 +56,8 @@ class VideoInfo:
     where they are missing, as a browser takes them (see :mod:`retarget.video.colour`). ``stream_index``: the video
     stream that is the clip (see :func:`video_stream`). ``timecode``: the SMPTE timecode of the first frame
     (``"01:00:10:05"``; ``;`` before the frames for drop-frame), from a MOV/MP4 timecode track or a Matroska tag,
-    else None; it is a valid timecode at ``frame_rate`` (see :mod:`retarget.video.timecode`).
+    else None; it is a valid timecode at ``frame_rate`` (see :mod:`retarget.video.timecode`). ``interlaced``: the
+    first frame is flagged interlaced (1080i camcorder and broadcast video), so the reader deinterlaces the clip.
     """
 
     path: Path
@@ -80,6 +81,7 @@ class VideoInfo:
     colour: ColourTags = SDR_BT601
     stream_index: int = 0
     timecode: str | None = None
+    interlaced: bool = False
 
     @property
     def rotation(self) -> int:
@@ -266,6 +268,7 @@ def _probe(path: Path, container: av.container.InputContainer) -> VideoInfo:
         colour=stream_colour(first_frame),
         stream_index=stream.index,
         timecode=_timecode(container, stream, frame_rate),
+        interlaced=bool(first_frame.interlaced_frame),
     )
 
 

@@ -9,7 +9,7 @@ reference frames, whatever the clip length. The decoder is flushed at the end of
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -87,6 +87,10 @@ class VideoReader:
         lands after the range's first frame (MPEG-TS and MPEG-PS have no index and can land on a frame that is not a
         keyframe, from which the decoder shows nothing until the next keyframe), the seek is tried again
         :data:`SEEK_RETRIES_S` seconds earlier, and in the end the clip is decoded from its start.
+
+        Interlaced clips (``info.interlaced``) are deinterlaced, one frame per frame (see :func:`deinterlaced`); a
+        range then starts decoding one frame early, so that each frame is deinterlaced with the same neighbours as
+        in a read of the whole clip.
         """
         info = self.info
         lo, hi = self.frame_range(start, end)
@@ -100,8 +104,10 @@ class VideoReader:
                            interpolation="LANCZOS")
         deep = _bits_per_component(info.pix_fmt) > 8
         first_pts, last_pts = int(info.frame_pts[lo]), int(info.frame_pts[hi - 1])
+        decode_from = max(0, lo - 1) if info.interlaced else lo  # the deinterlacer reads the frame before
+        from_pts = int(info.frame_pts[decode_from])
         produced = 0
-        for seek_pts in self._seek_targets(first_pts) if lo > 0 else [None]:
+        for seek_pts in self._seek_targets(from_pts) if decode_from > 0 else [None]:
             container = open_input(self.path)
             try:
                 stream = container.streams[info.stream_index]
@@ -111,7 +117,8 @@ class VideoReader:
                 if seek_pts is not None:
                     container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
                 decoded = 0  # frames decoded in this pass: their numbers in the clip when it starts at the top
-                for frame in container.decode(stream):
+                frames = container.decode(stream)
+                for frame in deinterlaced(frames, stream) if info.interlaced else frames:
                     if frame.pts is not None:
                         pts = frame.pts
                     elif seek_pts is None:
@@ -119,8 +126,8 @@ class VideoReader:
                     else:
                         break  # no timestamp after a seek: the position is unknown, decode from the top instead
                     decoded += 1
-                    if decoded == 1 and seek_pts is not None and pts > first_pts:
-                        break  # landed after the range's first frame
+                    if decoded == 1 and seek_pts is not None and pts > from_pts:
+                        break  # landed after the range's first frame (or the one before, to deinterlace)
                     if pts < first_pts:
                         continue
                     if pts > last_pts:
@@ -181,6 +188,40 @@ class VideoReader:
                 buffer, pts, indices = None, [], []
         if pts:
             yield _chunk(buffer[: len(pts)], pts, indices, info.start_pts, scale)
+
+
+def deinterlaced(frames: Iterable[av.VideoFrame], stream) -> Iterator[av.VideoFrame]:
+    """``frames`` (decoded from ``stream``) deinterlaced with FFmpeg's ``bwdif`` filter, one progressive frame per
+    frame with its timestamp kept (``mode=send_frame``; each frame is made from its own two fields and its
+    neighbours, the field order read from the frames; frames not flagged interlaced pass through unchanged). The
+    filter holds one frame back and gives it up when the frames end."""
+    graph = av.filter.Graph()
+    source = graph.add_buffer(template=stream)
+    bwdif = graph.add("bwdif", "mode=send_frame:parity=auto:deint=interlaced")
+    sink = graph.add("buffersink")
+    source.link_to(bwdif)
+    bwdif.link_to(sink)
+    graph.configure()
+
+    stream_tb = Fraction(stream.time_base)
+
+    def ready() -> Iterator[av.VideoFrame]:
+        while True:
+            try:
+                frame = graph.pull()
+            except (av.error.BlockingIOError, av.error.EOFError):
+                return
+            if frame.pts is not None and frame.time_base is not None and Fraction(frame.time_base) != stream_tb:
+                # bwdif counts in half the stream's time base (its field mode doubles the rate): back to the stream's
+                frame.pts = round(frame.pts * Fraction(frame.time_base) / stream_tb)
+                frame.time_base = stream_tb
+            yield frame
+
+    for frame in frames:
+        graph.push(frame)
+        yield from ready()
+    graph.push(None)
+    yield from ready()
 
 
 def _bits_per_component(pix_fmt: str | None) -> int:

@@ -72,12 +72,16 @@ def file_identity(path: str | os.PathLike, sample_bytes: int = 1 << 20) -> dict:
     return {"name": path.name, "size": size, "sha256_ends": digest.hexdigest()}
 
 
-def with_pixel_aspect(job_key: dict, pixel_aspect: Fraction) -> dict:
-    """``job_key`` with an input clip's pixel aspect added when it is not 1 (anamorphic pixels, which the reader
-    resamples to square ones); the keys of clips with square pixels stay those of earlier versions."""
+def with_reading(job_key: dict, pixel_aspect: Fraction = Fraction(1), interlaced: bool = False) -> dict:
+    """``job_key`` with what the reader does to an input clip's pictures, where earlier versions read them as
+    stored: its pixel aspect when it is not 1 (anamorphic pixels, resampled to square ones) and ``"deinterlace":
+    "bwdif"`` for an interlaced clip. The keys of other clips stay those of earlier versions, so their renders
+    resume."""
     pixel_aspect = Fraction(pixel_aspect)
     if pixel_aspect != 1:
         job_key["pixel_aspect"] = [pixel_aspect.numerator, pixel_aspect.denominator]
+    if interlaced:
+        job_key["deinterlace"] = "bwdif"
     return job_key
 
 

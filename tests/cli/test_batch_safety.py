@@ -199,6 +199,8 @@ def test_an_anamorphic_clip_has_its_pixel_aspect_in_the_job_key(media, fast_args
     assert run_module.run_job_key(clip, media["photo"], options, True, False, 0, SHORT, Fraction(1)) == square
     wide = run_module.run_job_key(clip, media["photo"], options, True, False, 0, SHORT, Fraction(4, 3))
     assert wide == {**square, "pixel_aspect": [4, 3]}
+    interlaced = run_module.run_job_key(clip, media["photo"], options, True, False, 0, SHORT, Fraction(1), True)
+    assert interlaced == {**square, "deinterlace": "bwdif"}  # frames read deinterlaced: another job
     assert edit_module.edit_job_key(clip, media["photo"], options, False, 0, SHORT, Fraction(4, 3))["pixel_aspect"] \
         == [4, 3]
 
