@@ -325,6 +325,15 @@ def environment_checks() -> list[Check]:
         except importlib.metadata.PackageNotFoundError:
             version = "installed"
         checks.append(Check("mediapipe", True, f"{version} (published SMIRK crop with smirk/face_landmarker.task)"))
+    if importlib.util.find_spec("pillow_heif") is None:
+        checks.append(Check("heif", None, "not installed: HEIF/HEIC photos (the iPhone's format) stop with an error "
+                                          "(pip install 'retarget[heif]' reads them)"))
+    else:
+        try:
+            version = importlib.metadata.version("pillow-heif")
+        except importlib.metadata.PackageNotFoundError:
+            version = "installed"
+        checks.append(Check("heif", True, f"pillow-heif {version} (HEIF/HEIC photos)"))
     from retarget.evaluation.judges import SFaceJudge
 
     if SFaceJudge.available():
