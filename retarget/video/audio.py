@@ -1,7 +1,7 @@
 """Carrying a source file's audio into an output container, in step with the video being written.
 
-The audio stream is copied packet for packet (bytes unchanged) when the output container accepts its codec,
-and re-encoded otherwise (AAC when the container takes it, else the container's default audio codec, e.g. Opus
+Every audio stream is carried (:func:`audio_muxers`), each copied packet for packet (bytes unchanged) when the
+output container accepts its codec, and re-encoded otherwise (AAC when the container takes it, else the container's default audio codec, e.g. Opus
 for WebM). A time range selects the packets that overlap it; copied packets keep their size, so a range is
 exact to one audio packet (1024 samples, about 23 ms, for AAC at 44.1 kHz), while re-encoded audio is cut to
 the sample.
@@ -41,21 +41,28 @@ class AudioSource:
 
 
 class AudioMuxer:
-    """Adds a source's audio stream to ``output`` and writes its packets as the video advances.
+    """Adds one audio stream of a source (``index``: its number among the file's audio streams) to ``output`` and
+    writes its packets as the video advances; :func:`audio_muxers` makes one for each.
 
     Call :meth:`write_until` with the output time (seconds) the video has reached, and :meth:`finish` after the
-    last video frame. Nothing is created when the source has no audio (``has_audio`` is False).
+    last video frame. Nothing is created when the source has no such audio stream (``has_audio`` is False). The
+    stream's language tag is kept.
     """
 
-    def __init__(self, output: av.container.OutputContainer, source: AudioSource):
+    def __init__(self, output: av.container.OutputContainer, source: AudioSource, index: int = 0):
         self.source = source
         info = probe_video(source.path)
         self.has_audio = info.audio is not None
         self.copied = False
+        self._input = None
+        if self.has_audio:
+            self._input = open_input(source.path)
+            if index >= len(self._input.streams.audio):
+                self.close()
+                self.has_audio = False
         if not self.has_audio:
             return
-        self._input = open_input(source.path)
-        in_stream = self._input.streams.audio[0]
+        in_stream = self._input.streams.audio[index]
         self._in_stream = in_stream
         self._in_tb = Fraction(in_stream.time_base)
         video_start = Fraction(int(info.start_pts)) * info.time_base
@@ -76,6 +83,9 @@ class AudioMuxer:
             self.stream.time_base = in_stream.time_base
         else:
             self.stream.time_base = Fraction(1, self.stream.codec_context.sample_rate)
+        language = in_stream.metadata.get("language")
+        if language and language != "und":
+            self.stream.metadata["language"] = language
         self._output = output
         self._pending: av.Packet | None = None
         self._done = False
@@ -194,9 +204,19 @@ class AudioMuxer:
 
     def close(self) -> None:
         """Close the source file (idempotent)."""
-        if self.has_audio and self._input is not None:
+        if self._input is not None:
             self._input.close()
             self._input = None
+
+
+def audio_muxers(output: av.container.OutputContainer, source: AudioSource) -> list[AudioMuxer]:
+    """One :class:`AudioMuxer` for each audio stream of ``source``'s file, in the file's order (a camera's or a
+    recorder's separate microphone tracks, a film's languages), so none is lost; none for a file without audio."""
+    first = AudioMuxer(output, source)
+    if not first.has_audio:
+        return []
+    count = len(first._input.streams.audio)
+    return [first, *(AudioMuxer(output, source, index) for index in range(1, count))]
 
 
 # FFmpeg's default layout for a channel count (``av_channel_layout_default``).

@@ -35,7 +35,7 @@ import av
 import numpy as np
 
 from retarget.video.atomic import atomic_output, commit, discard, partial_path
-from retarget.video.audio import AudioMuxer, AudioSource
+from retarget.video.audio import AudioSource, audio_muxers
 from retarget.video.encoding import EncoderSettings, apple_codec_tag
 from retarget.video.work_lock import FolderLock
 from retarget.video.writer import VideoWriter
@@ -309,7 +309,7 @@ class ChunkedRender:
                      metadata: Mapping[str, str] | None = None, timecode: str | None = None) -> None:
         output = av.open(str(target), mode="w")
         output.metadata.update({str(key): str(value) for key, value in (metadata or {}).items()})
-        muxer = None
+        muxers = []  # one per audio stream of the source
         try:
             first = av.open(str(self._chunk_path(0)))
             template = first.streams.video[0]
@@ -324,7 +324,7 @@ class ChunkedRender:
             first.close()
             out_stream.time_base = chunk_tb
             if audio is not None:
-                muxer = AudioMuxer(output, audio)
+                muxers = audio_muxers(output, audio)
             last_dts = None
             delay = None  # chunk 0's decoding delay (B-frames), in chunk_tb ticks
             from tqdm.auto import tqdm  # looked up now: a front end may have put its own bar class there
@@ -363,7 +363,7 @@ class ChunkedRender:
                         last_dts = packet.dts
                         packet.stream = out_stream
                         output.mux(packet)
-                        if muxer is not None:
+                        for muxer in muxers:
                             muxer.write_until(packet.dts * chunk_tb)
                         count += 1
                     if count != len(span):
@@ -372,9 +372,9 @@ class ChunkedRender:
                     chunk.close()
                 bar.update(len(span))
             bar.close()
-            if muxer is not None:
+            for muxer in muxers:
                 muxer.finish()
         finally:
-            if muxer is not None:
+            for muxer in muxers:
                 muxer.close()
             output.close()

@@ -23,7 +23,7 @@ import av
 import numpy as np
 
 from retarget.video.atomic import commit, discard, partial_path
-from retarget.video.audio import AudioMuxer, AudioSource
+from retarget.video.audio import AudioMuxer, AudioSource, audio_muxers
 from retarget.video.colour import SDR_BT709, is_yuv, output_range
 from retarget.video.encoding import EncoderSettings, apple_codec_tag, encoded_size, fit_frame
 
@@ -64,7 +64,7 @@ class VideoWriter:
         self._container: av.container.OutputContainer | None = None
         self._stream = None
         self._convert: dict | None = None  # reformat arguments: RGB to the stream's YUV, or None for RGB formats
-        self._audio: AudioMuxer | None = None
+        self._audio: list[AudioMuxer] = []  # one per audio stream of the source
         self._first_pts: int | None = None
         self._last_pts: int | None = None
         self._closed = False
@@ -97,7 +97,7 @@ class VideoWriter:
                              "dst_color_range": colour_range}
         self._stream = stream
         if self.audio_source is not None:
-            self._audio = AudioMuxer(self._container, self.audio_source)
+            self._audio = audio_muxers(self._container, self.audio_source)
 
     def write(self, frames: np.ndarray, pts: Sequence[int] | np.ndarray | None = None) -> None:
         """Encode uint8 RGB ``frames`` (``[H, W, 3]`` or ``[n, H, W, 3]``).
@@ -140,8 +140,8 @@ class VideoWriter:
             for packet in self._stream.encode(picture):
                 self._container.mux(packet)
             self.frames_written += 1
-            if self._audio is not None:
-                self._audio.write_until((frame_pts - self._first_pts) * self.time_base)
+            for muxer in self._audio:
+                muxer.write_until((frame_pts - self._first_pts) * self.time_base)
 
     def close(self) -> Path:
         """Flush the encoder, write the rest of the audio, finish the file and move it to ``path``."""
@@ -152,8 +152,8 @@ class VideoWriter:
                 raise ValueError(f"{self.path}: no frames were written")
             for packet in self._stream.encode(None):
                 self._container.mux(packet)
-            if self._audio is not None:
-                self._audio.finish()
+            for muxer in self._audio:
+                muxer.finish()
             self._container.close()
             self._container = None
             commit(self._partial, self.path)
@@ -166,8 +166,8 @@ class VideoWriter:
     def abort(self) -> None:
         """Stop writing and delete the partial file; ``path`` is left as it was."""
         self._closed = True
-        if self._audio is not None:
-            self._audio.close()
+        for muxer in self._audio:
+            muxer.close()
         if self._container is not None:
             try:
                 self._container.close()

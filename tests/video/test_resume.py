@@ -157,3 +157,14 @@ def test_a_short_last_chunk_keeps_the_decode_times_even(tmp_path, last_chunk):
     assert video_pts_seconds(out) == [Fraction(k, 30) for k in range(total)]
     frames = np.concatenate([c.frames for c in VideoReader(out).iter_chunks(16)])
     assert [read_code(f) for f in frames] == list(range(total))
+
+
+def test_joined_output_carries_every_audio_stream(tmp_path):
+    from tests.video.test_writer_audio import _stream_packets, _two_tracks
+
+    source = _two_tracks(tmp_path)
+    job = ChunkedRender(tmp_path / "out.mp4", {"seed": 1}, 30, 8, Fraction(30000, 1001), settings=FAST)
+    render(job, [])
+    job.finalize(audio=AudioSource(source), progress=False)
+    for index in (0, 1):
+        assert _stream_packets(tmp_path / "out.mp4", index) == _stream_packets(source, index)

@@ -95,6 +95,67 @@ def test_pcm_without_channel_names_is_reencoded_where_needed(tmp_path):
         assert container.streams.audio[0].codec_context.layout.name == "stereo"
 
 
+def _stream_packets(path, index):
+    """Payload bytes of the packets of the file's ``index``-th audio stream."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[index]
+        return [bytes(p) for p in container.demux(stream) if p.size]
+
+
+def _two_tracks(tmp_path):
+    """A 30-frame clip with two audio streams, as a camera's two microphones or a film's two languages: AAC tagged
+    English and MP3 tagged German, each a tone as long as the video."""
+    path = tmp_path / "two_tracks.mkv"
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=Fraction(30000, 1001))
+        video.width, video.height, video.pix_fmt = 96, 64, "yuv420p"
+        tracks = []
+        for codec, language in (("aac", "eng"), ("libmp3lame", "deu")):
+            track = out.add_stream(codec, rate=44100)
+            track.layout = "stereo"
+            track.metadata["language"] = language
+            tracks.append(track)
+        for k in range(30):
+            for packet in video.encode(av.VideoFrame.from_ndarray(code_frame(k, 96, 64), format="rgb24")):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+        samples = round(30 * 1001 / 30000 * 44100)
+        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / 44100)).astype(np.float32)
+        for track in tracks:
+            for first in range(0, samples, 1152):
+                block = tone[first:first + 1152]
+                frame = av.AudioFrame.from_ndarray(np.stack([block, block]), format="fltp", layout="stereo")
+                frame.sample_rate, frame.pts = 44100, first
+                for packet in track.encode(frame):
+                    out.mux(packet)
+            for packet in track.encode():
+                out.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".mov"])
+def test_every_audio_stream_is_carried_with_its_language(tmp_path, suffix):
+    source = _two_tracks(tmp_path)
+    with av.open(str(source)) as container:
+        assert [s.codec_context.name for s in container.streams.audio] == ["aac", "mp3float"]
+    out = transcode(source, tmp_path / f"out{suffix}")
+    with av.open(str(out)) as container:
+        languages = [s.metadata.get("language") for s in container.streams.audio]
+    assert languages[0] == "eng" and (languages[1] == "deu" or suffix == ".mov")  # QuickTime's codes have no "deu"
+    for index in (0, 1):
+        assert _stream_packets(out, index) == _stream_packets(source, index)  # both copied, byte for byte
+    assert probe_video(out).frame_count == 30
+    # a range cuts both
+    part = transcode(source, tmp_path / f"part{suffix}", start=0.5, end=0.7)
+    durations = []
+    for index in (0, 1):
+        with av.open(str(part)) as container:
+            stream = container.streams.audio[index]
+            durations.append(float(sum(p.duration for p in container.demux(stream) if p.size) * stream.time_base))
+    assert all(abs(d - 0.2) < 0.06 for d in durations), durations  # to one packet (23 ms AAC, 26 ms MP3)
+
+
 def test_audio_range_reencoded_is_cut_to_the_sample(tmp_path):
     source = make_video(tmp_path / "a.mp4", 60, audio="aac")
     out = tmp_path / "cut.mp4"
