@@ -9,7 +9,9 @@ presentation timestamps), never pixels.
 from __future__ import annotations
 
 import enum
+import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -21,6 +23,8 @@ from retarget.errors import InputError
 from retarget.video.colour import SDR_BT601, ColourTags, stream_colour
 from retarget.video.orientation import Orientation, orientation_from_display_matrix, pixel_aspect, square_pixel_width
 from retarget.video.timecode import timecode_frames
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -220,9 +224,13 @@ def _probe(path: Path, container: av.container.InputContainer) -> VideoInfo:
     frame_count = int(frame_pts.size)
     duration = float((int(frame_pts[-1] - frame_pts[0])) * time_base + 1 / frame_rate)
 
-    orientation = orientation_from_display_matrix(display_matrix(first_frame))
+    with warnings.catch_warnings(record=True) as caught:  # doubtful metadata: said once per file, with its name
+        warnings.simplefilter("always")
+        orientation = orientation_from_display_matrix(display_matrix(first_frame))
+        aspect = pixel_aspect(stream)
+    for warning in caught:
+        _warn_once(path, str(warning.message))
     coded_width, coded_height = first_frame.width, first_frame.height
-    aspect = pixel_aspect(stream)
     width, height = orientation.display_size(square_pixel_width(coded_width, aspect), coded_height)
 
     audio = None
@@ -270,6 +278,17 @@ def _probe(path: Path, container: av.container.InputContainer) -> VideoInfo:
         timecode=_timecode(container, stream, frame_rate),
         interlaced=bool(first_frame.interlaced_frame),
     )
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(path: Path, message: str) -> None:
+    """Log ``message`` about the file ``path`` as a warning, once per process (a job probes a file several times)."""
+    key = (str(path), message)
+    if key not in _warned:
+        _warned.add(key)
+        log.warning("%s: %s", path.name, message)
 
 
 def _timecode(container: av.container.InputContainer, stream, rate: Fraction) -> str | None:
