@@ -316,24 +316,14 @@ def environment_checks() -> list[Check]:
             checks.append(Check(module, True, version))
         except Exception as error:  # a broken install shows as one failed line, whatever it raises
             checks.append(Check(module, False, f"cannot import ({type(error).__name__}: {error})"))
-    if importlib.util.find_spec("mediapipe") is None:
-        checks.append(Check("mediapipe", None, "not installed: the SMIRK crop comes from the detector's keypoints "
-                                               "(pip install 'retarget[mediapipe]' for the published crop)"))
-    else:
-        try:
-            version = importlib.metadata.version("mediapipe")
-        except importlib.metadata.PackageNotFoundError:
-            version = "installed"
-        checks.append(Check("mediapipe", True, f"{version} (published SMIRK crop with smirk/face_landmarker.task)"))
-    if importlib.util.find_spec("pillow_heif") is None:
-        checks.append(Check("heif", None, "not installed: HEIF/HEIC photos (the iPhone's format) stop with an error "
-                                          "(pip install 'retarget[heif]' reads them)"))
-    else:
-        try:
-            version = importlib.metadata.version("pillow-heif")
-        except importlib.metadata.PackageNotFoundError:
-            version = "installed"
-        checks.append(Check("heif", True, f"pillow-heif {version} (HEIF/HEIC photos)"))
+    checks.append(_extra_check("mediapipe", "mediapipe", "mediapipe",
+                               "not installed: the SMIRK crop comes from the detector's keypoints "
+                               "(pip install 'retarget[mediapipe]' for the published crop)",
+                               "{version} (published SMIRK crop with smirk/face_landmarker.task)"))
+    checks.append(_extra_check("heif", "pillow_heif", "pillow-heif",
+                               "not installed: HEIF/HEIC photos (the iPhone's format) stop with an error "
+                               "(pip install 'retarget[heif]' reads them)",
+                               "pillow-heif {version} (HEIF/HEIC photos)"))
     from retarget.evaluation.judges import SFaceJudge
 
     if SFaceJudge.available():
@@ -365,6 +355,18 @@ def environment_checks() -> list[Check]:
     except Exception as error:
         checks.append(Check("video encoders", False, f"{type(error).__name__}"))
     return checks
+
+
+def _extra_check(name: str, module: str, dist: str, missing: str, present: str) -> Check:
+    """The line of an optional package: ``missing`` (a warning) when ``module`` cannot be found, else ``present``
+    with ``{version}`` replaced by the distribution ``dist``'s version."""
+    if importlib.util.find_spec(module) is None:
+        return Check(name, None, missing)
+    try:
+        version = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        version = "installed"
+    return Check(name, True, present.format(version=version))
 
 
 def face_models_gpu_check() -> Check:
