@@ -51,11 +51,13 @@ def make_video(
     faststart: bool = False,
     pixel_aspect: Fraction | None = None,
     keyframe_interval: int | None = None,
+    timecode: str | None = None,
 ) -> Path:
     """Write a test clip. ``pts`` (with ``time_base``) gives variable timestamps; ``audio`` is an audio codec
     name (a 440 Hz tone, 44.1 kHz stereo, as long as the video) or None; ``rotation`` sets the display matrix
     (degrees counter-clockwise); ``pixel_aspect`` the sample aspect ratio (anamorphic pixels; the pictures are drawn
-    at the stored size); ``keyframe_interval`` the x264 GOP length in frames (default: x264's 250)."""
+    at the stored size); ``keyframe_interval`` the x264 GOP length in frames (default: x264's 250); ``timecode`` the start
+    timecode (a timecode track in MOV/MP4, a tag in Matroska)."""
     options = {"movflags": "faststart"} if faststart else {}
     container = av.open(str(path), mode="w", options=options)
     stream = container.add_stream(codec, rate=rate)
@@ -66,6 +68,8 @@ def make_video(
         stream.options = {"preset": "ultrafast", "crf": "12"}
         if keyframe_interval is not None:
             stream.options = {**stream.options, "g": str(keyframe_interval)}
+    if timecode is not None:
+        stream.metadata["timecode"] = timecode
     if rotation is not None:
         stream.set_display_rotation(rotation)
     if pixel_aspect is not None:

@@ -39,16 +39,7 @@ def test_what_is_not_a_timecode_at_the_rate_is_refused(text, rate):
 
 
 def _with_timecode(path, timecode, frames=12):
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=NTSC)
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-        stream.metadata["timecode"] = timecode
-        for k in range(frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(code_frame(k, 96, 64), format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+    return make_video(path, frames, audio=None, timecode=timecode)
 
 
 @pytest.mark.parametrize("suffix", [".mov", ".mp4", ".mkv"])
