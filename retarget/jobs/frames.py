@@ -310,7 +310,7 @@ def photo_face(path, models: FaceModels, face_index: int = 0) -> tuple[np.ndarra
     """Load a photo (any image PIL reads, EXIF orientation applied) and detect its face number ``face_index``.
 
     Raises :class:`~retarget.errors.InputError` for a file that is not an image and :class:`NoFaceError` for a
-    photo without (that many) faces.
+    photo without (that many) faces; a photo with several faces is a warning naming the one used.
     """
     from retarget.faces.image_io import load_image
 
@@ -319,4 +319,8 @@ def photo_face(path, models: FaceModels, face_index: int = 0) -> tuple[np.ndarra
     if len(faces) <= face_index:
         found = f"only {len(faces)} face(s)" if faces else "no face"
         raise NoFaceError(f"{path}: {found} found in the photo")
+    if len(faces) > 1:  # say which one is used: the photo may show someone else beside the person meant
+        which = "the largest" if face_index == 0 else f"face number {face_index + 1} by size"
+        log.warning("%s: %d faces in the photo; using %s (crop the photo to pick another)",
+                    Path(path).name, len(faces), which)
     return image, faces[face_index]

@@ -184,6 +184,25 @@ def test_run_and_edit_say_which_frames_have_no_face(command, media, fast_args, t
     assert probe_video(out).frame_count == FRAMES
 
 
+def test_a_photo_with_several_faces_names_the_one_used(media, fast_args, tmp_path, caplog):
+    import cv2
+    from PIL import Image
+
+    photo = np.asarray(Image.open(media["photo"]).convert("RGB"))
+    small = cv2.resize(photo, (photo.shape[1] * 2 // 3, photo.shape[0] * 2 // 3))
+    pair = np.full((photo.shape[0], photo.shape[1] + small.shape[1], 3), 128, np.uint8)
+    pair[:, :photo.shape[1]], pair[:small.shape[0], photo.shape[1]:] = photo, small
+    Image.fromarray(pair).save(tmp_path / "two.png")
+    single = tmp_path / "single.mp4"
+    with caplog.at_level("WARNING", logger="retarget.jobs"):
+        assert main(["run", str(media["clip"]), "--identity", str(tmp_path / "two.png"), "--end", "0.2",
+                     "-o", str(tmp_path / "out.mp4"), *fast_args]) == 0
+        assert main(["run", str(media["clip"]), "--identity", str(media["photo"]), "--end", "0.2",
+                     "-o", str(single), *fast_args]) == 0
+    notes = [r.getMessage() for r in caplog.records if "in the photo" in r.getMessage()]
+    assert notes == ["two.png: 2 faces in the photo; using the largest (crop the photo to pick another)"]
+
+
 # --- --smirk-channels -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command", ["run", "edit", "extract", "batch"])
