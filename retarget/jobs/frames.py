@@ -97,9 +97,10 @@ class ClipScan:
 
     def missing_face_note(self, name: str, frames: tuple[int, int] | None = None, filled: bool = True) -> str | None:
         """One line naming the frames of ``[first, stop)`` (default: all) that do not have the followed face
-        (``valid`` False: after gap filling; with ``filled`` False, ``detected`` False), e.g. ``"clip.mp4: no face in 38 of 90 frames (0.87-2.10 s)"``, with
-        at most three time spans (seconds from the clip's first frame, each from the first missing frame's time to
-        the end of the last); None when every frame has it."""
+        (``valid`` False: after gap filling; with ``filled`` False, ``detected`` False), e.g.
+        ``"clip.mp4: no face in 38 of 90 frames (0.87-2.10 s)"``, with at most three time spans (seconds from the
+        clip's first frame, each from the first missing frame's time to the end of the last); None when every frame
+        has it."""
         lo, hi = frames if frames is not None else (0, len(self.valid))
         missing = ~(self.valid if filled else self.detected)[lo:hi]
         count = int(missing.sum())

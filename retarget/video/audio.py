@@ -1,10 +1,10 @@
 """Carrying a source file's audio into an output container, in step with the video being written.
 
 Every audio stream is carried (:func:`audio_muxers`), each copied packet for packet (bytes unchanged) when the
-output container accepts its codec, and re-encoded otherwise (AAC when the container takes it, else the container's default audio codec, e.g. Opus
-for WebM). A time range selects the packets that overlap it; copied packets keep their size, so a range is
-exact to one audio packet (1024 samples, about 23 ms, for AAC at 44.1 kHz), while re-encoded audio is cut to
-the sample.
+output container accepts its codec, and re-encoded otherwise (AAC when the container takes it, else the
+container's default audio codec, e.g. Opus for WebM). A time range selects the packets that overlap it; copied
+packets keep their size, so a range is exact to one audio packet (1024 samples, about 23 ms, for AAC at 44.1 kHz),
+while re-encoded audio is cut to the sample.
 
 Timing contract: output time 0 is the source video's first frame plus ``start``; audio keeps its offset to the
 video, so lip sync is preserved.
@@ -21,7 +21,7 @@ import av
 import numpy as np
 
 from retarget.errors import InputError
-from retarget.video.probe import _reason, open_input, probe_video
+from retarget.video.probe import VideoInfo, _reason, open_input, probe_video
 
 
 @dataclass(frozen=True)
@@ -46,18 +46,22 @@ class AudioMuxer:
 
     Call :meth:`write_until` with the output time (seconds) the video has reached, and :meth:`finish` after the
     last video frame. Nothing is created when the source has no such audio stream (``has_audio`` is False). The
-    stream's language tag is kept.
+    stream's language tag is kept. ``info``: the source's probe, when the caller has it (a probe reads the whole
+    file). ``stream_count``: how many audio streams the source has.
     """
 
-    def __init__(self, output: av.container.OutputContainer, source: AudioSource, index: int = 0):
+    def __init__(self, output: av.container.OutputContainer, source: AudioSource, index: int = 0,
+                 info: VideoInfo | None = None):
         self.source = source
-        info = probe_video(source.path)
+        info = info if info is not None else probe_video(source.path)
         self.has_audio = info.audio is not None
         self.copied = False
+        self.stream_count = 0
         self._input = None
         if self.has_audio:
             self._input = open_input(source.path)
-            if index >= len(self._input.streams.audio):
+            self.stream_count = len(self._input.streams.audio)
+            if index >= self.stream_count:
                 self.close()
                 self.has_audio = False
         if not self.has_audio:
@@ -212,11 +216,11 @@ class AudioMuxer:
 def audio_muxers(output: av.container.OutputContainer, source: AudioSource) -> list[AudioMuxer]:
     """One :class:`AudioMuxer` for each audio stream of ``source``'s file, in the file's order (a camera's or a
     recorder's separate microphone tracks, a film's languages), so none is lost; none for a file without audio."""
-    first = AudioMuxer(output, source)
+    info = probe_video(source.path)  # once for every stream
+    first = AudioMuxer(output, source, info=info)
     if not first.has_audio:
         return []
-    count = len(first._input.streams.audio)
-    return [first, *(AudioMuxer(output, source, index) for index in range(1, count))]
+    return [first, *(AudioMuxer(output, source, index, info) for index in range(1, first.stream_count))]
 
 
 # FFmpeg's default layout for a channel count (``av_channel_layout_default``).

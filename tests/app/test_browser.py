@@ -78,7 +78,8 @@ def test_run_in_a_real_browser(playwright_api, served_app, media, tmp_path):
             assert abs(duration - 12 * 1001 / 30000) < 0.1  # the page's player read the whole clip
             # the clip's last two frames have no face: the job says so in the page's warnings box
             assert page.locator("#retarget-status textarea").input_value() == "Done with 1 warning(s)."
-            assert "no face in 2 of 12 frames (0.33-0.40 s)" in page.locator("#retarget-warnings textarea").input_value()
+            warnings = page.locator("#retarget-warnings textarea").input_value()
+            assert "no face in 2 of 12 frames (0.33-0.40 s)" in warnings
 
             with page.expect_download() as download_info:
                 page.locator("#retarget-download a[download]").click()

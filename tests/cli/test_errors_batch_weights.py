@@ -223,7 +223,8 @@ def test_doctor_says_whether_compile_and_the_gpu_face_models_can_work(tmp_path, 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert lines()["--compile"] == f"[ok  ] --compile: {tools / 'g++'}"
     real_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pillow_heif" else real_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pillow_heif" else real_spec(name, *a))
     assert lines()["heif"].startswith("[warn] heif: not installed: HEIF/HEIC photos")
     monkeypatch.setattr(importlib.util, "find_spec", real_spec)
     if real_spec("pillow_heif") is not None:

@@ -56,8 +56,8 @@ def make_video(
     """Write a test clip. ``pts`` (with ``time_base``) gives variable timestamps; ``audio`` is an audio codec
     name (a 440 Hz tone, 44.1 kHz stereo, as long as the video) or None; ``rotation`` sets the display matrix
     (degrees counter-clockwise); ``pixel_aspect`` the sample aspect ratio (anamorphic pixels; the pictures are drawn
-    at the stored size); ``keyframe_interval`` the x264 GOP length in frames (default: x264's 250); ``timecode`` the start
-    timecode (a timecode track in MOV/MP4, a tag in Matroska)."""
+    at the stored size); ``keyframe_interval`` the x264 GOP length in frames (default: x264's 250); ``timecode``
+    the start timecode (a timecode track in MOV/MP4, a tag in Matroska)."""
     options = {"movflags": "faststart"} if faststart else {}
     container = av.open(str(path), mode="w", options=options)
     stream = container.add_stream(codec, rate=rate)

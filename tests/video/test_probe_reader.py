@@ -125,7 +125,8 @@ def test_implausible_pixel_aspect_is_taken_as_square(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="retarget.video.probe"):
         info = probe_video(path)
         probe_video(path)  # a job probes a file several times: the warning is logged once, naming the file
-    assert [r.getMessage() for r in caplog.records] == ["sar.mp4: pixel aspect ratio 10 ignored (taken as square pixels)"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["sar.mp4: pixel aspect ratio 10 ignored (taken as square pixels)"]
     assert info.pixel_aspect == 1 and (info.width, info.height) == (96, 64)
     assert next(VideoReader(path, info).iter_chunks(2)).frames.shape == (2, 64, 96, 3)
 

@@ -54,7 +54,8 @@ def test_probe_reads_the_start_timecode(tmp_path, suffix):
 def test_joined_output_carries_the_timecode(tmp_path, suffix):
     if int(av.__version__.split(".")[0]) < 18 and suffix != ".mkv":
         pytest.skip("PyAV 17 writes no timecode track for a copied stream (the joined output's video)")
-    job = ChunkedRender(tmp_path / f"out{suffix}", {"seed": 1}, 10, 4, NTSC, settings=EncoderSettings(preset="ultrafast"))
+    job = ChunkedRender(tmp_path / f"out{suffix}", {"seed": 1}, 10, 4, NTSC,
+                        settings=EncoderSettings(preset="ultrafast"))
     for span in job.pending_chunks():
         job.save_chunk(span.index, np.stack([code_frame(k, 96, 64) for k in range(span.start, span.stop)]))
     job.finalize(progress=False, timecode="10:00:00;02")

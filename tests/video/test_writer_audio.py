@@ -156,6 +156,19 @@ def test_every_audio_stream_is_carried_with_its_language(tmp_path, suffix):
     assert all(abs(d - 0.2) < 0.06 for d in durations), durations  # to one packet (23 ms AAC, 26 ms MP3)
 
 
+def test_the_source_is_probed_once_for_all_its_audio_streams(tmp_path, monkeypatch):
+    import retarget.video.audio as audio_module
+
+    source, calls = _two_tracks(tmp_path), []
+    probe = audio_module.probe_video
+    monkeypatch.setattr(audio_module, "probe_video", lambda path: calls.append(path) or probe(path))
+    with av.open(str(tmp_path / "out.mkv"), "w") as out:
+        muxers = audio_module.audio_muxers(out, AudioSource(source))
+        assert len(muxers) == 2 and len(calls) == 1  # a probe reads the whole file
+        for muxer in muxers:
+            muxer.close()
+
+
 def test_audio_range_reencoded_is_cut_to_the_sample(tmp_path):
     source = make_video(tmp_path / "a.mp4", 60, audio="aac")
     out = tmp_path / "cut.mp4"
