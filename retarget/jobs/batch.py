@@ -9,8 +9,8 @@ skipped, unless its provenance record says another job made it (other inputs or 
 on. The model is loaded once per process and shared by every
 file.
 
-Sharding: under ``accelerate launch`` (or any launcher that sets accelerate's environment) the sorted file list is
-split by accelerate's ``PartialState``: process ``i`` of ``n`` takes files ``i, i + n, i + 2n, ...``, so no file
+Sharding: under ``accelerate launch``, ``torchrun`` or ``mpirun`` the sorted file list is split by the launcher's
+global rank (:func:`process_share`): process ``i`` of ``n`` takes files ``i, i + n, i + 2n, ...``, so no file
 is done twice and each has exactly one owner. Each process renders on its own GPU (the launcher's local rank, see
 :func:`retarget.devices.resolve_device`). The model files are loaded once and checked before any clip (the diffusion
 pipeline's load, on its own thread during the first clip's scan, stops the batch if it fails): bad weights stop the
@@ -84,21 +84,23 @@ def list_videos(folder: Path) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith("."))
 
 
+#: (rank, size) environment variables of MPI launchers (Open MPI, MVAPICH2, MPICH and Intel MPI), first found wins.
+MPI_RANK_VARIABLES = (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE"),
+                      ("PMI_RANK", "PMI_SIZE"))
+
+
 def process_share() -> tuple[int, int]:
     """(index, count) of this process among the launched ones, else (0, 1).
 
     ``accelerate launch`` and ``torchrun`` set the standard ``RANK``/``WORLD_SIZE`` variables (global over all
-    nodes); launchers that do not (MPI) are read through accelerate's ``PartialState``. No process group is
-    started: the split needs no communication.
+    nodes); MPI launchers set their own (:data:`MPI_RANK_VARIABLES`), read directly (accelerate reads those only
+    for CPU runs). No process group is started: the split needs no communication.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1:
-        return int(os.environ.get("RANK", "0") or 0), world
-    if "ACCELERATE_MIXED_PRECISION" in os.environ or "PMI_SIZE" in os.environ or "OMPI_COMM_WORLD_SIZE" in os.environ:
-        from accelerate import PartialState
-
-        state = PartialState()
-        return int(state.process_index), int(state.num_processes)
+    pairs = (("RANK", "WORLD_SIZE"),) + MPI_RANK_VARIABLES
+    for rank_name, size_name in pairs:
+        size, rank = os.environ.get(size_name, "").strip(), os.environ.get(rank_name, "").strip()
+        if size.isdigit() and int(size) > 1 and rank.isdigit() and int(rank) < int(size):
+            return int(rank), int(size)
     return 0, 1
 
 

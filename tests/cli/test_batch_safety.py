@@ -36,7 +36,9 @@ def test_output_names_are_distinct_and_depend_only_on_the_list():
 @pytest.fixture
 def launcher(monkeypatch):
     """``process(i, n)``: set torchrun / accelerate's variables for process ``i`` of ``n``."""
-    for name in ("ACCELERATE_MIXED_PRECISION", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+    from retarget.jobs.batch import MPI_RANK_VARIABLES
+
+    for name in [name for pair in MPI_RANK_VARIABLES for name in pair]:
         monkeypatch.delenv(name, raising=False)
 
     def process(index: int, count: int) -> None:

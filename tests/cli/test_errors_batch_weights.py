@@ -145,10 +145,24 @@ def test_sharding_gives_every_file_exactly_one_process(tmp_path, monkeypatch):
     shares = [batch_module.shard(files, i, 3) for i in range(3)]
     assert sorted(f for share in shares for f in share) == files
     assert [len(s) for s in shares] == [4, 4, 3]
-    for name in ("ACCELERATE_MIXED_PRECISION", "LOCAL_RANK", "WORLD_SIZE", "RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+    launcher_names = ["LOCAL_RANK", "WORLD_SIZE", "RANK"]
+    launcher_names += [name for pair in batch_module.MPI_RANK_VARIABLES for name in pair]
+    for name in launcher_names:
         monkeypatch.delenv(name, raising=False)
     assert batch_module.process_share() == (0, 1)
-    # accelerate launch / torchrun: global rank and world size over all nodes
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # accelerate launch of a single process
+    assert batch_module.process_share() == (0, 1)
+    # Open MPI: its own variables, which accelerate reads only for CPU runs
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "2")
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "0")
+    assert batch_module.process_share() == (2, 4)
+    for name in ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PMI_SIZE", "3")  # MPICH / Intel MPI
+    monkeypatch.setenv("PMI_RANK", "1")
+    assert batch_module.process_share() == (1, 3)
+    # accelerate launch / torchrun: global rank and world size over all nodes, ahead of anything else
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
