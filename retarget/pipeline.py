@@ -69,12 +69,22 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return torch.round(images * 255.0).clamp_(0, 255).to(torch.uint8)
 
 
+def bf16_native(device: torch.device) -> bool:
+    """Whether the CUDA ``device`` computes in bf16 natively: compute capability 8.0 (Ampere) or newer, or a ROCm
+    GPU that torch says supports it. ``torch.cuda.is_bf16_supported()`` alone also answers True for older cards
+    (V100, T4), which only emulate bf16, with slow convolution and attention kernels."""
+    if torch.version.hip:
+        return torch.cuda.is_bf16_supported()
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
-    """CUDA when available; bf16 on GPUs that support it, else fp16; fp32 on the CPU."""
+    """CUDA when available; bf16 on GPUs that compute in it natively (see :func:`bf16_native`), else fp16; fp32
+    on the CPU."""
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         if device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            dtype = torch.bfloat16 if bf16_native(device) else torch.float16
         else:
             dtype = torch.float32
     elif isinstance(dtype, str):

@@ -193,3 +193,23 @@ def test_default_batch_size_follows_the_device_and_its_memory(gpus, monkeypatch)
     assert JobOptions(device="cuda").batch_size == 16
     gpus.set(0)
     assert JobOptions().batch_size == 8
+
+
+@pytest.mark.parametrize("capability, hip, expected", [
+    ((9, 0), None, torch.bfloat16),   # Hopper
+    ((8, 6), None, torch.bfloat16),   # Ampere
+    ((7, 5), None, torch.float16),    # Turing (T4): bf16 only emulated
+    ((7, 0), None, torch.float16),    # Volta (V100)
+    ((9, 4), "6.2", torch.bfloat16),  # ROCm: torch's own answer (True here)
+])
+def test_default_dtype_is_bf16_only_where_the_gpu_computes_in_it(gpus, monkeypatch, capability, hip, expected):
+    from retarget.pipeline import default_device_dtype
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # as torch says
+    monkeypatch.setattr(torch.version, "hip", hip)
+    assert default_device_dtype("cuda:2") == (torch.device("cuda:2"), expected)
+    assert asked == ([] if hip else [torch.device("cuda:2")])  # the card asked about is the job's
+    assert default_device_dtype("cuda:2", "fp32")[1] == torch.float32  # an explicit dtype wins
+    assert default_device_dtype("cpu") == (torch.device("cpu"), torch.float32)
