@@ -93,6 +93,14 @@ def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.d
     return device, dtype
 
 
+def _mode_uses_cuda_graphs(mode: str | None, options: dict | None) -> bool:
+    """Whether inductor replays CUDA graphs under ``torch.compile(mode=mode, options=options)``: the modes
+    ``"reduce-overhead"`` and ``"max-autotune"``, or the option ``triton.cudagraphs``."""
+    if options and "triton.cudagraphs" in options:
+        return bool(options["triton.cudagraphs"])
+    return mode in ("reduce-overhead", "max-autotune")
+
+
 class _LoadClock:
     """Seconds per part of :meth:`ExpressionPipeline.from_pretrained` (``parts``, in order), for load profiles;
     ``check`` (optional) is called after each part, and may raise to stop the load there."""
@@ -222,6 +230,7 @@ class ExpressionPipeline:
         self.static_batch_size = 0
         self._grow_static_batch = False
         self._denoiser = None
+        self.uses_cuda_graphs = False  # whether the compiled UNet replays CUDA graphs (see compile)
         self.compile_failure: str | None = None  # why torch.compile was given up (see compile), if it was
         self._compiled_inputs: set[tuple] = set()  # (rows, guidance on, reference on) the compiled UNet has seen
         self._bank_version: tuple | None = None
@@ -364,7 +373,8 @@ class ExpressionPipeline:
         Shapes are static (``dynamic=False``) and each call is padded to the largest batch seen, so one graph
         serves a whole clip and every later clip of the same batch size and guidance mode; identities,
         references and scales are tensor inputs and never recompile. ``mode``: e.g. ``"max-autotune"`` or
-        ``"reduce-overhead"`` (CUDA graphs). With inductor, compiled artefacts are kept in a persistent cache
+        ``"reduce-overhead"`` (CUDA graphs, as ``"max-autotune"``; :attr:`uses_cuda_graphs` then says so: torch
+        records CUDA graphs per thread, so render from one thread and skip :meth:`warm_up` on another). With inductor, compiled artefacts are kept in a persistent cache
         (:func:`use_persistent_inductor_cache`; ``cache_dir`` overrides). The UNet's weights are put in
         channels-last (the reference pass, which stays eager, reads the same weights).
 
@@ -379,6 +389,7 @@ class ExpressionPipeline:
         self._set_memory_format(True, self.unet)  # inductor's fused kernels gain from it (the measured setting)
         self._denoiser = torch.compile(self.unet, mode=mode, backend=backend, fullgraph=fullgraph, dynamic=False,
                                        **kwargs)
+        self.uses_cuda_graphs = backend == "inductor" and _mode_uses_cuda_graphs(mode, kwargs.get("options"))
         self._grow_static_batch = True
 
     def scheduler(self):
@@ -649,6 +660,7 @@ class ExpressionPipeline:
         compile_log.warning("torch.compile failed (%s); rendering without it", reason)
         self.compile_failure = reason
         self._denoiser = None
+        self.uses_cuda_graphs = False
         self._grow_static_batch = False
         self.static_batch_size = 0
         self._compiled_inputs.clear()

@@ -172,14 +172,18 @@ class RenderSession:
             pipe.compile(mode=None if o.compile_mode == "default" else o.compile_mode)
         options_done = time.perf_counter()
         check()
-        if warm_up is not None and overlaps_scan(pipe.device):
+        # Not with CUDA graphs: torch records them per thread, so graphs recorded here would be recorded again by
+        # the rendering thread, in a second memory pool (and older torch releases fail there: pytorch issue 123177).
+        if warm_up is not None and overlaps_scan(pipe.device) and not pipe.uses_cuda_graphs:
             frames, reference = warm_up
+            failure = None
             try:
                 pipe.warm_up(frames, o.guidance, reference, o.reference_scale)
             except Exception as error:  # an optimisation must not fail a job: the first batch pays the costs instead
-                log.warning("warm-up skipped (%s: %s); the first batch starts cold",
-                            type(error).__name__, str(error).strip().splitlines()[0] if str(error).strip() else "")
+                failure = type(error).__name__ + (f": {_first_line(error)}" if str(error).strip() else "")
                 log.debug("warm-up failure", exc_info=True)
+            if failure is not None:  # outside the handler: the failed call's tensors are let go first
+                log.warning("warm-up skipped (%s); the first batch starts cold", failure)
                 import torch
 
                 torch.cuda.empty_cache()  # e.g. out of memory beside the scan: leave the room to the render

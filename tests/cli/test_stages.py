@@ -309,6 +309,26 @@ def test_the_warm_up_is_for_gpus():
     assert not overlaps_scan("cpu") and not overlaps_scan(torch.device("cpu")) and not overlaps_scan("mps")
 
 
+@pytest.mark.parametrize("mode, cuda_graphs", [("default", False), ("max-autotune-no-cudagraphs", False),
+                                               ("reduce-overhead", True), ("max-autotune", True)])
+def test_no_warm_up_on_the_loading_thread_with_cuda_graphs(cli_models, monkeypatch, mode, cuda_graphs):
+    """torch records CUDA graphs per thread: graphs recorded by a warm-up on the loading thread would be recorded
+    again by the rendering thread (and some torch releases fail there), so compile modes with CUDA graphs skip it."""
+    from retarget.jobs import session as session_module
+    from retarget.jobs.options import JobOptions
+    from retarget.pipeline import ExpressionPipeline
+
+    models, base = cli_models
+    warm_ups = []
+    monkeypatch.setattr(session_module, "overlaps_scan", lambda device: True)  # as on CUDA
+    monkeypatch.setattr(ExpressionPipeline, "warm_up",
+                        lambda self, *args, **kwargs: warm_ups.append(threading.current_thread().name))
+    options = JobOptions(models=models, base_model=str(base), progress=False, compile=True, compile_mode=mode)
+    session = session_module.RenderSession(options).load(expressions=False, background=True, warm_up=(2, "shared"))
+    assert session.pipeline.uses_cuda_graphs == cuda_graphs
+    assert warm_ups == ([] if cuda_graphs else ["retarget-load"])
+
+
 def test_a_failed_warm_up_only_warns(media, fast_args, tmp_path, monkeypatch, caplog):
     """The warm-up is an optimisation: if it fails (say, out of GPU memory beside the scan), the job goes on cold,
     with the same output."""
