@@ -34,7 +34,7 @@ orders=${ORDERS:-staged,sequential,compiled}
 work=${WORK:-$(mktemp -d)}
 profile_dir=${PROFILE_DIR:-$work}
 steps=${STEPS:-1 2 3 4 5}
-python=${PYTHON:-python}
+python=${PYTHON:-$(command -v python || command -v python3)}  # images with only python3 have no `python`
 step() {  # step SECONDS COMMAND...
     local seconds=$1; shift
     timeout --signal=INT --kill-after=20 "$seconds" "$@" || echo "== step failed or timed out (exit $?)"
