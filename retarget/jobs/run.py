@@ -118,8 +118,8 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
                      progress=options.progress, reference=session.face_reference, frames=(lo, hi),
                      memory_budget=options.memory_budget, keep_frames=keep, overlap=options.overlap,
                      check=scan_check(session, check), times=stats)
-    note = scan.missing_face_note(info.path.name, (lo, hi))
-    if note:
+    note = scan.missing_face_note(info.path.name, (lo, hi), filled=False)  # bridged gaps too: their expressions
+    if note:                                                                 # are interpolated, not read
         log.warning("%s; those frames take the expressions of the neighbouring frames with a face", note)
     track = prepared_motion(scan.motion(frames=(lo, hi)), options.smooth)
     neutral = neutral_values(track, options.neutral_frame) if options.relative else None
