@@ -36,6 +36,7 @@ from .models.attention import (
     ReferenceSelfAttnProcessor,
     fuse_self_attention_projections,
 )
+from .models.formats import REFERENCE_LORA_FILE
 from .models.identity import ARCFACE_DIM, IdPromptEncoder
 from .models.loading import (
     LCM_ADAPTER_NAME,
@@ -461,7 +462,8 @@ class ExpressionPipeline:
         ``id_prompt`` is ``[1, 77, C]`` (shared) or ``[R, 77, C]`` (one per reference).
         """
         if not self.has_reference_adapter:
-            raise WeightsError("a reference image needs models/ref_adapter/pytorch_lora_weights.safetensors")
+            raise WeightsError(f"a reference image needs the Reference Adapter ({REFERENCE_LORA_FILE} in the models "
+                               "folder), which this pipeline was loaded without; render without a reference instead")
         pixels = self._reference_pixels(reference_image)
         if pixels.shape[0] == 1 and id_prompt.shape[0] > 1:
             pixels = pixels.expand(id_prompt.shape[0], -1, -1, -1)

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -90,10 +91,13 @@ class RenderSession:
         compile set-up with ``options.compile``). A wrong guess costs time only: results never depend on it.
 
         Raises :class:`~retarget.errors.WeightsError` (one line) for a missing models folder or a missing or
-        broken file.
+        broken file, among them the Reference Adapter when ``warm_up`` names a reference kind (the job renders with
+        one), so that the job stops before its face scan rather than at its first batch.
         """
         if not self.options.models.is_dir():
             raise WeightsError(f"models folder not found: {self.options.models}")
+        if warm_up is not None and warm_up[1] is not None:
+            require_reference_adapter(self.options.models)
         begin = time.perf_counter()
         for name in ("detector", "identity") + (("expressions",) if expressions else ()):
             getattr(self.faces, name)  # each property loads and checks its file
@@ -239,6 +243,16 @@ class RenderSession:
                 raise DeviceMemoryError(out_of_memory_message(self.device, o.batch_size, shortage))
             out[rows] = images
         return out
+
+
+def require_reference_adapter(models: Path) -> None:
+    """Raise :class:`~retarget.errors.WeightsError` (one line) when ``models`` lacks the Reference Adapter file."""
+    from retarget.models.formats import REFERENCE_LORA_FILE
+
+    path = models / REFERENCE_LORA_FILE
+    if not path.is_file():
+        raise WeightsError(f"Reference Adapter not found: {path} (retarget weights download fetches it; `run` "
+                           "and `batch --identity` render without it with --no-reference)")
 
 
 class DeviceMemoryError(RetargetError):

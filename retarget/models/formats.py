@@ -198,10 +198,13 @@ def map_encoder_keys(state: dict[str, torch.Tensor], model_keys: set[str]) -> di
     return mapped
 
 
+#: The Reference Adapter's LoRA under the models folder (the only pipeline file a render can do without).
+REFERENCE_LORA_FILE = "ref_adapter/pytorch_lora_weights.safetensors"
+
 #: The pipeline's weight files under the models folder whose headers :func:`check_headers` reads.
 PIPELINE_WEIGHT_FILES = ("arc2face/diffusion_pytorch_model.safetensors", "arc2face/diffusion_pytorch_model.bin",
                          "encoder/pytorch_model.bin", "encoder/model.safetensors", "exp_adapter/exp_adapter.bin",
-                         "ref_adapter/pytorch_lora_weights.safetensors")
+                         REFERENCE_LORA_FILE)
 
 
 def check_header(path: str | os.PathLike) -> None:

@@ -21,6 +21,7 @@ from .attention import AttentionContext, cross_attention_layers, install_process
 from .expression import ExpressionProjection
 from .formats import (
     LORA_TARGETS,
+    REFERENCE_LORA_FILE,
     check_state_dict,
     load_safetensors,
     load_weights_file,
@@ -53,7 +54,7 @@ class ModelFiles:
         models_dir = Path(models_dir)
         if not models_dir.is_dir():
             raise WeightsError(f"models folder not found: {models_dir}")
-        ref = models_dir / "ref_adapter" / "pytorch_lora_weights.safetensors"
+        ref = models_dir / REFERENCE_LORA_FILE
         if require_reference:
             require_file(ref, "reference adapter LoRA")
         return cls(

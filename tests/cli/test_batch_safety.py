@@ -243,3 +243,32 @@ def _takes_files(folder: Path) -> bool:
     from retarget.jobs.common import write_problem
 
     return write_problem(folder / "probe") is None
+
+
+@pytest.mark.parametrize("command", ["run", "edit", "batch"])
+def test_a_missing_reference_adapter_stops_before_the_face_scan(command, cli_models, media, fast_args, tmp_path,
+                                                                capsys, monkeypatch):
+    """The Reference Adapter is on by default: without its file, the job stops with one line naming the file (in the
+    folder given) before scanning; ``--no-reference`` renders without it."""
+    models = tmp_path / "models"
+    shutil.copytree(cli_models[0], models)
+    shutil.rmtree(models / "ref_adapter")
+    scanned = []
+    for module in (run_module, edit_module):
+        monkeypatch.setattr(module, "scan_clip", lambda *a, **k: scanned.append(a) or pytest.fail("scanned"))
+    out = tmp_path / "out.mp4"
+    if command == "batch":
+        (tmp_path / "in").mkdir()
+        copy_to(media["clip"], tmp_path / "in")
+        head = ["batch", tmp_path / "in", "-o", tmp_path / "out", "--identity", media["photo"]]
+    else:
+        head = [command, media["clip"], "--identity" if command == "run" else "--expression", media["photo"],
+                "-o", out]
+    code, err = run_cli([*head, *with_models(fast_args, models)], capsys)
+    assert_one_line_error(code, err, f"Reference Adapter not found: {models / 'ref_adapter'}", "--no-reference")
+    assert scanned == [] and not out.exists() and not (tmp_path / "out").exists()
+    if command == "run":
+        monkeypatch.undo()
+        code, err = run_cli([*head, *with_models(fast_args, models), "--no-reference"], capsys)
+        assert code == 0, err
+        assert probe_video(out).frame_count == FRAMES
