@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import json
 import importlib.util
 import os
 import shutil
@@ -413,6 +414,27 @@ def _compiler(variable: str, *names: str) -> str | None:
     return None
 
 
+def file_problem(item: WeightFile, path: Path) -> str | None:
+    """What makes the present file ``path`` unusable, in one line, or None: the face models are opened with their
+    loaders (``item.check``, a second or two); the diffusion model's weight files get their header read (see
+    :func:`~retarget.models.formats.check_header`: milliseconds; keys and shapes are left to ``doctor --load``)
+    and its ``config.json`` files are parsed."""
+    from retarget.models.formats import PIPELINE_WEIGHT_FILES, check_header
+
+    try:
+        if item.check is not None:
+            item.check(path)
+        elif item.path in PIPELINE_WEIGHT_FILES:
+            check_header(path)
+        elif path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:  # json's errors (WeightsError is not one)
+        return f"not a JSON file ({error})" if path.suffix == ".json" else str(error).splitlines()[0]
+    except Exception as error:  # a loader's WeightsError, or anything else it raises for a broken file
+        return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return None
+
+
 def weight_checks(models: Path, base_model: str | None, load: bool = False) -> list[Check]:
     """Presence of every published file under ``models``, the base model, and (``load``) a strict model load."""
     checks = []
@@ -421,7 +443,9 @@ def weight_checks(models: Path, base_model: str | None, load: bool = False) -> l
     for item in WEIGHT_FILES:
         path = models / item.path
         if path.is_file() and path.stat().st_size > 0:
-            checks.append(Check(item.path, True, f"{path.stat().st_size / 1e6:.1f} MB"))
+            problem = file_problem(item, path)
+            size = f"{path.stat().st_size / 1e6:.1f} MB"
+            checks.append(Check(item.path, problem is None, size if problem is None else f"{size}, {problem}"))
         else:
             how = f"run `retarget weights download` or {manual_step(item, models)}"
             checks.append(Check(item.path, False if item.required else None, f"missing; {how}"))

@@ -175,6 +175,28 @@ def test_doctor_passes_on_complete_folder(cli_models, capsys):
     assert "everything needed is in place" in capsys.readouterr().out
 
 
+def test_doctor_fails_on_files_that_cannot_be_weights(cli_models, tmp_path, capsys):
+    """A present but broken file is a failed check naming what is wrong, as the jobs would say (not a pass)."""
+    import shutil
+
+    models, base = cli_models
+    copy = tmp_path / "models"
+    shutil.copytree(models, copy)
+    (copy / "exp_adapter" / "exp_adapter.bin").write_text("garbage")
+    (copy / "arc2face" / "config.json").write_text("{not json")
+    (copy / "antelopev2" / "arcface.onnx").write_bytes(b"\0" * 64)
+    assert main(["doctor", "--models", str(copy), "--base-model", str(base)]) == 1
+    lines = {line.split("] ", 1)[1].split(":", 1)[0]: line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("[")}
+    assert lines["exp_adapter/exp_adapter.bin"].startswith("[FAIL] ") and "not a torch weights file" in \
+        lines["exp_adapter/exp_adapter.bin"]
+    assert lines["arc2face/config.json"].startswith("[FAIL] ") and "not a JSON file" in lines["arc2face/config.json"]
+    assert lines["antelopev2/arcface.onnx"].startswith("[FAIL] ") and "cannot load" in lines["antelopev2/arcface.onnx"]
+    for name in ("arc2face/diffusion_pytorch_model.safetensors", "encoder/pytorch_model.bin", "smirk/SMIRK_em1.pt",
+                 "ref_adapter/pytorch_lora_weights.safetensors"):
+        assert lines[name].startswith("[ok  ] "), lines[name]
+
+
 def test_batch_out_of_device_memory_stops_with_one_line_and_resumes(media, fast_args, tmp_path, capsys,
                                                                     monkeypatch):
     """Every clip's diffusion batches have the same size, so one that runs out of device memory stops the batch
