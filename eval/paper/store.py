@@ -84,13 +84,15 @@ class RunStore:
         self.started_over = False
 
     def open(self) -> RunStore:
-        """Create the folder; remove the outputs of a run with another key (logged). A folder that has
-        ``images/`` or ``records/`` but no ``run-key.json`` is not a run folder: :class:`InputError`, nothing
-        is removed."""
+        """Create the folder; remove the outputs of a run with another key (logged). A folder that is not empty
+        but has no ``run-key.json`` (written first) is not a run folder: :class:`InputError`, nothing is written
+        or removed."""
         key_path = self.root / KEY_FILE
-        if not key_path.is_file() and any((self.root / sub).exists() for sub in SUBFOLDERS):
-            raise InputError(f"{self.root} has images/ or records/ but no {KEY_FILE}: not a run folder of this "
-                             "protocol; give a new or empty folder")
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"{self.root} is a file; give a new or empty folder")
+        if not key_path.is_file() and self.root.is_dir() and any(self.root.iterdir()):
+            raise InputError(f"{self.root} is not empty and has no {KEY_FILE}: not a run folder of this protocol; "
+                             "give a new or empty folder")
         self.root.mkdir(parents=True, exist_ok=True)
         previous = None
         if key_path.is_file():

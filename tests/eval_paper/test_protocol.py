@@ -345,6 +345,15 @@ def test_a_folder_that_is_not_a_run_folder_is_left_alone(paper_inputs, paper_ses
     with pytest.raises(InputError, match="not a run folder"):
         run(out, paper_inputs, paper_session, limit=1)
     assert (out / "images" / "holiday.jpg").read_bytes() == b"not ours"
+    videos = tmp_path / "videos"  # any other folder with files in it: nothing written there either
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(b"mine")
+    with pytest.raises(InputError, match="is not empty and has no run-key.json"):
+        run(videos, paper_inputs, paper_session, limit=1)
+    assert [p.name for p in videos.iterdir()] == ["a.mp4"]
+    (tmp_path / "empty").mkdir()  # an empty folder is fine
+    run(tmp_path / "empty", paper_inputs, paper_session, limit=1)
+    assert (tmp_path / "empty" / "run-key.json").is_file()
 
 
 def test_cells_that_would_share_a_file_name_are_an_error():
