@@ -22,11 +22,12 @@ from retarget.motion.adjust import PartGains, apply_gains, checked_neutral, neut
 from retarget.motion.track import MotionTrack, clamp_published
 
 
-def neutral_values(track: MotionTrack, frame: int | None) -> np.ndarray:
+def neutral_values(track: MotionTrack, frame: int | None, first: int = 0) -> np.ndarray:
     """float32 ``[55]``: the values of ``track`` at its neutral frame, ``frame`` (a frame number, checked: in range
-    and with a face) or, for ``None``, the lowest-energy valid frame. A bad frame, or a track without any face,
-    raises :class:`~retarget.motion.adjust.NeutralFrameError` (an :class:`~retarget.errors.InputError`)."""
-    index = neutral_frame(track) if frame is None else checked_neutral(track, frame, name="--neutral-frame")
+    and with a face; ``first`` is the frame number of the track's first row) or, for ``None``, the lowest-energy
+    valid frame. A bad frame, or a track without any face, raises
+    :class:`~retarget.motion.adjust.NeutralFrameError` (an :class:`~retarget.errors.InputError`)."""
+    index = neutral_frame(track) if frame is None else checked_neutral(track, frame, "--neutral-frame", first)
     return track.values[index].copy()
 
 

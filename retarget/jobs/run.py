@@ -122,7 +122,7 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
     if note:                                                                 # are interpolated, not read
         log.warning("%s; those frames take the expressions of the neighbouring frames with a face", note)
     track = prepared_motion(scan.motion(frames=(lo, hi)), options.smooth)
-    neutral = neutral_values(track, options.neutral_frame) if options.relative else None
+    neutral = neutral_values(track, options.neutral_frame, first=lo) if options.relative else None  # clip numbers
     expressions = rendered_expressions(track, options, own=photo.expression, neutral=neutral)
     return lambda: _render_run(driving, output, options, reference, side_by_side, session, photo, reader, lo, hi,
                                scan, expressions, stats, own_session, finish=times is None)

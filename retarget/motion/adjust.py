@@ -46,15 +46,17 @@ class NeutralFrameError(InputError, ValueError):
     """A neutral frame that cannot be used: out of range, without a face, or no valid frame to choose from."""
 
 
-def checked_neutral(track: MotionTrack, index: int, name: str = "neutral frame") -> int:
-    """``index`` if it is a frame of ``track`` with a face, else :class:`NeutralFrameError` (``name`` is how the
-    message calls the frame, e.g. ``--neutral-frame``)."""
-    if not 0 <= index < len(track):
-        raise NeutralFrameError(f"{name} {index} is out of range: the driving motion has {len(track)} frames "
-                                f"(0 to {len(track) - 1})")
-    if not track.valid[index]:
+def checked_neutral(track: MotionTrack, index: int, name: str = "neutral frame", first: int = 0) -> int:
+    """The row of ``track`` of frame number ``index`` if that frame has a face, else :class:`NeutralFrameError`
+    (``name`` is how the message calls the frame, e.g. ``--neutral-frame``). ``first``: the frame number of the
+    track's first row (a track read from part of a clip, e.g. from ``--start``); the messages use frame numbers."""
+    if not first <= index < first + len(track):
+        part = f" (frames {first} to {first + len(track) - 1} of the clip, from --start/--end)" if first else \
+            f" (0 to {len(track) - 1})"
+        raise NeutralFrameError(f"{name} {index} is out of range: the driving motion has {len(track)} frames{part}")
+    if not track.valid[index - first]:
         raise NeutralFrameError(f"{name} {index} is not a valid frame of the driving motion (no face was found in it)")
-    return int(index)
+    return int(index - first)
 
 
 def neutral_frame(track: MotionTrack, method: Literal["lowest_energy", "median"] = "lowest_energy") -> int:

@@ -100,6 +100,30 @@ def test_edit_neutral_frame_out_of_range_is_one_line(media, fast_args, tmp_path,
     assert not out.exists() and not (tmp_path / "out.mp4.retarget-work").exists()
 
 
+def test_run_neutral_frame_is_a_frame_number_of_the_clip(media, fast_args, tmp_path, capsys, monkeypatch):
+    """With --start, ``--neutral-frame`` still counts from the clip's first frame (as the help says), and must lie
+    in the rendered range, whose frames alone are scanned."""
+    from retarget.jobs import run as run_module
+
+    out = tmp_path / "out.mp4"
+    head = ["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(out), "--start", "0.1",
+            "--end", "0.3", "--relative"]
+    code = main([*head, "--neutral-frame", "1", *fast_args])
+    assert_one_line_error(code, capsys.readouterr().err, "--neutral-frame 1 is out of range: the driving motion has "
+                          "6 frames (frames 3 to 8 of the clip, from --start/--end)")
+    assert not out.exists()
+    used, original = [], run_module.neutral_values
+
+    def recording(track, frame, first=0):
+        values = original(track, frame, first)
+        used.append((frame, first, [i for i in range(len(track)) if np.array_equal(track.values[i], values)]))
+        return values
+
+    monkeypatch.setattr(run_module, "neutral_values", recording)
+    assert main([*head, "--neutral-frame", "5", *fast_args]) == 0
+    assert used == [(5, 3, [2])]  # clip frame 5 is the third frame of the range, which starts at frame 3
+
+
 # --- which face models run, on stderr without --debug ---------------------------------------------------------
 
 def _cli(argv, timeout=300):
