@@ -83,7 +83,7 @@ def _common_parser() -> argparse.ArgumentParser:
                         help="which face to follow when there are several: 0 = largest in the first frame with a face")
     motion.add_argument("--face-reference", metavar="PHOTO", default=None,
                         help="follow the person in PHOTO (the face most similar to it by ArcFace) when there are "
-                             "several; replaces --face-index")
+                             "several; instead of --face-index (not both)")
     motion.add_argument("--smirk-channels", choices=("rgb", "bgr"), default="rgb",
                         help="channel order of the SMIRK crop: rgb (SMIRK's own convention, default) or bgr (what "
                              "the published expression demo feeds); changes the expressions read from faces")
