@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="noise seed (default 0)")
     parser.add_argument("--device", default=None, metavar="DEV", help="cpu, cuda or cuda:N (default: CUDA when available)")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None,
-                        help="default bf16 on GPUs that compute in it natively (Ampere and newer), fp16 on older GPUs, fp32 on the CPU")
+                        help="default bf16 on GPUs that compute in it natively (Ampere and newer), fp16 on older "
+                             "GPUs, fp32 on the CPU")
     parser.add_argument("--smirk-channels", choices=("rgb", "bgr"), default="rgb",
                         help="channel order of SMIRK's input crop (default rgb)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

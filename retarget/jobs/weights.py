@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import json
 import importlib.util
+import json
 import os
 import shutil
 import sys
