@@ -33,7 +33,26 @@ def write_small_smirk(path: Path) -> Path:
     return path
 
 
+def write_safetensors(path: Path) -> Path:
+    """A one-tensor safetensors file: the format of the diffusion files (doctor reads their headers)."""
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(2)}, str(path))
+    return path
+
+
+def write_torch_file(path: Path) -> Path:
+    """A one-tensor torch zip archive: the format of the pickled diffusion files."""
+    torch.save({"weight": torch.zeros(2)}, path)
+    return path
+
+
 WRITERS = {
+    "config.json": lambda path: path.write_text("{}"),
+    "diffusion_pytorch_model.safetensors": write_safetensors,
+    "pytorch_lora_weights.safetensors": write_safetensors,
+    "pytorch_model.bin": write_torch_file,
+    "exp_adapter.bin": write_torch_file,
     "arcface.onnx": write_random_arcface_onnx,
     "scrfd_10g_bnkps.onnx": write_random_scrfd_onnx,
     "SMIRK_em1.pt": write_random_smirk,
