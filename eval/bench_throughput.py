@@ -54,6 +54,8 @@ from retarget.jobs.options import COMPILE_MODES  # the modes the compiled path c
 
 PATHS = ("official", "unoptimised", "batched", "channels-last", "compiled", "lcm")
 E2E_ORDERS = ("staged", "sequential", "overlapped", "compiled", "compiled-sequential")
+#: The commands ``--e2e`` times (``batch``: ``run`` on a folder of copies of the clip).
+E2E_COMMANDS = ("run", "edit", "batch")
 #: The command-line flags of each end-to-end order ("overlapped" is "staged" with the model's work overlapping the
 #: scans forced on, as on CUDA: see e2e_child).
 E2E_FLAGS = {"staged": [], "sequential": ["--no-overlap"], "overlapped": [], "compiled": ["--compile"],
@@ -332,6 +334,9 @@ def e2e(args) -> int:
     if unknown:
         raise SystemExit(f"--order: unknown {', '.join(unknown)} (choose from {', '.join(E2E_ORDERS)} or both)")
     commands = [c.strip() for c in args.commands.split(",") if c.strip()]
+    unknown = sorted(set(commands) - set(E2E_COMMANDS)) or ([] if commands else ["(none)"])
+    if unknown:
+        raise SystemExit(f"--commands: unknown {', '.join(unknown)} (choose from {', '.join(E2E_COMMANDS)})")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         models, base, clip, photo = e2e_inputs(args, tmp)
@@ -392,6 +397,14 @@ def e2e(args) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--e2e", nargs="?", const="", default=None, metavar="CLIP",
@@ -399,8 +412,9 @@ def main(argv=None) -> int:
     parser.add_argument("--identity", help="(--e2e) identity photo (default: the synthetic face photo)")
     parser.add_argument("--order", default="both",
                         help="(--e2e) comma-separated: staged (overlapped stages), sequential (--no-overlap), "
-                             "compiled (staged with --compile), compiled-sequential (--compile --no-overlap); "
-                             "both = staged,sequential (default)")
+                             "compiled (staged with --compile), compiled-sequential (--compile --no-overlap), "
+                             "overlapped (staged with the GPU-only overlaps forced on); both = staged,sequential "
+                             "(default)")
     parser.add_argument("--commands", default="run,edit",
                         help="(--e2e) commands to time: run, edit, batch (run on a folder; default run,edit)")
     parser.add_argument("--batch-clips", type=int, default=3, help="(--e2e) copies of the clip in batch's folder")
@@ -412,9 +426,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--models", help="models folder (default: random weights of --size in a temp folder)")
     parser.add_argument("--base-model", help="SD1.5 base folder (with --models)")
-    parser.add_argument("--frames", type=int, default=None, help="frames per path (default 24 tiny, 16 full)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--frames", type=_positive, default=None, help="frames per path (default 24 tiny, 16 full)")
+    parser.add_argument("--batch-size", type=_positive, default=8)
+    parser.add_argument("--steps", type=_positive, default=25)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--reference", choices=["on", "off"], default="on")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -429,7 +443,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None,
                         help="time the clip this many times per path and keep the fastest (default 3 tiny, 1 full)")
     parser.add_argument("--compare", action="store_true",
-                        help="save each path's first batch and print how far it is from the batched path's (grey "
+                        help="print how far each path's first batch is from the batched path's (grey "
                              "levels, PSNR); with --fp32-reference also from an fp32 render of the unoptimised path")
     parser.add_argument("--fp32-reference", action="store_true",
                         help="(with --compare) also render the first batch with the unoptimised path in fp32")

@@ -41,6 +41,22 @@ def test_unknown_end_to_end_order_is_refused():
         main(["--e2e", "--order", "staged,fast"])
 
 
+def test_unknown_end_to_end_command_is_refused_before_any_work(monkeypatch):
+    from eval import bench_throughput
+
+    monkeypatch.setattr(bench_throughput, "e2e_inputs", lambda *a: pytest.fail("inputs written"))
+    for commands, unknown in (("run,extract", "unknown extract"), (" , ", r"unknown \(none\)")):
+        with pytest.raises(SystemExit, match=unknown):
+            main(["--e2e", "--commands", commands])
+
+
+@pytest.mark.parametrize("option", ["--frames", "--batch-size", "--steps"])
+def test_counts_below_one_are_refused(option, capsys):
+    with pytest.raises(SystemExit):
+        main([option, "0"])
+    assert f"argument {option}: must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_unknown_path_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--paths", "batched,fastest"])
