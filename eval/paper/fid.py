@@ -85,18 +85,15 @@ class InceptionFeatures:
         import torch
         import torchvision
 
+        from retarget.models.formats import load_torch_pickle
+
         self.device = torch.device(device)
         self.batch_size = batch_size
         model = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False,
                                                 transform_input=False)
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as error:  # unpicklable, truncated, not a torch file
-            raise WeightsError(f"{weights}: not a readable Inception-v3 state dict ({error})") from error
-        if isinstance(state, dict) and "state_dict" in state:
+        state = load_torch_pickle(weights)  # one WeightsError line for a file that is not a dict of tensors
+        if isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise WeightsError(f"{weights}: not an Inception-v3 state dict")
         state = {k: v for k, v in state.items() if not k.startswith(("fc.", "AuxLogits."))}
         expected = {k for k in model.state_dict() if not k.startswith("fc.")}
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)

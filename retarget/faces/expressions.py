@@ -28,6 +28,7 @@ from torch import nn
 
 from ..devices import resolve_device
 from ..errors import WeightsError
+from ..models.formats import load_torch_pickle
 from .smirk_crop import (
     LANDMARKER_FILENAME,
     SMIRK_CROP_SIZE,
@@ -106,14 +107,9 @@ def load_smirk_encoder(path: str | os.PathLike, device: str | torch.device | Non
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"SMIRK checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors all mean an unusable file
-        raise WeightsError(f"cannot read SMIRK checkpoint {path}: {exc}") from exc
-    if isinstance(checkpoint, dict) and "state_dict" in checkpoint and isinstance(checkpoint["state_dict"], dict):
+    checkpoint = load_torch_pickle(path)  # one WeightsError line for a file that is not a dict of tensors
+    if "state_dict" in checkpoint and isinstance(checkpoint["state_dict"], dict):
         checkpoint = checkpoint["state_dict"]
-    if not isinstance(checkpoint, dict):
-        raise WeightsError(f"SMIRK checkpoint {path} is not a dict of tensors (got {type(checkpoint).__name__})")
     state = {k[len(SMIRK_KEY_PREFIX) :]: v for k, v in checkpoint.items() if k.startswith(SMIRK_KEY_PREFIX)}
     if not state:
         raise WeightsError(f"SMIRK checkpoint {path} has no keys under '{SMIRK_KEY_PREFIX}'")

@@ -36,9 +36,15 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
 
 def load_torch_pickle(path: str | os.PathLike) -> dict:
     """Load a ``.bin``/``.pt`` checkpoint safely (``weights_only=True``) onto the CPU."""
+    import pickle
+
+    check_header(path)  # a file that is not a torch file at all: one line saying so
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, a pickle with code in it, or not a torch file at all
+    except pickle.UnpicklingError as exc:  # torch's own advice (weights_only=False) would run the file's code
+        raise WeightsError(f"cannot read {path}: it holds Python objects other than tensors, which are not loaded "
+                           "(a checkpoint is read with weights_only=True, so it cannot run code)") from exc
+    except Exception as exc:  # a corrupt or truncated file
         raise WeightsError(f"cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     if not isinstance(obj, dict):
         raise WeightsError(f"{path} does not hold a dictionary of tensors")
