@@ -204,7 +204,8 @@ def annotate(args: argparse.Namespace) -> dict[str, int]:
     inputs = find_inputs(source)
     if not inputs:
         raise InputError(f"no images or videos in {source}")
-    writer = open_for_append(args.output, args.resolution)
+    writer = open_for_append(args.output, args.resolution,
+                             sampling={"fps": args.fps, "faces": args.faces, "min_face": args.min_face})
     face_models = FaceModels(args.models, device=args.device).load()  # fails now, naming a missing file
     annotator = Annotator(face_models, writer, args.resolution, args.fps, args.faces == "all", args.min_face)
     counts = {"inputs": len(inputs), "skipped": 0, "samples": 0}

@@ -3,7 +3,8 @@
 ::
 
     DATA/
-      annotation.json           {"format": 1, "resolution": S}
+      annotation.json           {"format": 1, "resolution": S, "sampling": {"fps": F or null, "faces": "largest"|"all",
+                                 "min_face": pixels}}  (sampling: absent in folders of earlier versions)
       inputs.jsonl              one line per processed input file:
                                 {"input": rel. path, "key": str, "kind": "image"|"video", "status": "ok"|"no-face"|
                                  "unreadable", "samples": n, "message": str}
@@ -90,6 +91,11 @@ def read_resolution(data_dir: str | os.PathLike) -> int:
         raise InputError(f"cannot read {path}: {exc}") from exc
 
 
+def _option_text(value) -> str:
+    """A recorded setting as it is given on the command line (``None``: the option left out)."""
+    return "(not given)" if value is None else str(value)
+
+
 def read_manifest(data_dir: str | os.PathLike) -> list[SampleRecord]:
     """All samples of finished inputs, in file order."""
     data_dir = Path(data_dir)
@@ -135,11 +141,18 @@ class ManifestWriter:
         self.inputs[rel_input] = entry
 
 
-def open_for_append(data_dir: str | os.PathLike, resolution: int) -> ManifestWriter:
-    """Create or reopen a data folder for annotation at ``resolution``.
+#: How the ``sampling`` settings of ``annotation.json`` are spelled on the command line, for messages.
+SAMPLING_OPTIONS = {"fps": "--fps", "faces": "--faces", "min_face": "--min-face"}
 
-    Reopening checks the resolution matches and drops manifest lines of inputs that have no ``inputs.jsonl`` line
-    (an interrupted input is then annotated again from scratch).
+
+def open_for_append(data_dir: str | os.PathLike, resolution: int, sampling: dict | None = None) -> ManifestWriter:
+    """Create or reopen a data folder for annotation at ``resolution``, with the ``sampling`` settings that decide
+    which samples an input gives (``{"fps", "faces", "min_face"}``, recorded in ``annotation.json``).
+
+    Reopening checks that the resolution and the recorded sampling settings match (a folder of an earlier version,
+    which recorded none, is not checked for them), so that one folder never mixes samples taken two ways, and
+    drops manifest lines of inputs that have no ``inputs.jsonl`` line (an interrupted input is then annotated
+    again from scratch).
     """
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -149,8 +162,18 @@ def open_for_append(data_dir: str | os.PathLike, resolution: int) -> ManifestWri
         if existing != resolution:
             raise InputError(f"{data_dir} holds {existing}px crops; annotate it again at --resolution {existing} "
                              f"or use a new folder")
+        recorded = json.loads(info_path.read_text()).get("sampling") or {}
+        for name, value in (sampling or {}).items():
+            if name in recorded and recorded[name] != value:
+                option = SAMPLING_OPTIONS.get(name, name)
+                raise InputError(f"{data_dir} was annotated with {option} {_option_text(recorded[name])}, not "
+                                 f"{_option_text(value)}; annotate it again with {option} "
+                                 f"{_option_text(recorded[name])} or use a new folder")
     else:
-        info_path.write_text(json.dumps({"format": FORMAT_VERSION, "resolution": resolution}))
+        info = {"format": FORMAT_VERSION, "resolution": resolution}
+        if sampling is not None:
+            info["sampling"] = sampling
+        info_path.write_text(json.dumps(info))
     done = {json.loads(line)["key"] for line in _read_lines(data_dir / INPUTS_FILE)}
     lines = _read_lines(data_dir / MANIFEST_FILE)
     kept = [line for line in lines if json.loads(line)["arrays"] in done]

@@ -40,6 +40,23 @@ def test_unfinished_inputs_are_dropped_on_reopen(tmp_path):
         open_for_append(data, 64)
 
 
+def test_reopening_with_other_sampling_settings_is_refused(tmp_path):
+    """Samples taken at another --fps (or --faces, --min-face) would mix into one folder: refused, with the
+    recorded value; the same settings reopen it, and a folder of an earlier version (no record) is not checked."""
+    sampling = {"fps": 10.0, "faces": "largest", "min_face": 0.0}
+    open_for_append(tmp_path / "data", 32, sampling)
+    assert json.loads((tmp_path / "data" / "annotation.json").read_text())["sampling"] == sampling
+    open_for_append(tmp_path / "data", 32, dict(sampling))
+    with pytest.raises(InputError, match=r"annotated with --fps 10.0, not 5.0; annotate it again with --fps 10.0"):
+        open_for_append(tmp_path / "data", 32, {**sampling, "fps": 5.0})
+    with pytest.raises(InputError, match=r"with --fps 10.0, not \(not given\)"):
+        open_for_append(tmp_path / "data", 32, {**sampling, "fps": None})
+    with pytest.raises(InputError, match="annotated with --faces largest, not all"):
+        open_for_append(tmp_path / "data", 32, {**sampling, "faces": "all"})
+    open_for_append(tmp_path / "old", 32)  # as earlier versions wrote it: no sampling record
+    open_for_append(tmp_path / "old", 32, {**sampling, "fps": 5.0})
+
+
 def test_not_a_data_folder_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="not an annotated data folder"):
         FaceSamples(tmp_path)
