@@ -70,7 +70,8 @@ def _lines(path):
 
 def test_manifest_has_one_line_per_sample_with_the_documented_fields(annotated):
     data, _ = annotated
-    assert json.loads((data / "annotation.json").read_text()) == {"format": 1, "resolution": RESOLUTION}
+    assert json.loads((data / "annotation.json").read_text()) == {
+        "format": 1, "resolution": RESOLUTION, "sampling": {"fps": None, "faces": "largest", "min_face": 0.0}}
     status = {entry["input"]: (entry["status"], entry["samples"]) for entry in _lines(data / "inputs.jsonl")}
     assert status == {"astronaut.png": ("ok", 1), "blank.png": ("no-face", 0), "broken.jpg": ("unreadable", 0),
                       "clip.mp4": ("ok", CLIP_FRAMES), "group/t1.jpg": ("ok", 1)}
