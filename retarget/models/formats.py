@@ -35,9 +35,12 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
 
 
 def load_torch_pickle(path: str | os.PathLike) -> dict:
-    """Load a ``.bin``/``.pt`` checkpoint safely (``weights_only=True``) onto the CPU."""
+    """Load a ``.bin``/``.pt`` checkpoint safely (``weights_only=True``) onto the CPU (a ``.safetensors`` file given
+    instead is read as one)."""
     import pickle
 
+    if Path(path).suffix == ".safetensors":
+        return load_safetensors(path)
     check_header(path)  # a file that is not a torch file at all: one line saying so
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
