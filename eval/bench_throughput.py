@@ -432,7 +432,9 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--reference", choices=["on", "off"], default="on")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None)
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
+                        help="default: the jobs' (bf16 on GPUs of compute capability 8.0 and newer, fp16 on older "
+                             "GPUs, fp32 on the CPU)")
     parser.add_argument("--compile", action="store_true", help="also time the batched path with torch.compile")
     parser.add_argument("--paths", help=f"only these paths, comma-separated ({', '.join(PATHS)}; the compiled one "
                                         f"also as compiled:MODE, MODE one of {', '.join(COMPILE_MODES)}); default: "
@@ -464,7 +466,11 @@ def main(argv=None) -> int:
     if args.write_models:
         print(json.dumps(write_models(args.write_models, args.size)))
         return 0
-    args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    if args.dtype is None:  # the jobs' default: bf16 on GPUs that compute in it natively, fp16 on older ones
+        from retarget.pipeline import default_device_dtype
+
+        dtype = default_device_dtype(args.device)[1]
+        args.dtype = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
     if args.e2e is not None:
         return e2e(args)
     args.frames = args.frames or (24 if args.size == "tiny" else 16)

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from eval.bench_throughput import _to_uint8, compare_outputs, device_name, main, parse_paths
 
@@ -55,6 +56,20 @@ def test_counts_below_one_are_refused(option, capsys):
     with pytest.raises(SystemExit):
         main([option, "0"])
     assert f"argument {option}: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_default_dtype_is_the_jobs(monkeypatch):
+    import retarget.pipeline
+    from eval import bench_throughput
+
+    seen = []
+    monkeypatch.setattr(bench_throughput, "e2e", lambda args: seen.append(args.dtype) or 0)
+    assert main(["--e2e", "--device", "cpu"]) == 0
+    monkeypatch.setattr(retarget.pipeline, "default_device_dtype",
+                        lambda device: (torch.device(device), torch.float16))  # a GPU before Ampere
+    assert main(["--e2e", "--device", "cuda:0"]) == 0
+    assert main(["--e2e", "--device", "cuda:0", "--dtype", "bf16"]) == 0
+    assert seen == ["fp32", "fp16", "bf16"]
 
 
 def test_unknown_path_is_refused(capsys):
