@@ -295,13 +295,12 @@ def e2e_child(argv: list[str], overlap_scan: bool = False) -> dict:
 
 
 def write_models(folder: str, size: str) -> dict:
-    """Random weights of ``size`` (fp16 at full size) with the face models under ``folder``; their folders."""
-    from retarget.testing.checkpoints import write_random_checkpoint
-    from retarget.testing.face_models import write_random_face_models
+    """Random weights of ``size`` with the face models in the new folder ``folder`` (see
+    :func:`retarget.testing.weights.write_random_weights`); their folders."""
+    from retarget.testing.weights import write_random_weights
 
-    ckpt = write_random_checkpoint(folder, size=size, dtype=torch.float16 if size == "full" else torch.float32)
-    write_random_face_models(ckpt.models_dir)
-    return {"models": str(ckpt.models_dir), "base_model": str(ckpt.base_dir)}
+    written = write_random_weights(folder, size=size)
+    return {"models": str(written.models_dir), "base_model": str(written.base_dir)}
 
 
 def e2e_inputs(args, folder: str) -> tuple[str, str, str, str]:
@@ -315,7 +314,7 @@ def e2e_inputs(args, folder: str) -> tuple[str, str, str, str]:
 
     models, base = args.models, args.base_model
     if not models:
-        written = write_models(folder, args.size)
+        written = write_models(str(Path(folder) / "weights"), args.size)
         models, base = written["models"], written["base_model"]
     clip = args.e2e or str(write_clip(Path(folder) / "synthetic.mp4",
                                       moving_face_frames(args.synthetic_frames, width=320, height=240),

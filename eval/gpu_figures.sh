@@ -45,6 +45,7 @@ if [ -f "$work/weights.json" ]; then  # written by an earlier run with the same 
 else
     echo "== 0. weights ($size) in $work"
     mkdir -p "$work"
+    rm -rf "$work/weights"  # a run stopped before weights.json was written; the writer wants a new folder
     start=$(date +%s)
     "$python" -m eval.bench_throughput --write-models "$work/weights" --size "$size" > "$work/weights.json.tmp" \
         && mv "$work/weights.json.tmp" "$work/weights.json" || exit 1

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
+import time
 from pathlib import Path
 
 from retarget.errors import RetargetError
@@ -228,6 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--base-model", metavar="DIR|ID", default=None,
                           help="also fetch this SD1.5 repository's vae/tokenizer/scheduler (default: the public one)")
     download.add_argument("--skip-base-model", action="store_true", help="do not fetch the SD1.5 base files")
+    random = weights_sub.add_parser(
+        "random", parents=[debug], help="write random weights in the published formats (renders are noise)",
+        description="Write DIR/models (the published layout) and DIR/base (SD1.5 vae/tokenizer/scheduler) with "
+                    "random weights, to try the commands or measure speed where the published files cannot be "
+                    "downloaded. Faces are detected with the bundled MTCNN; the diffusion model, ArcFace and SMIRK "
+                    "are random, so renders are coloured noise and expressions meaningless.")
+    random.add_argument("folder", metavar="DIR", help="a new (or empty) folder")
+    random.add_argument("--size", choices=("tiny", "full"), default="tiny",
+                        help="tiny: 32x32 images, seconds per clip on a CPU (default); full: the published shapes "
+                             "(512x512, about 2.2 GB, for GPUs)")
+    random.add_argument("--seed", type=int, default=0, help="the same seed writes the same files (default 0)")
 
     app = sub.add_parser("app", parents=[debug], help="the local web app (needs the app extra)",
                          description="Serve a web page with the Retarget, Edit and Motion jobs (Gradio); the model "
@@ -390,6 +403,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         report = verify_file(args.file) if args.max_frames is None else verify_file(args.file, args.max_frames)
         print(json.dumps(report, indent=1) if args.json else format_report(report))
+        return 0
+    if args.command == "weights" and args.weights_command == "random":
+        from retarget.testing.weights import write_random_weights
+
+        begin = time.perf_counter()
+        written = write_random_weights(args.folder, size=args.size, seed=args.seed)
+        print(f"random {args.size} weights written in {time.perf_counter() - begin:.1f} s (renders are noise):\n"
+              f"  export RETARGET_MODELS={shlex.quote(str(written.models_dir))} "
+              f"RETARGET_BASE_MODEL={shlex.quote(str(written.base_dir))}")
         return 0
     if args.command == "weights":
         from retarget.jobs.options import default_models_dir

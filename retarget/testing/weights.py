@@ -1,0 +1,54 @@
+"""A complete set of random weights in the published formats, written in one step (``retarget weights random``).
+
+:func:`write_random_weights` writes what every command needs: the ``models/`` folder of the published layout (the
+Arc2Face UNet, the identity encoder, both adapters, ArcFace and SMIRK) and an SD1.5-style ``base/`` folder
+(``vae/``, ``tokenizer/``, ``scheduler/``). The bundled MTCNN detects faces (no SCRFD file), so faces are found in
+real footage; ArcFace, SMIRK and the diffusion model are random, so renders are coloured noise. They are for trying
+the commands and measuring speed where the published files cannot be downloaded, never for results.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from .checkpoints import SIZES, RandomCheckpoint, write_random_checkpoint
+from .face_models import write_random_face_models
+
+__all__ = ["write_random_weights"]
+
+
+def write_random_weights(folder: str | os.PathLike, size: str = "tiny", seed: int = 0) -> RandomCheckpoint:
+    """Write ``folder/models`` and ``folder/base`` with random weights of ``size`` and return their paths.
+
+    ``size``: ``"tiny"`` (32x32 images, seconds per clip on a CPU; about 25 MB on disk) or ``"full"`` (the
+    published shapes: SD1.5 UNet and VAE, CLIP ViT-L encoder, rank-128 reference LoRA, stored in fp16 like the
+    published UNet; 512x512 images; about 2.2 GB). The same ``seed`` gives the same files.
+
+    ``folder`` must not exist or be empty; it appears only once everything is written (the files go into a
+    hidden sibling folder first, which is removed if writing fails). Raises
+    :class:`~retarget.errors.InputError` for a non-empty ``folder``.
+    """
+    if size not in SIZES:
+        raise InputError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise InputError(f"{folder} exists and is not an empty folder: give a new folder for the random weights")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = folder.parent / f".{folder.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        written = write_random_checkpoint(partial, size=size, seed=seed,
+                                          dtype=torch.float16 if size == "full" else torch.float32)
+        write_random_face_models(written.models_dir, seed=seed)
+        if folder.exists():
+            folder.rmdir()  # empty (checked above)
+        partial.rename(folder)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return RandomCheckpoint(models_dir=folder / "models", base_dir=folder / "base")

@@ -1,0 +1,77 @@
+"""`retarget weights random`: random weights in the published layout that every command loads, written atomically."""
+
+from __future__ import annotations
+
+import av
+import pytest
+
+from retarget.cli import main
+from retarget.models.loading import ModelFiles
+from retarget.testing import weights as weights_module
+
+PUBLISHED_FILES = (
+    "models/arc2face/config.json", "models/arc2face/diffusion_pytorch_model.safetensors",
+    "models/encoder/config.json", "models/encoder/pytorch_model.bin", "models/exp_adapter/exp_adapter.bin",
+    "models/ref_adapter/pytorch_lora_weights.safetensors", "models/antelopev2/arcface.onnx",
+    "models/smirk/SMIRK_em1.pt", "base/vae/config.json", "base/vae/diffusion_pytorch_model.safetensors",
+    "base/scheduler/scheduler_config.json",
+)
+
+
+def test_random_weights_render_a_clip(tmp_path, media, capsys):
+    folder = tmp_path / "weights"
+    assert main(["weights", "random", str(folder), "--size", "tiny"]) == 0
+    printed = capsys.readouterr().out
+    models, base = folder / "models", folder / "base"
+    assert f"RETARGET_MODELS={models} RETARGET_BASE_MODEL={base}" in printed
+    for name in PUBLISHED_FILES:
+        assert (folder / name).is_file(), name
+    ModelFiles.locate(models, base, require_reference=True)  # the loaders' own layout check
+    assert [p.name for p in tmp_path.iterdir()] == ["weights"]  # no partial folder left
+
+    out = tmp_path / "out.mp4"
+    code = main(["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(out), "--models",
+                 str(models), "--base-model", str(base), "--steps", "2", "--batch-size", "4", "--no-progress",
+                 "--device", "cpu"])
+    assert code == 0
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        assert (stream.width, stream.height, frames) == (32, 32, 12)  # the tiny model's 32x32 faces, every frame
+
+
+def test_the_same_seed_writes_the_same_files(tmp_path):
+    first = weights_module.write_random_weights(tmp_path / "a", seed=3)
+    again = weights_module.write_random_weights(tmp_path / "b", seed=3)
+    other = weights_module.write_random_weights(tmp_path / "c", seed=4)
+    unet = "arc2face/diffusion_pytorch_model.safetensors"
+    assert (first.models_dir / unet).read_bytes() == (again.models_dir / unet).read_bytes()
+    assert (first.models_dir / unet).read_bytes() != (other.models_dir / unet).read_bytes()
+
+
+def test_a_folder_with_files_is_refused(tmp_path, capsys):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine\n")
+    assert main(["weights", "random", str(folder)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"retarget: error: {folder} exists and is not an empty folder: give a new folder for the random "
+                   "weights"]
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+def test_an_empty_folder_is_used(tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    written = weights_module.write_random_weights(folder)
+    assert written.models_dir == folder / "models" and (written.models_dir / "smirk" / "SMIRK_em1.pt").is_file()
+
+
+def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    def broken(models_dir, seed=0):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(weights_module, "write_random_face_models", broken)
+    with pytest.raises(OSError):
+        weights_module.write_random_weights(tmp_path / "weights")
+    assert list(tmp_path.iterdir()) == []
