@@ -55,6 +55,10 @@ from .models.loading import (
 log = logging.getLogger(__name__)
 compile_log = logging.getLogger(__name__ + ".compile")  # the notice of a (slow) first compile; the CLI shows it
 
+#: Seconds a batch's denoising runs before its bar over the steps appears (``progress=True``): a batch on a GPU
+#: (seconds) shows none, a batch of the full model on a CPU (a minute per step) shows its steps.
+STEP_BAR_DELAY_S = 5.0
+
 
 @dataclass
 class ExpressionPipelineOutput:
@@ -552,6 +556,8 @@ class ExpressionPipeline:
         pass. ``latents``: initial noise ``[B, 4, h, w]``; else drawn from ``generator``, the same for every frame
         unless ``per_frame_noise``. Returns images in ``output_type`` "np", "uint8" (rounded on the device, see
         :func:`to_uint8`), "pil" or "pt", or with "latent" the final latents ``[B, 4, h, w]`` (not decoded).
+        ``progress``: a bar over the denoising steps (``tqdm.auto``), shown once the batch has run
+        :data:`STEP_BAR_DELAY_S` seconds.
 
         A batch smaller than :attr:`static_batch_size` runs padded to that size (its last frame repeated) and only
         its ``B`` frames are returned. With the LCM sampler, the noise added at each step is drawn per frame from a
@@ -616,7 +622,7 @@ class ExpressionPipeline:
         if progress:
             from tqdm.auto import tqdm
 
-            steps = tqdm(steps, desc="denoising", leave=False)
+            steps = tqdm(steps, desc="denoising", unit="step", leave=False, delay=STEP_BAR_DELAY_S)
         try:
             for t in steps:
                 model_input = torch.cat([latents, latents]) if do_cfg else latents

@@ -236,6 +236,7 @@ class RenderSession:
                     reference_image=reference if shared else list(reference[rows]),
                     reference_scale=o.reference_scale, expression_scale=o.expression_scale,
                     num_inference_steps=o.steps, guidance_scale=o.guidance, latents=latents, output_type="uint8",
+                    progress=o.progress,  # a bar over the steps of a slow batch (a CPU), see STEP_BAR_DELAY_S
                 ).images
             except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError) as error:  # torch < 2.5: CUDA's
                 shortage = _first_line(error)

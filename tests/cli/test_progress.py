@@ -110,3 +110,30 @@ def test_a_run_logged_to_a_file_writes_whole_lines(media, cli_models, tmp_path, 
     assert bars[0] == (f"faces {name}", "0", "0") and (f"faces {name}", "100", "12") in bars
     assert (f"run {name}", "100", "12") in bars and (f"joining {out.name}", "100", "12") in bars
     assert {desc for desc, _, _ in bars} == {f"faces {name}", f"run {name}", f"joining {out.name}"}
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_slow_batches_show_their_denoising_steps(media, cli_models, tmp_path, monkeypatch, slow):
+    """On a terminal, a batch whose steps take long (the full model on a CPU: about a minute per step) gets a bar
+    over its steps once it has run STEP_BAR_DELAY_S, so the command shows life before its first chunk is done;
+    quick batches (a GPU, the tiny model here) show none."""
+    from retarget.pipeline import STEP_BAR_DELAY_S
+
+    if slow:  # every clock reading of the bars moves the delay on: each step looks slow
+        monkeypatch.setattr(tqdm.std, "time", FakeClock(STEP_BAR_DELAY_S))
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    models, base = cli_models
+    assert main(["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(tmp_path / "out.mp4"),
+                 "--models", str(models), "--base-model", str(base), "--steps", "3", "--guidance", "1.0",
+                 "--batch-size", "4", "--chunk-size", "8", "--device", "cpu", "--no-overlap"]) == 0
+    states = re.findall(r"denoising: +\d+%\|[^|]*\| (\d+)/(\d+) ", terminal.getvalue())
+    if slow:
+        assert ("3", "3") in states and set(total for _, total in states) == {"3"}
+    else:
+        assert states == [] and "denoising" not in terminal.getvalue()

@@ -222,3 +222,34 @@ def test_a_pipeline_that_rendered_other_jobs_renders_like_a_fresh_one(tiny_check
              latents=latents)
         warm(ids[2], expressions[:1], num_inference_steps=1, latents=latents[:1])
         np.testing.assert_array_equal(warm(ids[0], expressions, **job).images, fresh)
+
+
+def test_a_call_stopped_between_steps_leaves_the_pipeline_as_fresh(tiny_checkpoint, inputs, monkeypatch):
+    """A job stopped in the middle of the denoising loop (the web app's Cancel checks at each step of the step
+    bar, see ``progress``) leaves nothing behind: the next job's faces are bit-identical to a fresh pipeline's."""
+    import tqdm.auto
+
+    from retarget import ExpressionPipeline
+
+    def load():
+        return ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+
+    class Stopped(Exception):
+        pass
+
+    def stopping_bar(steps, **kwargs):  # a bar whose second step raises, as a cancelled job's does
+        for index, step in enumerate(steps):
+            if index == 1:
+                raise Stopped
+            yield step
+
+    ids, expressions, latents, ref = inputs["ids"], inputs["expressions"], inputs["latents"], inputs["reference"]
+    job = dict(reference_image=ref, reference_scale=0.8, num_inference_steps=3, latents=latents)
+    fresh = load()(ids[0], expressions, **job).images
+    stopped = load()
+    with monkeypatch.context() as patch:
+        patch.setattr(tqdm.auto, "tqdm", stopping_bar)
+        with pytest.raises(Stopped):
+            stopped(ids[1], expressions[:2], reference_image=255 - ref, reference_scale=0.3, num_inference_steps=3,
+                    latents=latents[:2], progress=True)
+    np.testing.assert_array_equal(stopped(ids[0], expressions, **job).images, fresh)
