@@ -384,6 +384,12 @@ def e2e(args) -> int:
     for r in results:  # what each load was spent on
         parts = ", ".join(f"{name} {seconds:.2f}" for name, seconds in r.get("load_parts_s", {}).items())
         print(f"load s, {r['command']} {r['order']}: {parts or '-'}")
+    for r in results:  # the diffusion batches: a slow first batch is a one-time cost, slow later ones are not
+        b = r.get("batches") or {}
+        later = "-" if b.get("mean_later_s") is None else f"mean {b['mean_later_s']:.2f}, max {b['max_later_s']:.2f}"
+        first = "-" if b.get("first_s") is None else f"{b['first_s']:.2f}"
+        print(f"batches, {r['command']} {r['order']}: {b.get('count', 0)}, first {first} s, later {later} s; "
+              f"torch.compile compilations during them: {r.get('compiles_in_render', 0)}")
     for command in commands:
         by_order = {r["order"]: r for r in results if r["command"] == command}
         for faster, slower in (("staged", "sequential"), ("overlapped", "staged"), ("compiled", "staged"),

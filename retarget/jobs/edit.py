@@ -228,7 +228,7 @@ def _render_edit(video, source_path: Path, output: Path, options: JobOptions, si
             if not len(rows):
                 return None
             with stats.stage("render"):
-                return session.render(scan.identity, values[rows], rows, crops)
+                return session.render(scan.identity, values[rows], rows, crops, times=stats)
 
         def save(span, prepared, faces):
             """Finish thread: paste the faces back, compose, encode the chunk."""

@@ -175,7 +175,7 @@ def _render_run(driving, output: Path, options: JobOptions, reference: bool, sid
         def render(span, driving_frames):
             with stats.stage("render"):
                 return session.render(photo.embedding, expressions[span.start:span.stop],
-                                      np.arange(span.start, span.stop), reference_image)
+                                      np.arange(span.start, span.stop), reference_image, times=stats)
 
         def save(span, driving_frames, faces):
             """Finish thread: compose and encode the chunk."""

@@ -16,6 +16,7 @@ from retarget.errors import RetargetError, WeightsError
 from retarget.faces.models import FaceModels
 from retarget.jobs.frames import FaceReference, face_reference
 from retarget.jobs.options import JobOptions
+from retarget.jobs.stage_times import StageTimes, dynamo_compiles
 
 log = logging.getLogger(__name__)
 
@@ -206,14 +207,16 @@ class RenderSession:
         return self._face_reference
 
     def render(self, id_embeds: np.ndarray, expressions: np.ndarray, frame_indices: np.ndarray,
-               reference: np.ndarray | Sequence[np.ndarray] | None, desc: str = "render") -> np.ndarray:
+               reference: np.ndarray | Sequence[np.ndarray] | None, desc: str = "render",
+               times: StageTimes | None = None) -> np.ndarray:
         """Faces for ``len(frame_indices)`` frames: uint8 ``[n, S, S, 3]`` (S = the model's output side).
 
         ``id_embeds``: ArcFace ``[512]``. ``expressions``: ``[n, 55]``. ``frame_indices``: the frames' numbers in
         the clip (they pick each frame's noise, so a resumed or re-batched render draws the same noise).
         ``reference``: one aligned face ``[S, S, 3]`` shared by every frame (passed unchanged each batch so the
         pipeline's reference cache hits), a sequence of ``n`` (one per frame), or None (adapter off).
-        Frames go to the model ``options.batch_size`` at a time.
+        Frames go to the model ``options.batch_size`` at a time; ``times`` records each batch (see
+        :meth:`~retarget.jobs.stage_times.StageTimes.batch_done`).
         """
         from tqdm.auto import tqdm
 
@@ -230,6 +233,7 @@ class RenderSession:
             rows = slice(start, min(start + o.batch_size, n))
             latents = clip_noise(o.seed, frame_indices[rows], pipe.latent_shape, per_frame=o.per_frame_noise)
             shortage = None
+            begin, compiles = time.perf_counter(), dynamo_compiles()
             try:
                 images = pipe(
                     id_embeds, expressions[rows],
@@ -243,6 +247,8 @@ class RenderSession:
             if shortage is not None:  # raised outside the handler: the failed batch's tensors are let go first
                 raise DeviceMemoryError(out_of_memory_message(self.device, o.batch_size, shortage))
             out[rows] = images
+            if times is not None:
+                times.batch_done(time.perf_counter() - begin, dynamo_compiles() - compiles)
         return out
 
 

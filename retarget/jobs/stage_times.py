@@ -42,6 +42,11 @@ class StageTimes:
         self.device = "cpu"
         self.dtype = "fp32"
         self.load_parts: dict[str, float] = {}
+        self.batches = 0  # diffusion batches (see batch_done)
+        self.first_batch_s: float | None = None
+        self.later_batches_s = 0.0  # the batches after the first: total and longest seconds
+        self.longest_later_batch_s = 0.0
+        self.compiles_in_render = 0
         self._lock = threading.Lock()
 
     def add(self, name: str, seconds: float) -> None:
@@ -67,6 +72,19 @@ class StageTimes:
                 self.first_frame_s = time.perf_counter() - self.started
             self.frames += int(count)
 
+    def batch_done(self, seconds: float, compiles: int = 0) -> None:
+        """Record one diffusion batch: its wall ``seconds`` (the results on the host, so the device's work is
+        included) and the ``compiles`` (``torch.compile`` frame compilations, see :func:`dynamo_compiles`) it
+        caused. A compiled job whose later batches compile again, or whose later batches are slow, shows it here."""
+        with self._lock:
+            if self.batches == 0:
+                self.first_batch_s = float(seconds)
+            else:
+                self.later_batches_s += float(seconds)
+                self.longest_later_batch_s = max(self.longest_later_batch_s, float(seconds))
+            self.batches += 1
+            self.compiles_in_render += int(compiles)
+
     def set_model(self, device, dtype) -> None:
         """Record where the model runs: ``device`` (e.g. ``cuda:0``) and ``dtype`` (a torch dtype or a name)."""
         self.device = str(device)
@@ -84,8 +102,10 @@ class StageTimes:
     def summary(self) -> dict:
         """The figures as a JSON-ready dict: ``command``, ``frames``, ``wall_s``, ``frames_per_s``,
         ``first_frame_s``, ``busy_s`` (per stage), ``load_parts_s`` (the ``load`` stage's parts, empty when not
-        recorded), ``device``, ``dtype``, ``peak_gpu_mib`` (None without CUDA), ``peak_host_mib`` (the process's
-        peak resident set)."""
+        recorded), ``batches`` (the diffusion batches: ``count``, ``first_s``, and ``mean_later_s`` and
+        ``max_later_s`` of the others, None without them), ``compiles_in_render`` (``torch.compile`` frame
+        compilations during the batches: 0 when the compile was done before, e.g. by the warm-up), ``device``,
+        ``dtype``, ``peak_gpu_mib`` (None without CUDA), ``peak_host_mib`` (the process's peak resident set)."""
         wall = self.wall_s if self.wall_s is not None else time.perf_counter() - self.started
         return {
             "command": self.command, "frames": self.frames, "wall_s": round(wall, 4),
@@ -93,6 +113,13 @@ class StageTimes:
             "first_frame_s": None if self.first_frame_s is None else round(self.first_frame_s, 4),
             "busy_s": {name: round(value, 4) for name, value in self.busy.items()},
             "load_parts_s": dict(self.load_parts),
+            "batches": {
+                "count": self.batches,
+                "first_s": None if self.first_batch_s is None else round(self.first_batch_s, 4),
+                "mean_later_s": round(self.later_batches_s / (self.batches - 1), 4) if self.batches > 1 else None,
+                "max_later_s": round(self.longest_later_batch_s, 4) if self.batches > 1 else None,
+            },
+            "compiles_in_render": self.compiles_in_render,
             "device": self.device, "dtype": self.dtype,
             "peak_gpu_mib": peak_gpu_mib(self.device), "peak_host_mib": peak_host_mib(),
         }
@@ -103,8 +130,13 @@ class StageTimes:
         busy = " ".join(f"{name} {value:.2f}s" for name, value in s["busy_s"].items())
         first = "-" if s["first_frame_s"] is None else f"{s['first_frame_s']:.2f}s"
         gpu = "" if s["peak_gpu_mib"] is None else f", peak GPU {s['peak_gpu_mib']:.0f} MiB"
+        b = s["batches"]
+        batches = f"{b['count']} batches" + ("" if b["first_s"] is None else f" (first {b['first_s']:.2f}s") + \
+            ("" if b["mean_later_s"] is None else f", later {b['mean_later_s']:.2f}s on average") + \
+            ("" if b["first_s"] is None else ")") + \
+            (f", {s['compiles_in_render']} compiled during them" if s["compiles_in_render"] else "")
         return (f"{s['command']}: {s['frames']} frames in {s['wall_s']:.2f}s ({s['frames_per_s'] or 0:.2f} frames/s), "
-                f"first frame after {first}; busy: {busy}; {s['device']} {s['dtype']}{gpu}, "
+                f"first frame after {first}; busy: {busy}; {batches}; {s['device']} {s['dtype']}{gpu}, "
                 f"peak host {s['peak_host_mib']:.0f} MiB")
 
 
@@ -121,6 +153,13 @@ def peak_gpu_mib(device: str) -> float | None:
     import torch
 
     return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
+
+
+def dynamo_compiles() -> int:
+    """How many frames ``torch.compile`` (dynamo) has compiled in this process so far, recompilations included
+    (0 while it has not been imported: nothing was compiled)."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    return 0 if utils is None else int(utils.counters["frames"]["total"])
 
 
 def finish_job(times: StageTimes) -> StageTimes:

@@ -36,8 +36,8 @@ def renders(monkeypatch):
 
     calls, render = [], RenderSession.render
 
-    def recorded(self, id_embeds, expressions, frame_indices, reference, desc="render"):
-        faces = render(self, id_embeds, expressions, frame_indices, reference, desc)
+    def recorded(self, id_embeds, expressions, frame_indices, reference, desc="render", times=None):
+        faces = render(self, id_embeds, expressions, frame_indices, reference, desc, times=times)
         calls.append((np.array(expressions), np.array(frame_indices), np.array(reference), faces.copy()))
         return faces
 

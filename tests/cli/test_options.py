@@ -30,9 +30,9 @@ def rendered(monkeypatch):
     calls = []
     original = RenderSession.render
 
-    def recording(self, id_embeds, expressions, frame_indices, reference, desc="render"):
+    def recording(self, id_embeds, expressions, frame_indices, reference, desc="render", times=None):
         calls.append((np.asarray(frame_indices).copy(), np.asarray(expressions).copy()))
-        return original(self, id_embeds, expressions, frame_indices, reference, desc)
+        return original(self, id_embeds, expressions, frame_indices, reference, desc, times=times)
 
     monkeypatch.setattr(RenderSession, "render", recording)
     return calls

@@ -57,9 +57,9 @@ def test_run_resumes_after_a_crash(media, fast_args, tmp_path, monkeypatch):
     rendered = []
     original_render = RenderSession.render
 
-    def counting_render(self, id_embeds, expressions, frame_indices, reference, desc="render"):
+    def counting_render(self, id_embeds, expressions, frame_indices, reference, desc="render", times=None):
         rendered.extend(int(i) for i in frame_indices)
-        return original_render(self, id_embeds, expressions, frame_indices, reference, desc)
+        return original_render(self, id_embeds, expressions, frame_indices, reference, desc, times=times)
 
     monkeypatch.setattr(RenderSession, "render", counting_render)
     assert main(argv) == 0

@@ -53,11 +53,11 @@ def render_counting(monkeypatch, crash_after: int | None = None) -> list[list[in
     """Record the frame numbers of each rendered chunk; raise :class:`Crash` once ``crash_after`` chunks are done."""
     calls: list[list[int]] = []
 
-    def render(self, id_embeds, expressions, frame_indices, reference, desc="render"):
+    def render(self, id_embeds, expressions, frame_indices, reference, desc="render", times=None):
         if crash_after is not None and len(calls) == crash_after:
             raise Crash("stopped")
         calls.append([int(i) for i in frame_indices])
-        return ORIGINAL_RENDER(self, id_embeds, expressions, frame_indices, reference, desc)
+        return ORIGINAL_RENDER(self, id_embeds, expressions, frame_indices, reference, desc, times=times)
 
     monkeypatch.setattr(RenderSession, "render", render)
     return calls

@@ -100,6 +100,10 @@ def test_stage_recorder_figures_are_consistent(case, overlap, working, media, fa
     assert summary["frames_per_s"] == pytest.approx(FRAMES / wall, rel=1e-2)
     assert summary["device"] == "cpu" and summary["dtype"] == "fp32" and summary["peak_gpu_mib"] is None
     assert summary["peak_host_mib"] > 0
+    batches = summary["batches"]  # chunks of 4 frames, batches of 4: one batch per chunk (each has a face)
+    assert batches["count"] == FRAMES // 4 and summary["compiles_in_render"] == 0
+    assert 0 < batches["first_s"] <= summary["busy_s"]["render"] and 0 < batches["max_later_s"] <= wall
+    assert batches["mean_later_s"] <= batches["max_later_s"]
     json.dumps(summary)
     assert f"stages {command}: {FRAMES} frames in" in caplog.text
 
@@ -294,8 +298,11 @@ def test_compile_happens_during_the_scan_and_changes_nothing(case, media, fast_a
         argv = CASES[case](media) + ["-o", out, *fast_args, *LOSSLESS, "--compile"]
         assert main([str(a) for a in argv + ([] if order == "staged" else ["--no-overlap"])]) == 0
         outputs[order] = decoded(out)
-        parts = last_job().summary()["load_parts_s"]
+        summary = last_job().summary()
+        parts = summary["load_parts_s"]
         assert (parts["warm_up"] > 0) == (order == "staged"), (order, parts)
+        # the job's record says where the compile fell: none during the render after the warm-up, else the first batch
+        assert summary["compiles_in_render"] == (0 if order == "staged" else 1), (order, summary)
     torch._dynamo.reset()
     assert [c.frame_count for c in counters] == [1, 1]  # one graph per process-like job, never recompiled
     assert compile_threads == ["retarget-load", "MainThread"]  # staged: during the scan; sequential: at render
