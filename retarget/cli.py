@@ -90,7 +90,8 @@ def _common_parser() -> argparse.ArgumentParser:
                         help="channel order of the SMIRK crop: rgb (SMIRK's own convention, default) or bgr (what "
                              "the published expression demo feeds); changes the expressions read from faces")
     motion.add_argument("--color-match", action="store_true",
-                        help="edit: match the generated face's colours to the original face before pasting it back")
+                        help="edit and run --paste-back: match the generated face's colours to the face it "
+                             "replaces before pasting it back")
     output = common.add_argument_group("video output")
     output.add_argument("--codec", default="libx264", help="FFmpeg video encoder (default libx264)")
     output.add_argument("--crf", type=int, default=18, help="constant quality, lower is better (default 18)")
@@ -134,13 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[common, debug], help="a driving performance on a photo's identity",
                          description="Render the actor's per-frame expressions on the person in PHOTO: the aligned "
-                                     "face video at the model's resolution, with the driving clip's frame count, "
-                                     "rate and audio.")
+                                     "face video at the model's resolution (or, with --paste-back, PHOTO with the "
+                                     "face pasted back), with the driving clip's frame count, rate and audio.")
     run.add_argument("driving", metavar="DRIVING", help="driving video (the actor's performance)")
     run.add_argument("--identity", metavar="PHOTO", required=True, help="photo of the person to animate")
     run.add_argument("-o", "--output", metavar="OUT", required=True, help="output video (.mp4, .mkv, .mov)")
     run.add_argument("--no-reference", action="store_true", help="switch the reference adapter off")
     run.add_argument("--side-by-side", action="store_true", help="write driving | result")
+    run.add_argument("--paste-back", action="store_true",
+                     help="write PHOTO with each face pasted back where its face is (PHOTO scaled down to at most "
+                          "1920 pixels on its long side) instead of the aligned face")
     run.add_argument("--start", type=float, default=None,
                      help="render the driving clip from this time (seconds; the audio is cut to match)")
     run.add_argument("--end", type=float, default=None, help="render the driving clip until this time (seconds)")
@@ -183,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--expression", metavar="SOURCE", help="edit: give each video SOURCE's expressions")
     batch.add_argument("--no-reference", action="store_true", help="(with --identity) reference adapter off")
     batch.add_argument("--side-by-side", action="store_true", help="write input | result")
+    batch.add_argument("--paste-back", action="store_true",
+                       help="(with --identity) write PHOTO with the face pasted back, as run --paste-back")
 
     verify = sub.add_parser("verify", parents=[debug], help="check a video for retarget's provenance marks",
                             description="Report the provenance metadata record and the invisible watermark that "
@@ -330,7 +336,7 @@ _UNUSED_OPTIONS = {
         "expression_scale", "reference_scale", "seed", "per_frame_noise", "smooth", "relative", "neutral_frame",
         "expression_gain", "eyelid_gain", "jaw_gain", "color_match", "codec", "crf", "preset", "pix_fmt",
         "no_watermark"}),
-    "run": ("an option of edit", {"color_match"}),
+    "run": ("an option of edit and of run --paste-back", {"color_match"}),
 }
 
 
@@ -339,6 +345,8 @@ def _note_unused_options(args: argparse.Namespace) -> None:
     :data:`_UNUSED_OPTIONS`), e.g. ``retarget extract: --steps, --codec do nothing here (rendering options of run,
     edit and batch)``; nothing when every such option has its default."""
     purpose, unused = _UNUSED_OPTIONS.get(args.command, ("", set()))
+    if getattr(args, "paste_back", False):  # run --paste-back pastes faces back: it uses --color-match
+        unused = unused - {"color_match"}
     flags = [action.option_strings[0] for action in _common_parser()._actions
              if action.dest in unused and getattr(args, action.dest, action.default) != action.default]
     if flags:
@@ -356,7 +364,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from retarget.jobs.run import run_job
 
         run_job(args.driving, args.identity, args.output, options_from_args(args),
-                reference=not args.no_reference, side_by_side=args.side_by_side, start=args.start, end=args.end)
+                reference=not args.no_reference, side_by_side=args.side_by_side, start=args.start, end=args.end,
+                paste_back=args.paste_back)
         return 0
     if args.command == "edit":
         from retarget.jobs.edit import edit_job
@@ -378,8 +387,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "batch":
         from retarget.jobs.batch import FAILURES_NAME, BatchTarget, batch_job
 
-        target = BatchTarget(identity=args.identity, expression=args.expression,
-                             reference=not args.no_reference, side_by_side=args.side_by_side)
+        target = BatchTarget(identity=args.identity, expression=args.expression, reference=not args.no_reference,
+                             side_by_side=args.side_by_side, paste_back=args.paste_back)
         report = batch_job(args.input_dir, args.output, target, options_from_args(args))
         print(f"{PROG} batch: {report.summary()}", file=sys.stderr)
         if report.failed:

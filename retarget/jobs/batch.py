@@ -50,16 +50,19 @@ FAILURES_NAME = "failures.jsonl"
 @dataclass(frozen=True)
 class BatchTarget:
     """What to do with each video: ``identity`` (a photo, ``run``) or ``expression`` (a source, ``edit``);
-    ``reference`` (run only) and ``side_by_side`` (input | result) as for those commands."""
+    ``reference`` and ``paste_back`` (run only) and ``side_by_side`` (input | result) as for those commands."""
 
     identity: str | None = None
     expression: str | None = None
     reference: bool = True
     side_by_side: bool = False
+    paste_back: bool = False
 
     def __post_init__(self):
         if (self.identity is None) == (self.expression is None):
             raise InputError("batch needs exactly one of --identity PHOTO or --expression SOURCE")
+        if self.paste_back and self.identity is None:
+            raise InputError("--paste-back is for --identity (run); edit always pastes back")
 
 
 @dataclass
@@ -213,7 +216,7 @@ def rendered_by_another_job(video: Path, output: Path, target: BatchTarget, opti
         return False
     if target.identity is not None:
         key = run_job_key(video, target.identity, options, target.reference, target.side_by_side, lo, hi,
-                          reader.info.pixel_aspect, reader.info.interlaced)
+                          reader.info.pixel_aspect, reader.info.interlaced, paste_back=target.paste_back)
     else:
         key = edit_job_key(video, target.expression, options, target.side_by_side, lo, hi, reader.info.pixel_aspect,
                            reader.info.interlaced)
@@ -246,7 +249,7 @@ def prepare_clip_job(session, target: BatchTarget,
         identity = identity_from_photo(target.identity, session)
         return lambda video, output, check=None: scan_run(
             video, target.identity, output, options, reference=target.reference, side_by_side=target.side_by_side,
-            session=session, photo=identity, times=times, check=check)
+            session=session, photo=identity, times=times, check=check, paste_back=target.paste_back)
     check_expression_source(target.expression, options)
     session.load(expressions=needs_expressions(target.expression, options), background=options.overlap,
                  warm_up=(frames, "per_frame"))

@@ -183,13 +183,19 @@ def edit_frame_bytes(width: int, height: int, face_size: int, side_by_side: bool
     return pictures * picture_bytes(width, height) + 2 * picture_bytes(face_size, face_size)
 
 
-def run_frame_bytes(width: int, height: int, face_size: int, side_by_side: bool) -> int:
-    """Host bytes per frame of a ``run`` chunk: the generated face (``face_size`` squared); with ``side_by_side``
-    also the decoded driving frame and the composite (the driving frame scaled to ``face_size`` rows, then the
-    face)."""
+def run_frame_bytes(width: int, height: int, face_size: int, side_by_side: bool,
+                    result_size: tuple[int, int] | None = None, panel_rows: int | None = None) -> int:
+    """Host bytes per frame of a ``run`` chunk: the generated face (``face_size`` squared); with ``result_size``
+    (``(width, height)`` of the pasted photo, ``paste_back``) also the frame it is pasted into; with
+    ``side_by_side`` also the decoded driving frame (``width x height``) and the composite (the driving frame and
+    the result scaled to ``panel_rows``, default ``face_size``)."""
     face = picture_bytes(face_size, face_size)
+    result_width, result_height = result_size or (face_size, face_size)
+    total = face + (0 if result_size is None else picture_bytes(result_width, result_height))
     if not side_by_side:
-        return face
-    panel = picture_bytes(round(width * face_size / height), face_size)
-    return face + picture_bytes(width, height) + panel + face
+        return total
+    rows = panel_rows or face_size
+    panels = picture_bytes(round(width * rows / height), rows) \
+        + picture_bytes(round(result_width * rows / result_height), rows)
+    return total + picture_bytes(width, height) + panels
 

@@ -1,7 +1,10 @@
 """``retarget run``: the actor's per-frame expressions (from the driving clip) on the person in a photo.
 
-Output: the aligned face video at the model's resolution (``S x S``, 512 for the published model; with
-``side_by_side`` the driving frame scaled to ``S`` rows, then the result), with the driving clip's frame count,
+Output: the aligned face video at the model's resolution (``S x S``, 512 for the published model), or with
+``paste_back`` the identity photo with each face pasted back where its face was (the photo scaled down to at most
+:data:`PASTE_BACK_MAX_SIDE` pixels on its long side, never up); with ``side_by_side`` the driving frame scaled to
+the result's rows (at most :data:`SIDE_BY_SIDE_MAX_ROWS` with ``paste_back``), then the result; with the driving
+clip's frame count,
 frame rate (exact) or timestamps (variable rate) and audio; ``start``/``end`` render only the driving frames with
 ``start <= t < end`` (seconds) and cut the audio to match. Expressions: see :mod:`retarget.jobs.expressions`
 (relative mode uses the photo's own expression). Frames of the driving clip without a face get
@@ -26,9 +29,12 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from retarget.faces.alignment import ffhq_transform
+from retarget.faces.alignment import AlignTransform, ffhq_transform
+from retarget.faces.pasteback import face_mask
+from retarget.faces.pasteback import paste_back as paste_back_face
 from retarget.jobs.common import (audio_of_range, check_output, chunk_frames, clip_range, keep_scanned_frames,
                                   picture_bytes, prepared_motion, range_timecode, run_frame_bytes, timing)
 from retarget.jobs.expressions import neutral_values, rendered_expressions
@@ -47,6 +53,16 @@ from retarget.video.resume import ChunkedRender, file_identity, job_digest, with
 log = logging.getLogger(__name__)
 
 
+#: Longest side of a ``paste_back`` output in pixels: a larger identity photo is scaled down to it (a phone photo's
+#: 4032 x 3024 becomes 1920 x 1440), which keeps the video playable everywhere and the 512-pixel face as sharp as
+#: the photo around it.
+PASTE_BACK_MAX_SIDE = 1920
+
+#: Most rows of a side-by-side frame with ``paste_back`` (its panels are scaled to the pasted photo's height, or to
+#: this many rows if that is less).
+SIDE_BY_SIDE_MAX_ROWS = 720
+
+
 @dataclass(frozen=True)
 class PhotoIdentity:
     """An identity photo read once: the RGB image, its face's keypoints, ArcFace embedding ``[512]`` and SMIRK
@@ -62,6 +78,20 @@ class PhotoIdentity:
         """The FFHQ-aligned ``size x size`` face (the reference image)."""
         return ffhq_transform(self.keypoints, size).warp(self.image)
 
+    def canvas(self, size: int, max_side: int | None = None) -> tuple[np.ndarray, AlignTransform]:
+        """The photo to paste faces into, scaled (area-averaged) so that its long side is at most ``max_side``
+        (default :data:`PASTE_BACK_MAX_SIDE`), and the transform from it to the FFHQ-aligned ``size x size`` face
+        (its keypoints scaled alike)."""
+        max_side = max_side or PASTE_BACK_MAX_SIDE
+        height, width = self.image.shape[:2]
+        scale = min(1.0, max_side / max(height, width))
+        if scale == 1.0:
+            return self.image, ffhq_transform(self.keypoints, size)
+        shape = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = cv2.resize(self.image, shape, interpolation=cv2.INTER_AREA)
+        factors = np.array([shape[0] / width, shape[1] / height], np.float32)
+        return image, ffhq_transform((self.keypoints + 0.5) * factors - 0.5, size)  # pixel centres map to centres
+
 
 def identity_from_photo(path, session: RenderSession) -> PhotoIdentity:
     """Read and check an identity photo (largest face); one-line errors for non-images and photos without a face."""
@@ -73,20 +103,21 @@ def identity_from_photo(path, session: RenderSession) -> PhotoIdentity:
 
 def run_job(driving, identity, output, options: JobOptions, *, reference: bool = True, side_by_side: bool = False,
             start: float | None = None, end: float | None = None, session: RenderSession | None = None,
-            photo: PhotoIdentity | None = None) -> Path:
+            photo: PhotoIdentity | None = None, paste_back: bool = False) -> Path:
     """Render ``driving``'s performance on ``identity``'s person into ``output``; returns the output path.
 
     ``start``/``end`` (seconds, ``None`` = open) limit the rendered part of ``driving``. ``session`` and
     ``photo`` (``identity`` already read, see :func:`identity_from_photo`) let ``batch`` reuse what it loaded once.
+    ``paste_back``: write the identity photo with the faces pasted back (see the module doc) instead of the faces.
     """
     return scan_run(driving, identity, output, options, reference=reference, side_by_side=side_by_side, start=start,
-                    end=end, session=session, photo=photo).render()
+                    end=end, session=session, photo=photo, paste_back=paste_back).render()
 
 
 def scan_run(driving, identity, output, options: JobOptions, *, reference: bool = True, side_by_side: bool = False,
              start: float | None = None, end: float | None = None, session: RenderSession | None = None,
              photo: PhotoIdentity | None = None, times: StageTimes | None = None,
-             check: Callable[[], None] | None = None) -> ScannedClip:
+             check: Callable[[], None] | None = None, paste_back: bool = False) -> ScannedClip:
     """The first phase of :func:`run_job` (same arguments): check and lock ``output`` (from before the face scan: a
     second process writing it stops at once), load the models, read the photo and scan the driving clip. Returns
     the :class:`~retarget.jobs.scanned.ScannedClip` whose ``render()`` is the second phase.
@@ -98,12 +129,12 @@ def scan_run(driving, identity, output, options: JobOptions, *, reference: bool 
     """
     output = check_output(output, inputs=(driving, identity, options.face_reference))
     return ScannedClip.scan(output, lambda: _scan_run(driving, identity, output, options, reference, side_by_side,
-                                                      start, end, session, photo, times, check))
+                                                      start, end, session, photo, times, check, paste_back))
 
 
 def _scan_run(driving, identity, output: Path, options: JobOptions, reference: bool, side_by_side: bool,
               start: float | None, end: float | None, session: RenderSession | None, photo: PhotoIdentity | None,
-              times: StageTimes | None, check: Callable[[], None] | None):
+              times: StageTimes | None, check: Callable[[], None] | None, paste_back: bool):
     """:func:`scan_run` once ``output`` is checked and its work folder locked; returns the render phase."""
     stats = times if times is not None else StageTimes("run")
     reader = VideoReader(driving)
@@ -125,26 +156,30 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
     neutral = neutral_values(track, options.neutral_frame, first=lo) if options.relative else None  # clip numbers
     expressions = rendered_expressions(track, options, own=photo.expression, neutral=neutral)
     return lambda: _render_run(driving, output, options, reference, side_by_side, session, photo, reader, lo, hi,
-                               scan, expressions, stats, own_session, finish=times is None)
+                               scan, expressions, stats, own_session, finish=times is None, paste_back=paste_back)
 
 
 def run_job_key(driving, identity, options: JobOptions, reference: bool, side_by_side: bool, lo: int, hi: int,
-                pixel_aspect: Fraction = Fraction(1), interlaced: bool = False) -> dict:
+                pixel_aspect: Fraction = Fraction(1), interlaced: bool = False, paste_back: bool = False) -> dict:
     """What a ``run`` render depends on, for resuming (see :class:`~retarget.video.resume.ChunkedRender`) and for
     its output's ``job_digest``: the driving clip's and photo's file identities, the driving frames ``[lo, hi)``
     and the settings that change pixels. ``pixel_aspect`` and ``interlaced`` (the clip's, see
     :class:`~retarget.video.probe.VideoInfo`) enter the key only for anamorphic and interlaced clips (see
-    :func:`~retarget.video.resume.with_reading`)."""
+    :func:`~retarget.video.resume.with_reading`). ``paste_back`` enters the key only when set (with the sizes it
+    uses), so the keys of other renders are those of earlier versions."""
     key = {
         "command": "run", "driving": file_identity(driving), "identity": file_identity(identity),
         "reference": reference, "side_by_side": side_by_side, "range": [lo, hi], "options": options.render_key(),
     }
+    if paste_back:
+        key["paste_back"] = {"max_side": PASTE_BACK_MAX_SIDE, "side_by_side_rows": SIDE_BY_SIDE_MAX_ROWS}
     return with_reading(key, pixel_aspect, interlaced)
 
 
 def _render_run(driving, output: Path, options: JobOptions, reference: bool, side_by_side: bool,
                 session: RenderSession, photo: PhotoIdentity, reader: VideoReader, lo: int, hi: int, scan,
-                expressions: np.ndarray, stats: StageTimes, own_session: bool, finish: bool) -> Path:
+                expressions: np.ndarray, stats: StageTimes, own_session: bool, finish: bool,
+                paste_back: bool = False) -> Path:
     """The second phase of :func:`run_job`: render frames ``[lo, hi)`` of the scanned clip and encode them."""
     info = reader.info
     pipe = session.pipeline
@@ -155,8 +190,13 @@ def _render_run(driving, output: Path, options: JobOptions, reference: bool, sid
     size = pipe.image_size
     reference_image = photo.aligned(size) if reference else None
     key = run_job_key(driving, photo.path, options, reference, side_by_side, lo, hi, info.pixel_aspect,
-                      info.interlaced)
-    chunk = chunk_frames(run_frame_bytes(info.width, info.height, size, side_by_side), options.chunk_size,
+                      info.interlaced, paste_back=paste_back)
+    canvas, to_face = photo.canvas(size) if paste_back else (None, None)
+    result_size = (canvas.shape[1], canvas.shape[0]) if paste_back else (size, size)
+    panel_rows = min(result_size[1], SIDE_BY_SIDE_MAX_ROWS) if paste_back else size
+    mask = face_mask(size)
+    frame_bytes = run_frame_bytes(info.width, info.height, size, side_by_side, result_size, panel_rows)
+    chunk = chunk_frames(frame_bytes, options.chunk_size,
                          options.memory_budget, picture_bytes(info.width, info.height), in_flight=CHUNKS_IN_FLIGHT,
                          reserved=0 if scan.frames is None else scan.frames.nbytes)
     # the faces are the model's RGB (and a side-by-side's driving frames RGB as decoded): BT.709, tagged
@@ -178,10 +218,17 @@ def _render_run(driving, output: Path, options: JobOptions, reference: bool, sid
                                       np.arange(span.start, span.stop), reference_image, times=stats)
 
         def save(span, driving_frames, faces):
-            """Finish thread: compose and encode the chunk."""
+            """Finish thread: paste back, compose and encode the chunk."""
+            if paste_back:
+                with stats.stage("paste"):
+                    pasted = np.empty((len(faces), *canvas.shape), np.uint8)
+                    for frame, face in zip(pasted, faces):
+                        frame[...] = canvas
+                        paste_back_face(frame, face, to_face, mask, color_match=options.color_match, inplace=True)
+                    faces = pasted
             if side_by_side:
                 with stats.stage("paste"):
-                    faces = side_by_side_chunk(driving_frames, faces, height=size)
+                    faces = side_by_side_chunk(driving_frames, faces, height=panel_rows)
             with stats.stage("encode"):
                 job.save_chunk(span.index, faces, watermark=options.watermark)
             stats.frames_done(len(span))
@@ -190,7 +237,7 @@ def _render_run(driving, output: Path, options: JobOptions, reference: bool, sid
                    overlap=options.overlap)
         bar.close()
         tags = job_tags("run", options, reference=reference, side_by_side=side_by_side, driving_frames=[lo, hi],
-                        job_digest=job_digest(key))
+                        job_digest=job_digest(key), **({"paste_back": True} if paste_back else {}))
         result = job.finalize(audio=audio_of_range(reader, lo, hi), progress=options.progress, metadata=tags,
                               timecode=range_timecode(reader.info, lo))
     if finish:

@@ -40,6 +40,10 @@ def test_frame_bytes_count_every_copy():
     # run: the face; with side-by-side the driving frame and the composite (910x512 driving panel, then the face).
     assert run_frame_bytes(3840, 2160, 512, False) == FACE
     assert run_frame_bytes(3840, 2160, 512, True) == FACE + UHD + (910 * 512 * 3 + FACE)
+    # run --paste-back: also the 1920x1440 photo with the face; side by side, the panels at 720 rows
+    pasted = 1920 * 1440 * 3
+    assert run_frame_bytes(3840, 2160, 512, False, (1920, 1440)) == FACE + pasted
+    assert run_frame_bytes(3840, 2160, 512, True, (1920, 1440), 720) == FACE + pasted + UHD + (1280 + 960) * 720 * 3
 
 
 @pytest.mark.parametrize("width, height, side_by_side, expected", [
