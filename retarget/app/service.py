@@ -63,6 +63,7 @@ class Controls:
     end: float | None = None
     side_by_side: bool = False
     color_match: bool = False
+    paste_back: bool = False
 
 
 @dataclass
@@ -190,7 +191,7 @@ class AppService:
             session = self.sessions.session(options)
             return (lambda: run_job(video, photo, output, options, reference=controls.reference,
                                     side_by_side=controls.side_by_side, start=controls.start, end=controls.end,
-                                    session=session),
+                                    session=session, paste_back=bool(controls.paste_back)),
                     lambda path: {"video": Path(path)})
 
         return self._execute(prepare, report)

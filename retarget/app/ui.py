@@ -27,7 +27,7 @@ _SHARED = ("steps", "guidance", "seed", "expression_scale", "reference_scale")
 _MOTION = ("smooth", "relative", "neutral_frame", "expression_gain", "eyelid_gain", "jaw_gain", "face_index",
            "face_reference", "start", "end", "side_by_side")
 CONTROLS = {
-    "retarget": _SHARED + ("reference",) + _MOTION,
+    "retarget": _SHARED + ("reference",) + _MOTION + ("paste_back", "color_match"),
     "edit": _SHARED + _MOTION + ("color_match",),
     "motion": ("smooth", "face_index", "face_reference"),
 }
@@ -88,9 +88,12 @@ def _controls(tab: str) -> dict[str, gr.components.Component]:
                 c["end"] = gr.Number(value=None, label="End (s)", info="empty = to the end")
                 c["side_by_side"] = gr.Checkbox(value=d.side_by_side, label="Side by side",
                                                 info="write input | result")
-                if tab == "edit":
-                    c["color_match"] = gr.Checkbox(value=d.color_match, label="Colour match",
-                                                   info="match the generated face's colours to the original")
+                if tab == "retarget":
+                    c["paste_back"] = gr.Checkbox(value=d.paste_back, label="Paste into the photo",
+                                                  info="the photo with the face pasted back (else the aligned face)")
+                c["color_match"] = gr.Checkbox(value=d.color_match, label="Colour match",
+                                               info="match the generated face's colours to the face it replaces"
+                                                    + (" (with Paste into the photo)" if tab == "retarget" else ""))
     for name, component in c.items():
         component.elem_id = f"{tab}-{name.replace('_', '-')}"
     return {name: c[name] for name in CONTROLS[tab]}

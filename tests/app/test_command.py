@@ -29,7 +29,8 @@ def test_page_defaults_are_the_command_lines():
     args = build_parser().parse_args(["run", "clip.mp4", "--identity", "p.jpg", "-o", "o.mp4"])
     page = Controls()
     for name in ("steps", "guidance", "expression_scale", "reference_scale", "seed", "smooth", "relative",
-                 "expression_gain", "eyelid_gain", "jaw_gain", "face_index", "side_by_side", "color_match"):
+                 "expression_gain", "eyelid_gain", "jaw_gain", "face_index", "side_by_side", "color_match",
+                 "paste_back"):
         assert getattr(page, name) == getattr(args, name), name
     assert page.reference == (not args.no_reference) and page.neutral_frame == "auto" and args.neutral_frame is None
     assert (page.start, page.end, page.face_reference) == (args.start, args.end, args.face_reference)

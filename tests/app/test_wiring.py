@@ -93,6 +93,15 @@ def test_retarget_equals_cli_and_keeps_the_model_warm(client, served_app, media,
     assert_same_render(app_faces, cli_faces)
 
 
+def test_retarget_pasted_into_the_photo(client, media):
+    video, download, warnings, status = client.predict(
+        handle_file(str(media["clip"])), handle_file(str(media["photo"])),
+        *values("retarget", paste_back=True, color_match=True, end=0.2), api_name="/retarget")
+    assert status == "Done."
+    frames, _ = video_frames(as_path(download))
+    assert frames.shape == (6, 300, 300, 3)  # the 300x300 identity photo, frames with t < 0.2 s
+
+
 def test_edit_with_photo_side_by_side(client, media):
     video, download, warnings, status = client.predict(
         handle_file(str(media["clip"])), handle_file(str(media["photo"])),
