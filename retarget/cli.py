@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Render the actor's per-frame expressions on the person in PHOTO: the aligned "
                                      "face video at the model's resolution (or, with --paste-back, PHOTO with the "
                                      "face pasted back), with the driving clip's frame count, rate and audio.")
-    run.add_argument("driving", metavar="DRIVING", help="driving video (the actor's performance)")
+    run.add_argument("driving", metavar="DRIVING",
+                     help="driving video (the actor's performance), or a motion .npz from retarget extract")
     run.add_argument("--identity", metavar="PHOTO", required=True, help="photo of the person to animate")
     run.add_argument("-o", "--output", metavar="OUT", required=True, help="output video (.mp4, .mkv, .mov)")
     run.add_argument("--no-reference", action="store_true", help="switch the reference adapter off")

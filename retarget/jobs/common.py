@@ -8,6 +8,8 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
+
 from retarget.errors import InputError
 from retarget.motion.gaps import fill_gaps
 from retarget.motion.smoothing import smooth
@@ -94,9 +96,7 @@ def timing(info: VideoInfo, first: int = 0, stop: int | None = None) -> dict:
     return {}
 
 
-def clip_range(reader: VideoReader, start: float | None, end: float | None) -> tuple[int, int]:
-    """Frame numbers ``[first, stop)`` of the frames with ``start <= t < end`` (seconds, ``None`` = open end);
-    :class:`InputError` for an empty or reversed range."""
+def _check_range(start: float | None, end: float | None) -> None:
     for name, value in (("--start", start), ("--end", end)):
         if value is not None and not math.isfinite(value):
             raise InputError(f"{name} must be a finite number of seconds, got {value}")
@@ -104,11 +104,29 @@ def clip_range(reader: VideoReader, start: float | None, end: float | None) -> t
         raise InputError(f"--end ({end}) must be after --start ({start})")
     if (start is not None and start < 0) or (end is not None and end < 0):
         raise InputError("--start and --end must be >= 0 seconds")
-    lo, hi = reader.frame_range(start, end)
+
+
+def _nonempty_range(path, lo: int, hi: int, start: float | None, end: float | None) -> tuple[int, int]:
     if lo >= hi:
-        raise InputError(f"{reader.path}: no frames between {start or 0} s and "
-                         f"{end if end is not None else 'the end'}")
+        raise InputError(f"{path}: no frames between {start or 0} s and {end if end is not None else 'the end'}")
     return lo, hi
+
+
+def clip_range(reader: VideoReader, start: float | None, end: float | None) -> tuple[int, int]:
+    """Frame numbers ``[first, stop)`` of the frames with ``start <= t < end`` (seconds, ``None`` = open end);
+    :class:`InputError` for an empty or reversed range."""
+    _check_range(start, end)
+    lo, hi = reader.frame_range(start, end)
+    return _nonempty_range(reader.path, lo, hi, start, end)
+
+
+def motion_range(track: MotionTrack, path, start: float | None, end: float | None) -> tuple[int, int]:
+    """:func:`clip_range` for a motion file's ``track`` (its ``times``, seconds from its first frame)."""
+    _check_range(start, end)
+    tolerance = 1e-9  # the times are float seconds: a frame stored at 0.9999999999 s is the frame at 1 s
+    lo = 0 if start is None else int(np.searchsorted(track.times, start - tolerance, side="left"))
+    hi = len(track) if end is None else int(np.searchsorted(track.times, end - tolerance, side="left"))
+    return _nonempty_range(path, lo, hi, start, end)
 
 
 def audio_of_range(reader: VideoReader, first: int, stop: int) -> AudioSource:

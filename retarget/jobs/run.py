@@ -32,11 +32,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from retarget.errors import InputError
 from retarget.faces.alignment import AlignTransform, ffhq_transform
 from retarget.faces.pasteback import face_mask
 from retarget.faces.pasteback import paste_back as paste_back_face
 from retarget.jobs.common import (audio_of_range, check_output, chunk_frames, clip_range, keep_scanned_frames,
-                                  picture_bytes, prepared_motion, range_timecode, run_frame_bytes, timing)
+                                  motion_range, picture_bytes, prepared_motion, range_timecode, run_frame_bytes,
+                                  timing)
 from retarget.jobs.expressions import neutral_values, rendered_expressions
 from retarget.jobs.frames import photo_face, scan_clip
 from retarget.jobs.options import JobOptions
@@ -44,7 +46,10 @@ from retarget.jobs.scanned import ScannedClip, scan_check
 from retarget.jobs.session import RenderSession
 from retarget.jobs.stage_times import StageTimes, finish_job
 from retarget.jobs.stages import CHUNKS_IN_FLIGHT, run_stages
+from retarget.motion.motion_file import load_motion
+from retarget.motion.track import MotionTrack
 from retarget.provenance.metadata import job_tags
+from retarget.video.audio import AudioSource
 from retarget.video.colour import SDR_BT709
 from retarget.video.compose import side_by_side_chunk
 from retarget.video.reader import VideoReader
@@ -137,26 +142,90 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
               times: StageTimes | None, check: Callable[[], None] | None, paste_back: bool):
     """:func:`scan_run` once ``output`` is checked and its work folder locked; returns the render phase."""
     stats = times if times is not None else StageTimes("run")
-    reader = VideoReader(driving)
-    info = reader.info
-    lo, hi = clip_range(reader, start, end)
+    from_motion = is_motion_file(driving)
+    if from_motion:
+        if side_by_side:
+            raise InputError(f"{driving}: a motion file has no pictures to show beside the result: drop "
+                             "--side-by-side, or drive with the video the motion was extracted from")
+        track = load_motion(driving)
+        lo, hi = motion_range(track, driving, start, end)
+    else:
+        reader = VideoReader(driving)
+        lo, hi = clip_range(reader, start, end)
     own_session = session is None
     first_batch = (max(1, min(options.batch_size, options.chunk_size, hi - lo)), "shared" if reference else None)
     session = (session or RenderSession(options)).load(background=options.overlap, warm_up=first_batch)
     photo = photo if photo is not None else identity_from_photo(identity, session)
-    keep = side_by_side and keep_scanned_frames(hi - lo, info.width, info.height, options.memory_budget)
-    scan = scan_clip(reader, session.faces, options.face_index, chunk_size=options.chunk_size,
-                     progress=options.progress, reference=session.face_reference, frames=(lo, hi),
-                     memory_budget=options.memory_budget, keep_frames=keep, overlap=options.overlap,
-                     check=scan_check(session, check), times=stats)
-    note = scan.missing_face_note(info.path.name, (lo, hi), filled=False)  # bridged gaps too: their expressions
-    if note:                                                                 # are interpolated, not read
+    if from_motion:
+        track, scan = motion_slice(track, lo, hi), None
+        missing = int(np.count_nonzero(~track.valid))
+        note = f"{Path(driving).name}: no face in {missing} of {len(track)} frames" if missing else None
+        timing_of_output = DrivingTiming.of_motion(track)
+    else:
+        info = reader.info
+        keep = side_by_side and keep_scanned_frames(hi - lo, info.width, info.height, options.memory_budget)
+        scan = scan_clip(reader, session.faces, options.face_index, chunk_size=options.chunk_size,
+                         progress=options.progress, reference=session.face_reference, frames=(lo, hi),
+                         memory_budget=options.memory_budget, keep_frames=keep, overlap=options.overlap,
+                         check=scan_check(session, check), times=stats)
+        note = scan.missing_face_note(info.path.name, (lo, hi), filled=False)  # bridged gaps too: their
+        track = scan.motion(frames=(lo, hi))                                    # expressions are interpolated
+        timing_of_output = DrivingTiming.of_clip(reader, lo, hi)
+    if note:
         log.warning("%s; those frames take the expressions of the neighbouring frames with a face", note)
-    track = prepared_motion(scan.motion(frames=(lo, hi)), options.smooth)
+    track = prepared_motion(track, options.smooth)
     neutral = neutral_values(track, options.neutral_frame, first=lo) if options.relative else None  # clip numbers
     expressions = rendered_expressions(track, options, own=photo.expression, neutral=neutral)
-    return lambda: _render_run(driving, output, options, reference, side_by_side, session, photo, reader, lo, hi,
-                               scan, expressions, stats, own_session, finish=times is None, paste_back=paste_back)
+    return lambda: _render_run(driving, output, options, reference, side_by_side, session, photo, timing_of_output,
+                               lo, hi, scan, expressions, stats, own_session, finish=times is None,
+                               paste_back=paste_back, reader=None if from_motion else reader)
+
+
+def is_motion_file(path) -> bool:
+    """Whether ``path`` names a motion file (``.npz``, see :mod:`retarget.motion.motion_file`) rather than a video."""
+    return Path(path).suffix.lower() == ".npz"
+
+
+def motion_slice(track: MotionTrack, lo: int, hi: int) -> MotionTrack:
+    """Frames ``[lo, hi)`` of ``track``, their times from the first of them."""
+    return MotionTrack(track.values[lo:hi], track.valid[lo:hi], track.times[lo:hi] - track.times[lo], track.rate,
+                       metadata=track.metadata)
+
+
+#: The time base of the output of a variable-rate motion file (its times are float seconds): 1/90000 s, MPEG's.
+MOTION_TIME_BASE = Fraction(1, 90000)
+
+
+@dataclass(frozen=True)
+class DrivingTiming:
+    """What a ``run`` output takes from its driving source besides the expressions: ``frame_rate`` (exact),
+    ``chunked`` (:class:`~retarget.video.resume.ChunkedRender` keywords: none for constant rate, else ``time_base``
+    and ``pts``), ``audio`` (or None), ``timecode`` (SMPTE, or None), and the ``pixel_aspect`` and ``interlaced``
+    flags of a clip (they enter the render key, see :func:`run_job_key`)."""
+
+    frame_rate: Fraction
+    chunked: dict
+    audio: AudioSource | None = None
+    timecode: str | None = None
+    pixel_aspect: Fraction = Fraction(1)
+    interlaced: bool = False
+
+    @classmethod
+    def of_clip(cls, reader: VideoReader, lo: int, hi: int) -> "DrivingTiming":
+        """A driving clip's frames ``[lo, hi)``: its rate or timestamps, audio and timecode for that range."""
+        info = reader.info
+        return cls(info.frame_rate, timing(info, lo, hi), audio_of_range(reader, lo, hi), range_timecode(info, lo),
+                   info.pixel_aspect, info.interlaced)
+
+    @classmethod
+    def of_motion(cls, track: MotionTrack) -> "DrivingTiming":
+        """A motion file's frames (no audio, no timecode): frame k at k / rate when its times say so, else its
+        times in :data:`MOTION_TIME_BASE` units (a variable-rate clip's motion keeps its timing)."""
+        constant = np.allclose(track.times, np.arange(len(track)) / float(track.rate), rtol=0, atol=1e-6)
+        if constant:
+            return cls(track.rate, {})
+        pts = np.rint(track.times / float(MOTION_TIME_BASE)).astype(np.int64)
+        return cls(track.rate, {"time_base": MOTION_TIME_BASE, "pts": pts})
 
 
 def run_job_key(driving, identity, options: JobOptions, reference: bool, side_by_side: bool, lo: int, hi: int,
@@ -177,11 +246,11 @@ def run_job_key(driving, identity, options: JobOptions, reference: bool, side_by
 
 
 def _render_run(driving, output: Path, options: JobOptions, reference: bool, side_by_side: bool,
-                session: RenderSession, photo: PhotoIdentity, reader: VideoReader, lo: int, hi: int, scan,
-                expressions: np.ndarray, stats: StageTimes, own_session: bool, finish: bool,
-                paste_back: bool = False) -> Path:
-    """The second phase of :func:`run_job`: render frames ``[lo, hi)`` of the scanned clip and encode them."""
-    info = reader.info
+                session: RenderSession, photo: PhotoIdentity, driving_timing: DrivingTiming, lo: int, hi: int,
+                scan, expressions: np.ndarray, stats: StageTimes, own_session: bool, finish: bool,
+                paste_back: bool = False, reader: VideoReader | None = None) -> Path:
+    """The second phase of :func:`run_job`: render frames ``[lo, hi)`` of the driving source and encode them
+    (``reader`` and ``scan``: the driving clip's, for a side-by-side output; None for a motion file)."""
     pipe = session.pipeline
     if own_session:
         stats.add("load", session.load_seconds)
@@ -189,20 +258,21 @@ def _render_run(driving, output: Path, options: JobOptions, reference: bool, sid
     stats.set_model(pipe.device, pipe.dtype)
     size = pipe.image_size
     reference_image = photo.aligned(size) if reference else None
-    key = run_job_key(driving, photo.path, options, reference, side_by_side, lo, hi, info.pixel_aspect,
-                      info.interlaced, paste_back=paste_back)
+    key = run_job_key(driving, photo.path, options, reference, side_by_side, lo, hi, driving_timing.pixel_aspect,
+                      driving_timing.interlaced, paste_back=paste_back)
     canvas, to_face = photo.canvas(size) if paste_back else (None, None)
     result_size = (canvas.shape[1], canvas.shape[0]) if paste_back else (size, size)
     panel_rows = min(result_size[1], SIDE_BY_SIDE_MAX_ROWS) if paste_back else size
     mask = face_mask(size)
-    frame_bytes = run_frame_bytes(info.width, info.height, size, side_by_side, result_size, panel_rows)
-    chunk = chunk_frames(frame_bytes, options.chunk_size,
-                         options.memory_budget, picture_bytes(info.width, info.height), in_flight=CHUNKS_IN_FLIGHT,
-                         reserved=0 if scan.frames is None else scan.frames.nbytes)
+    width, height = (reader.info.width, reader.info.height) if reader is not None else result_size
+    frame_bytes = run_frame_bytes(width, height, size, side_by_side, result_size, panel_rows)
+    chunk = chunk_frames(frame_bytes, options.chunk_size, options.memory_budget, picture_bytes(width, height),
+                         in_flight=CHUNKS_IN_FLIGHT, reserved=0 if scan is None or scan.frames is None
+                         else scan.frames.nbytes)
     # the faces are the model's RGB (and a side-by-side's driving frames RGB as decoded): BT.709, tagged
     settings = replace(options.encoder, colour=SDR_BT709)
-    with ChunkedRender(output, key, hi - lo, chunk, info.frame_rate, settings=settings,
-                       **timing(info, lo, hi)) as job:  # its lock is released however the render ends
+    with ChunkedRender(output, key, hi - lo, chunk, driving_timing.frame_rate, settings=settings,
+                       **driving_timing.chunked) as job:  # its lock is released however the render ends
         from tqdm.auto import tqdm
 
         bar = tqdm(total=hi - lo, initial=job.done_frames(), desc=f"run {Path(driving).name}", unit="frame",
@@ -238,8 +308,8 @@ def _render_run(driving, output: Path, options: JobOptions, reference: bool, sid
         bar.close()
         tags = job_tags("run", options, reference=reference, side_by_side=side_by_side, driving_frames=[lo, hi],
                         job_digest=job_digest(key), **({"paste_back": True} if paste_back else {}))
-        result = job.finalize(audio=audio_of_range(reader, lo, hi), progress=options.progress, metadata=tags,
-                              timecode=range_timecode(reader.info, lo))
+        result = job.finalize(audio=driving_timing.audio, progress=options.progress, metadata=tags,
+                              timecode=driving_timing.timecode)
     if finish:
         finish_job(stats)
     return result
