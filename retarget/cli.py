@@ -348,11 +348,17 @@ def _note_unused_options(args: argparse.Namespace) -> None:
     purpose, unused = _UNUSED_OPTIONS.get(args.command, ("", set()))
     if getattr(args, "paste_back", False):  # run --paste-back pastes faces back: it uses --color-match
         unused = unused - {"color_match"}
-    flags = [action.option_strings[0] for action in _common_parser()._actions
-             if action.dest in unused and getattr(args, action.dest, action.default) != action.default]
-    if flags:
-        verb = "does" if len(flags) == 1 else "do"
-        print(f"{PROG} {args.command}: {', '.join(flags)} {verb} nothing here ({purpose})", file=sys.stderr)
+    groups = [(purpose, unused)]
+    if args.command == "run" and str(args.driving).lower().endswith(".npz"):
+        groups.append(("options of the face scan: a motion file holds its expressions",
+                       {"face_index", "face_reference", "smirk_channels"}))
+    actions = _common_parser()._actions
+    for purpose, unused in groups:
+        flags = [action.option_strings[0] for action in actions
+                 if action.dest in unused and getattr(args, action.dest, action.default) != action.default]
+        if flags:
+            verb = "does" if len(flags) == 1 else "do"
+            print(f"{PROG} {args.command}: {', '.join(flags)} {verb} nothing here ({purpose})", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

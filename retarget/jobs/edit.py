@@ -60,11 +60,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".a
 @dataclass(frozen=True)
 class ExpressionSource:
     """Expressions read from SOURCE once: ``constant`` ``[55]`` for a photo, else a prepared (smoothed,
-    gap-filled) ``track``."""
+    gap-filled) ``track`` and ``faces`` (bool ``[N]``: its frames with a face, before the gaps were filled)."""
 
     path: Path
     constant: np.ndarray | None = None
     track: MotionTrack | None = None
+    faces: np.ndarray | None = None
 
     def for_times(self, times: np.ndarray, rate) -> tuple[np.ndarray, np.ndarray]:
         """Values ``[M, 55]`` and validity ``[M]`` at ``times`` (seconds from the source's start)."""
@@ -98,7 +99,10 @@ def read_expression_source(source, session: RenderSession) -> ExpressionSource:
     suffix = path.suffix.lower()
     options = session.options
     if suffix == ".npz":
-        return ExpressionSource(path, track=prepared_motion(load_motion(path), options.smooth))
+        motion = load_motion(path)
+        if motion.filled is not None:  # read on the face across short detection gaps, as a video source's are
+            motion = motion.with_values(motion.values, valid=motion.valid | motion.filled)
+        return ExpressionSource(path, track=prepared_motion(motion, options.smooth), faces=motion.valid)
     if suffix in IMAGE_SUFFIXES:
         image, face = photo_face(path, session.faces, 0)
         values = session.faces.expressions.extract([image], face.keypoints[None])[0]
@@ -106,7 +110,8 @@ def read_expression_source(source, session: RenderSession) -> ExpressionSource:
     scan = scan_clip(VideoReader(path), session.faces, options.face_index, chunk_size=options.chunk_size,
                      progress=options.progress, memory_budget=options.memory_budget, overlap=options.overlap,
                      check=session.check_loading)
-    return ExpressionSource(path, track=prepared_motion(scan.motion(), options.smooth))
+    motion = scan.motion()
+    return ExpressionSource(path, track=prepared_motion(motion, options.smooth), faces=motion.valid)
 
 
 def edit_job(video, expression, output, options: JobOptions, *, start: float | None = None,
@@ -165,7 +170,7 @@ def _scan_edit(video, expression, output: Path, options: JobOptions, start: floa
     own = neutral = None
     if options.relative:
         own = prepared_motion(scan.motion(frames=(lo, hi)), options.smooth).values
-        neutral = neutral_values(source.track, options.neutral_frame)
+        neutral = neutral_values(source.track, options.neutral_frame, valid=source.faces)
     values[lo:hi] = rendered_expressions(driving, options, own=own, neutral=neutral)
     has_values[lo:hi] = source_valid
     edited = scan.valid & has_values

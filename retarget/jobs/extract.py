@@ -33,7 +33,8 @@ def extract_job(video, output, options: JobOptions, faces: FaceModels | None = N
     note = scan.missing_face_note(reader.info.path.name, filled=False)
     if note:
         log.warning("%s; the motion file marks them missing", note)
-    metadata = {"source": Path(video).name, "frames": str(reader.info.frame_count)}
+    metadata = {"source": Path(video).name, "frames": str(reader.info.frame_count),
+                "variable_rate": "yes" if reader.info.is_vfr else "no"}  # how a run driven by it is timed
     if reference is None:
         metadata["face_index"] = str(options.face_index)
     else:

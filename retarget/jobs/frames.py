@@ -86,36 +86,20 @@ class ClipScan:
                filled: bool = True) -> MotionTrack:
         """The expression track (requires a scan with expressions); with ``frames`` (``[first, stop)``) only
         those frames, their times counted from the first of them. ``filled`` False marks only the detected frames
-        valid (a motion file records measurements; the short gaps' interpolated values stay but count as
-        missing)."""
+        valid (a motion file records measurements; the short gaps' values, read at interpolated keypoints, stay
+        but count as missing, and the track's ``filled`` marks them)."""
         if self.expressions is None:
             raise ValueError("this scan did not read expressions")
         lo, hi = frames if frames is not None else (0, len(self.valid))
         valid = self.valid if filled else self.detected
         return MotionTrack(self.expressions[lo:hi], valid[lo:hi], self.times[lo:hi] - self.times[lo],
-                           self.rate, metadata=metadata or {})
+                           self.rate, metadata=metadata or {}, filled=None if filled else self.filled[lo:hi])
 
     def missing_face_note(self, name: str, frames: tuple[int, int] | None = None, filled: bool = True) -> str | None:
         """One line naming the frames of ``[first, stop)`` (default: all) that do not have the followed face
         (``valid`` False: after gap filling; with ``filled`` False, ``detected`` False), e.g.
-        ``"clip.mp4: no face in 38 of 90 frames (0.87-2.10 s)"``, with at most three time spans (seconds from the
-        clip's first frame, each from the first missing frame's time to the end of the last); None when every frame
-        has it."""
-        lo, hi = frames if frames is not None else (0, len(self.valid))
-        missing = ~(self.valid if filled else self.detected)[lo:hi]
-        count = int(missing.sum())
-        if count == 0:
-            return None
-        edges = np.flatnonzero(np.diff(np.concatenate([[0], missing.astype(np.int8), [0]])))
-        spans = [(lo + a, lo + b) for a, b in zip(edges[::2], edges[1::2])]  # [first, stop) clip frame numbers
-        period = float(1 / self.rate) if self.rate else 0.0
-
-        def end_time(stop: int) -> float:
-            return float(self.times[stop]) if stop < len(self.times) else float(self.times[stop - 1]) + period
-
-        shown = ", ".join(f"{float(self.times[a]):.2f}-{end_time(b):.2f} s" for a, b in spans[:3])
-        more = f" and {len(spans) - 3} more span(s)" if len(spans) > 3 else ""
-        return f"{name}: no face in {count} of {hi - lo} frames ({shown}{more})"
+        ``"clip.mp4: no face in 38 of 90 frames (0.87-2.10 s)"`` (see :func:`missing_face_note`)."""
+        return missing_face_note(name, ~(self.valid if filled else self.detected), self.times, self.rate, frames)
 
     def smoothed_keypoints(self, cutoff_hz: float = 3.0) -> np.ndarray:
         """Keypoints with zero-lag Kalman/RTS smoothing over time (steadier paste-back): the detected frames are
@@ -305,6 +289,29 @@ def frames_of_span(reader: VideoReader, start: int, stop: int) -> np.ndarray:
     if count != stop - start:
         raise RuntimeError(f"{reader.path}: decoded {count} frames for frames {start}..{stop - 1}")
     return frames
+
+
+def missing_face_note(name: str, missing: np.ndarray, times: np.ndarray, rate, frames: tuple[int, int] | None = None
+                      ) -> str | None:
+    """One line naming the frames of ``[first, stop)`` (default: all) that are ``missing`` (bool ``[N]``), e.g.
+    ``"clip.mp4: no face in 38 of 90 frames (0.87-2.10 s)"``, with at most three time spans (``times``: seconds
+    from the clip's first frame; each span from the first missing frame's time to the end of the last, the last
+    frame lasting ``1 / rate``); None when none is missing."""
+    lo, hi = frames if frames is not None else (0, len(missing))
+    missing = np.asarray(missing, bool)[lo:hi]
+    count = int(missing.sum())
+    if count == 0:
+        return None
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], missing.astype(np.int8), [0]])))
+    spans = [(lo + a, lo + b) for a, b in zip(edges[::2], edges[1::2])]  # [first, stop) clip frame numbers
+    period = float(1 / rate) if rate else 0.0
+
+    def end_time(stop: int) -> float:
+        return float(times[stop]) if stop < len(times) else float(times[stop - 1]) + period
+
+    shown = ", ".join(f"{float(times[a]):.2f}-{end_time(b):.2f} s" for a, b in spans[:3])
+    more = f" and {len(spans) - 3} more span(s)" if len(spans) > 3 else ""
+    return f"{name}: no face in {count} of {hi - lo} frames ({shown}{more})"
 
 
 def photo_face(path, models: FaceModels, face_index: int = 0) -> tuple[np.ndarray, Face]:

@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from retarget.errors import InputError
+from retarget.errors import InputError, NoFaceError
 from retarget.faces.alignment import AlignTransform, ffhq_transform
 from retarget.faces.pasteback import face_mask
 from retarget.faces.pasteback import paste_back as paste_back_face
@@ -40,7 +40,7 @@ from retarget.jobs.common import (audio_of_range, check_output, chunk_frames, cl
                                   motion_range, picture_bytes, prepared_motion, range_timecode, run_frame_bytes,
                                   timing)
 from retarget.jobs.expressions import neutral_values, rendered_expressions
-from retarget.jobs.frames import photo_face, scan_clip
+from retarget.jobs.frames import missing_face_note, photo_face, scan_clip
 from retarget.jobs.options import JobOptions
 from retarget.jobs.scanned import ScannedClip, scan_check
 from retarget.jobs.session import RenderSession
@@ -147,8 +147,12 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
         if side_by_side:
             raise InputError(f"{driving}: a motion file has no pictures to show beside the result: drop "
                              "--side-by-side, or drive with the video the motion was extracted from")
-        track = load_motion(driving)
-        lo, hi = motion_range(track, driving, start, end)
+        whole = load_motion(driving)
+        lo, hi = motion_range(whole, driving, start, end)
+        track = motion_slice(whole, lo, hi)
+        if not track.valid.any() and (track.filled is None or not track.filled.any()):
+            raise NoFaceError(f"{driving}: no frame shows a face between {start or 0} s and "
+                              f"{f'{end} s' if end is not None else 'the end'}")
     else:
         reader = VideoReader(driving)
         lo, hi = clip_range(reader, start, end)
@@ -157,9 +161,10 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
     session = (session or RenderSession(options)).load(background=options.overlap, warm_up=first_batch)
     photo = photo if photo is not None else identity_from_photo(identity, session)
     if from_motion:
-        track, scan = motion_slice(track, lo, hi), None
-        missing = int(np.count_nonzero(~track.valid))
-        note = f"{Path(driving).name}: no face in {missing} of {len(track)} frames" if missing else None
+        scan = None
+        note = missing_face_note(Path(driving).name, ~whole.valid, whole.times, whole.rate, (lo, hi))
+        if track.filled is not None:  # read on the face across short detection gaps: valid, as in the clip's run
+            track = track.with_values(track.values, valid=track.valid | track.filled)
         timing_of_output = DrivingTiming.of_motion(track)
     else:
         info = reader.info
@@ -173,9 +178,11 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
         timing_of_output = DrivingTiming.of_clip(reader, lo, hi)
     if note:
         log.warning("%s; those frames take the expressions of the neighbouring frames with a face", note)
-    track = prepared_motion(track, options.smooth)
-    neutral = neutral_values(track, options.neutral_frame, first=lo) if options.relative else None  # clip numbers
-    expressions = rendered_expressions(track, options, own=photo.expression, neutral=neutral)
+    prepared = prepared_motion(track, options.smooth)
+    # the neutral frame is one with a face (track.valid: before the gaps are filled), counted in clip numbers
+    neutral = neutral_values(prepared, options.neutral_frame, first=lo, valid=track.valid) if options.relative \
+        else None
+    expressions = rendered_expressions(prepared, options, own=photo.expression, neutral=neutral)
     return lambda: _render_run(driving, output, options, reference, side_by_side, session, photo, timing_of_output,
                                lo, hi, scan, expressions, stats, own_session, finish=times is None,
                                paste_back=paste_back, reader=None if from_motion else reader)
@@ -189,7 +196,7 @@ def is_motion_file(path) -> bool:
 def motion_slice(track: MotionTrack, lo: int, hi: int) -> MotionTrack:
     """Frames ``[lo, hi)`` of ``track``, their times from the first of them."""
     return MotionTrack(track.values[lo:hi], track.valid[lo:hi], track.times[lo:hi] - track.times[lo], track.rate,
-                       metadata=track.metadata)
+                       metadata=track.metadata, filled=None if track.filled is None else track.filled[lo:hi])
 
 
 #: The time base of the output of a variable-rate motion file (its times are float seconds): 1/90000 s, MPEG's.
@@ -219,9 +226,18 @@ class DrivingTiming:
 
     @classmethod
     def of_motion(cls, track: MotionTrack) -> "DrivingTiming":
-        """A motion file's frames (no audio, no timecode): frame k at k / rate when its times say so, else its
-        times in :data:`MOTION_TIME_BASE` units (a variable-rate clip's motion keeps its timing)."""
-        constant = np.allclose(track.times, np.arange(len(track)) / float(track.rate), rtol=0, atol=1e-6)
+        """A motion file's frames (no audio, no timecode): frame k at k / rate when its clip had a constant rate,
+        else its times in :data:`MOTION_TIME_BASE` units (a variable-rate clip's motion keeps its timing). The
+        rate is the one ``extract`` recorded (``variable_rate`` in the metadata); for files without it, the times
+        count as constant-rate when their intervals lie within 2 ms (or 1 %) of each other, as the clip's timestamps
+        at a millisecond time base do (see :func:`retarget.video.probe.probe_video`)."""
+        recorded = track.metadata.get("variable_rate")
+        if recorded in ("yes", "no"):
+            constant = recorded == "no"
+        else:
+            intervals = np.diff(track.times)
+            constant = len(intervals) == 0 or \
+                float(np.ptp(intervals)) <= max(0.002, 0.01 * float(np.median(intervals)))
         if constant:
             return cls(track.rate, {})
         pts = np.rint(track.times / float(MOTION_TIME_BASE)).astype(np.int64)
@@ -265,10 +281,13 @@ def _render_run(driving, output: Path, options: JobOptions, reference: bool, sid
     panel_rows = min(result_size[1], SIDE_BY_SIDE_MAX_ROWS) if paste_back else size
     mask = face_mask(size)
     width, height = (reader.info.width, reader.info.height) if reader is not None else result_size
-    frame_bytes = run_frame_bytes(width, height, size, side_by_side, result_size, panel_rows)
-    chunk = chunk_frames(frame_bytes, options.chunk_size, options.memory_budget, picture_bytes(width, height),
-                         in_flight=CHUNKS_IN_FLIGHT, reserved=0 if scan is None or scan.frames is None
-                         else scan.frames.nbytes)
+    frame_bytes = run_frame_bytes(width, height, size, side_by_side, result_size if paste_back else None,
+                                  panel_rows)
+    # the work on single frames (decoding, pasting, encoding) is on pictures of the driving clip's size or, pasted
+    # back, of the photo's: the larger one
+    picture = max(picture_bytes(width, height), picture_bytes(*result_size) if paste_back else 0)
+    chunk = chunk_frames(frame_bytes, options.chunk_size, options.memory_budget, picture, in_flight=CHUNKS_IN_FLIGHT,
+                         reserved=0 if scan is None or scan.frames is None else scan.frames.nbytes)
     # the faces are the model's RGB (and a side-by-side's driving frames RGB as decoded): BT.709, tagged
     settings = replace(options.encoder, colour=SDR_BT709)
     with ChunkedRender(output, key, hi - lo, chunk, driving_timing.frame_rate, settings=settings,

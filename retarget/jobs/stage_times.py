@@ -131,12 +131,14 @@ class StageTimes:
         first = "-" if s["first_frame_s"] is None else f"{s['first_frame_s']:.2f}s"
         gpu = "" if s["peak_gpu_mib"] is None else f", peak GPU {s['peak_gpu_mib']:.0f} MiB"
         b = s["batches"]
-        batches = f"{b['count']} batches" + ("" if b["first_s"] is None else f" (first {b['first_s']:.2f}s") + \
-            ("" if b["mean_later_s"] is None else f", later {b['mean_later_s']:.2f}s on average") + \
-            ("" if b["first_s"] is None else ")") + \
-            (f", {s['compiles_in_render']} compiled during them" if s["compiles_in_render"] else "")
+        batches = ""
+        if b["count"]:  # jobs that render: their diffusion batches
+            later = "" if b["mean_later_s"] is None else f", later {b['mean_later_s']:.2f}s on average"
+            compiled = f", {s['compiles_in_render']} compiled during them" if s["compiles_in_render"] else ""
+            batches = f"{b['count']} batch{'es' if b['count'] > 1 else ''} (first {b['first_s']:.2f}s{later}" \
+                f"{compiled}); "
         return (f"{s['command']}: {s['frames']} frames in {s['wall_s']:.2f}s ({s['frames_per_s'] or 0:.2f} frames/s), "
-                f"first frame after {first}; busy: {busy}; {batches}; {s['device']} {s['dtype']}{gpu}, "
+                f"first frame after {first}; busy: {busy}; {batches}{s['device']} {s['dtype']}{gpu}, "
                 f"peak host {s['peak_host_mib']:.0f} MiB")
 
 

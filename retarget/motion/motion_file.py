@@ -8,6 +8,9 @@ Arrays (all plain, loadable with ``numpy.load(..., allow_pickle=False)``):
 - ``times``: float64 ``[N]`` seconds from the first frame
 - ``rate``: int64 ``[2]`` frame rate as numerator, denominator (30000/1001 stays exact)
 - ``metadata_keys``, ``metadata_values``: str ``[M]`` (e.g. the source file name)
+- ``filled`` (optional; written by ``retarget extract``): bool ``[N]``, frames that are not valid because the detector
+  missed the face across a short gap, whose values were read at keypoints interpolated between detections (see
+  :class:`~retarget.motion.track.MotionTrack`)
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def save_motion(track: MotionTrack, path: str | os.PathLike) -> Path:
                 rate=np.array([track.rate.numerator, track.rate.denominator], dtype=np.int64),
                 metadata_keys=np.array(keys, dtype=str),
                 metadata_values=np.array([track.metadata[k] for k in keys], dtype=str),
+                **({} if track.filled is None else {"filled": track.filled.astype(bool)}),
             )
     return path
 
@@ -105,10 +109,14 @@ def _validate(path: Path, arrays: dict[str, np.ndarray]) -> MotionTrack:
     text_arrays = keys.dtype.kind == "U" and items.dtype.kind == "U"
     if keys.shape != items.shape or keys.ndim != 1 or (keys.size and not text_arrays):
         raise InputError(f"{path}: motion metadata is malformed")
+    filled = arrays.get("filled")  # optional: files of earlier versions do not have it
+    if filled is not None and (filled.dtype != bool or filled.shape != (n,)):
+        raise InputError(f"{path}: 'filled' must be bool [{n}], found {filled.dtype} {filled.shape}")
     return MotionTrack(
         values=values,
         valid=valid,
         times=times,
         rate=Fraction(int(rate[0]), int(rate[1])),
         metadata=dict(zip(keys.tolist(), items.tolist())),
+        filled=filled,
     )

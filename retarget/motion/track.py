@@ -54,7 +54,11 @@ class MotionTrack:
 
     ``values``: float32 ``[N, 55]``. ``valid``: bool ``[N]``, False where no face was found (values there are
     meaningless). ``times``: float64 ``[N]`` seconds from the clip's first frame, strictly increasing.
-    ``rate``: the clip's frame rate, exact. ``metadata``: free-form strings (no pictures).
+    ``rate``: the clip's frame rate, exact. ``metadata``: free-form strings (no pictures). ``filled``: bool
+    ``[N]`` or None: frames that are not ``valid`` because the detector missed the face, but whose values were read
+    on the face where a short gap was bridged (keypoints interpolated between detections, see
+    :attr:`retarget.jobs.frames.ClipScan.filled`); a ``run`` driven by the track takes them as valid, as one driven
+    by its clip does.
     """
 
     values: np.ndarray
@@ -62,6 +66,7 @@ class MotionTrack:
     times: np.ndarray
     rate: Fraction
     metadata: dict[str, str] = field(default_factory=dict)
+    filled: np.ndarray | None = None
 
     def __post_init__(self):
         values = np.asarray(self.values, dtype=np.float32)
@@ -82,6 +87,11 @@ class MotionTrack:
         object.__setattr__(self, "times", times)
         object.__setattr__(self, "rate", rate)
         object.__setattr__(self, "metadata", {str(k): str(v) for k, v in self.metadata.items()})
+        if self.filled is not None:
+            filled = np.asarray(self.filled, dtype=bool)
+            if filled.shape != (n,):
+                raise ValueError(f"filled must be [{n}], got {filled.shape}")
+            object.__setattr__(self, "filled", filled)
 
     def __len__(self) -> int:
         return int(self.values.shape[0])

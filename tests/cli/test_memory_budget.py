@@ -136,3 +136,30 @@ def test_edit_side_by_side_peak_stays_within_the_budget(cli_models, media, tmp_p
     assert peak <= budget_bytes
     # The whole clip in one chunk holds four pictures per frame, as counted.
     assert whole_peak >= 4 * COUNT * picture and whole_peak > budget_bytes
+
+
+@pytest.mark.parametrize("paste_back, budget, expected", [
+    (False, 0.0022, 31),  # 160x120 clip: 36 pictures of 57600 B reserved, 3 chunks of 32x32 faces in flight
+    (True, 0.012, 3),     # pasted into the 300x300 photo: 36 of its pictures reserved, the photo per frame too
+])
+def test_run_chunks_count_what_a_run_holds(paste_back, budget, expected, media, fast_args, tmp_path, monkeypatch):
+    """The job passes the planner what it holds: the face alone without --paste-back (as earlier versions, so their
+    interrupted renders resume), and the pasted photo with it."""
+    from retarget.cli import main
+    from retarget.jobs import run as run_module
+
+    lengths = []
+
+    class Recording(ChunkedRender):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            lengths.append(self.chunk_size)
+
+    monkeypatch.setattr(run_module, "ChunkedRender", Recording)
+    argv = ["run", media["clip"], "--identity", media["photo"], "-o", tmp_path / "out.mp4", *fast_args,
+            "--chunk-size", "64", "--memory-budget", str(budget)] + ["--paste-back"] * paste_back
+    assert main([str(a) for a in argv]) == 0
+    face, clip, photo = picture_bytes(32, 32), picture_bytes(160, 120), picture_bytes(300, 300)
+    frame = face + (photo if paste_back else 0)
+    reserve = WORKING_PICTURES * (photo if paste_back else clip)
+    assert lengths == [expected] == [(int(budget * GIB) - reserve) // (CHUNKS_IN_FLIGHT * frame)]

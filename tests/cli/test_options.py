@@ -262,4 +262,5 @@ def test_options_a_command_does_not_use_are_named(media, fast_args, tmp_path, ca
     from retarget.cli import _note_unused_options
 
     _note_unused_options(parser.parse_args(["run", "v.mp4", "--identity", "p.jpg", "-o", "o.mp4", "--color-match"]))
-    assert capsys.readouterr().err == "retarget run: --color-match does nothing here (an option of edit)\n"
+    assert capsys.readouterr().err == \
+        "retarget run: --color-match does nothing here (an option of edit and of run --paste-back)\n"

@@ -75,3 +75,33 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         weights_module.write_random_weights(tmp_path / "weights")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_working_directory_when_empty(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "here"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    assert main(["weights", "random", "."]) == 0
+    assert f"export RETARGET_MODELS={folder / 'models'} RETARGET_BASE_MODEL={folder / 'base'}" in \
+        capsys.readouterr().out  # absolute: they work from any folder
+    assert sorted(p.name for p in folder.iterdir()) == ["base", "models"]
+    assert [p.name for p in tmp_path.iterdir()] == ["here"]
+
+
+def test_a_partial_folder_left_by_a_killed_write_is_removed(tmp_path):
+    import os
+    import time
+
+    stale, fresh = tmp_path / ".weights.partial-0123456789ab", tmp_path / ".weights.partial-ba9876543210"
+    for path in (stale, fresh):
+        (path / "models").mkdir(parents=True)
+    old = time.time() - weights_module.STALE_PARTIAL_S - 60
+    os.utime(stale, (old, old))
+    weights_module.write_random_weights(tmp_path / "weights")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, "weights"]  # a recent one may be writing
+
+
+def test_a_negative_seed_is_one_line(tmp_path, capsys):
+    assert main(["weights", "random", str(tmp_path / "w"), "--seed", "-1"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == ["retarget: error: --seed must be >= 0, got -1"]
+    assert not (tmp_path / "w").exists()

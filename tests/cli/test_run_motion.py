@@ -12,6 +12,7 @@ from retarget.cli import main
 from retarget.jobs.session import RenderSession
 from retarget.motion.motion_file import load_motion, save_motion
 from retarget.motion.track import MotionTrack
+from retarget.testing.media import moving_face_frames, write_clip
 from retarget.video.reader import VideoReader
 from tests.cli.conftest import FRAMES
 
@@ -99,11 +100,91 @@ def test_frames_without_a_face_in_the_motion_are_named(media, fast_args, tmp_pat
     assert not track.valid[-2:].any()  # the clip's last two frames have no face
     assert main([str(a) for a in ["run", tmp_path / "clip.npz", "--identity", media["photo"], "-o",
                                   tmp_path / "o.mp4", *fast_args]]) == 0
-    assert f"clip.npz: no face in 2 of {FRAMES} frames; those frames take the expressions of the neighbouring " \
-           "frames with a face" in caplog.text
+    assert f"clip.npz: no face in 2 of {FRAMES} frames (0.33-0.40 s); those frames take the expressions of the " \
+           "neighbouring frames with a face" in caplog.text
 
 
 def _extracted(media, fast_args, tmp_path):
     motion = tmp_path / "clip.npz"
     assert main([str(a) for a in ["extract", media["clip"], "-o", motion, *fast_args]]) == 0
     return motion
+
+
+def test_a_short_gap_reads_as_in_the_clip(renders, media, fast_args, tmp_path):
+    """Frames 5-6 have no detection: the scan bridges the gap and reads SMIRK there; the motion file keeps those
+    readings (marked ``filled``, not valid), and a run driven by it takes them as the clip's run does, so the
+    expressions after smoothing are the same."""
+    clip = write_clip(tmp_path / "gap.mp4", moving_face_frames(12, blank=(5, 6)), Fraction(25))
+    motion = tmp_path / "gap.npz"
+    assert main([str(a) for a in ["extract", clip, "-o", motion, *fast_args]]) == 0
+    track = load_motion(motion)
+    assert not track.valid[5:7].any() and track.filled[5:7].all() and track.filled.sum() == 2
+    common = ["--identity", media["photo"], *fast_args, *EXACT]
+    assert main([str(a) for a in ["run", clip, "-o", tmp_path / "clip.mp4", *common]]) == 0
+    clip_values, _ = rendered(renders)
+    renders.clear()
+    assert main([str(a) for a in ["run", motion, "-o", tmp_path / "motion.mp4", *common]]) == 0
+    motion_values, _ = rendered(renders)
+    np.testing.assert_allclose(motion_values, clip_values, rtol=0, atol=1e-6)
+    # a file without the record (an earlier version's) interpolates the gap instead: close, not equal
+    legacy = save_motion(MotionTrack(track.values, track.valid, track.times, track.rate, track.metadata),
+                         tmp_path / "legacy.npz")
+    renders.clear()
+    assert main([str(a) for a in ["run", legacy, "-o", tmp_path / "legacy.mp4", *common]]) == 0
+    legacy_values, _ = rendered(renders)
+    assert 0 < np.abs(legacy_values - clip_values).max() < 0.5
+
+
+def test_a_range_without_a_face_is_one_line(media, fast_args, tmp_path, capsys):
+    values = np.zeros((50, 55), np.float32)
+    valid = np.arange(50) >= 25  # a face from 1 s on
+    motion = save_motion(MotionTrack.constant_rate(values, valid, 25), tmp_path / "late.npz")
+    out = tmp_path / "o.mp4"
+    assert main([str(a) for a in ["run", motion, "--identity", media["photo"], "-o", out, "--end", "0.5",
+                                  *fast_args]]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"retarget: error: {motion}: no frame shows a face between 0 s and 0.5 s"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_clip_at_a_millisecond_time_base_keeps_its_exact_rate(legacy, media, fast_args, tmp_path):
+    """Matroska stores 29.97 fps in milliseconds (0, 33, 67, 100 ms ...): the clip is constant-rate, and a run
+    driven by its motion has the exact 30000/1001 rate, whether the file records the rate kind (``extract``) or
+    not (an earlier version's file: the times' spread decides)."""
+    clip = write_clip(tmp_path / "clip.mkv", moving_face_frames(10), Fraction(30000, 1001), audio=False)
+    motion = tmp_path / "clip.npz"
+    assert main([str(a) for a in ["extract", clip, "-o", motion, *fast_args]]) == 0
+    track = load_motion(motion)
+    assert track.metadata["variable_rate"] == "no" and np.ptp(np.diff(track.times)) > 1e-4  # 33 or 34 ms apart
+    if legacy:
+        metadata = {k: v for k, v in track.metadata.items() if k != "variable_rate"}
+        motion = save_motion(MotionTrack(track.values, track.valid, track.times, track.rate, metadata),
+                             tmp_path / "legacy.npz")
+    out = tmp_path / "out.mp4"
+    assert main([str(a) for a in ["run", motion, "--identity", media["photo"], "-o", out, *fast_args]]) == 0
+    info = VideoReader(out).info
+    assert info.frame_rate == Fraction(30000, 1001) and not info.is_vfr and info.frame_count == 10
+
+
+@pytest.mark.parametrize("command", ["run-clip", "run-motion", "edit"])
+def test_the_neutral_frame_must_show_a_face(command, media, fast_args, tmp_path, capsys):
+    """Frame 10 of the clip has no face: gap filling gives it values, but it is no neutral face to measure from."""
+    motion = _extracted(media, fast_args, tmp_path)
+    out = tmp_path / "o.mp4"
+    if command == "edit":
+        argv = ["edit", media["clip"], "--expression", media["clip"]]
+    else:
+        argv = ["run", motion if command == "run-motion" else media["clip"], "--identity", media["photo"]]
+    assert main([str(a) for a in argv + ["-o", out, "--relative", "--neutral-frame", "10", *fast_args]]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "retarget: error: --neutral-frame 10 is not a valid frame of the driving motion (no face was found in it)")
+    assert not out.exists()
+
+
+def test_face_scan_options_are_named_unused_with_a_motion_file(media, tmp_path, capsys):
+    argv = ["run", str(tmp_path / "missing.npz"), "--identity", str(media["photo"]), "-o", str(tmp_path / "o.mp4"),
+            "--face-index", "1", "--smirk-channels", "bgr"]
+    assert main(argv) == 1  # the motion file is missing: the job stops before any work
+    assert capsys.readouterr().err.splitlines()[0] == ("retarget run: --face-index, --smirk-channels do nothing here "
+                                                       "(options of the face scan: a motion file holds its expressions)")
