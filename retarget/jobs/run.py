@@ -176,12 +176,12 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
         note = scan.missing_face_note(info.path.name, (lo, hi), filled=False)  # bridged gaps too: their
         track = scan.motion(frames=(lo, hi))                                    # expressions are interpolated
         timing_of_output = DrivingTiming.of_clip(reader, lo, hi)
-    if note:
-        log.warning("%s; those frames take the expressions of the neighbouring frames with a face", note)
     prepared = prepared_motion(track, options.smooth)
     # the neutral frame is one with a face (track.valid: before the gaps are filled), counted in clip numbers
     neutral = neutral_values(prepared, options.neutral_frame, first=lo, valid=track.valid) if options.relative \
         else None
+    if note:  # after the checks: a job that stops says only why
+        log.warning("%s; those frames take the expressions of the neighbouring frames with a face", note)
     expressions = rendered_expressions(prepared, options, own=photo.expression, neutral=neutral)
     return lambda: _render_run(driving, output, options, reference, side_by_side, session, photo, timing_of_output,
                                lo, hi, scan, expressions, stats, own_session, finish=times is None,

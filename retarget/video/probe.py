@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -132,9 +133,15 @@ def open_input(path: str | os.PathLike) -> av.container.InputContainer:
 
 
 def _reason(error: BaseException) -> str:
+    """FFmpeg's words for ``error``: its first line without the file name and errno PyAV adds
+    (``[Errno 1094995529] Invalid data found when processing input: 'x.mp4'`` becomes
+    ``Invalid data found when processing input``)."""
+    strerror = getattr(error, "strerror", None)
+    if isinstance(strerror, str) and strerror.strip():
+        return strerror.strip().splitlines()[0]
     text = str(error).strip().splitlines()
     message = text[0] if text else type(error).__name__
-    return message.split(": '", 1)[0]
+    return re.sub(r"^\[Errno -?\d+\] ", "", message.split(": '", 1)[0])
 
 
 def display_matrix(frame: av.VideoFrame) -> np.ndarray | None:

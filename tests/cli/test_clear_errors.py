@@ -114,8 +114,8 @@ def test_run_neutral_frame_is_a_frame_number_of_the_clip(media, fast_args, tmp_p
     assert not out.exists()
     used, original = [], run_module.neutral_values
 
-    def recording(track, frame, first=0):
-        values = original(track, frame, first)
+    def recording(track, frame, first=0, valid=None):
+        values = original(track, frame, first, valid)
         used.append((frame, first, [i for i in range(len(track)) if np.array_equal(track.values[i], values)]))
         return values
 
