@@ -87,11 +87,8 @@ def test_budget_must_be_positive():
         JobOptions(memory_budget=0)
 
 
-def edit_peak(clip, photo, options, session, tmp_path, name, monkeypatch):
-    """(effective chunk length, peak traced bytes) of ``edit --side-by-side`` with ``session``'s models loaded
-    before tracing."""
-    session.options = options
-    source = read_expression_source(photo, session)
+def chunk_lengths(module, monkeypatch) -> list[int]:
+    """The chunk length of every render the job ``module`` (run or edit) starts from now on, in order."""
     lengths = []
 
     class Recording(ChunkedRender):
@@ -99,7 +96,16 @@ def edit_peak(clip, photo, options, session, tmp_path, name, monkeypatch):
             super().__init__(*args, **kwargs)
             lengths.append(self.chunk_size)
 
-    monkeypatch.setattr(edit_module, "ChunkedRender", Recording)
+    monkeypatch.setattr(module, "ChunkedRender", Recording)
+    return lengths
+
+
+def edit_peak(clip, photo, options, session, tmp_path, name, monkeypatch):
+    """(effective chunk length, peak traced bytes) of ``edit --side-by-side`` with ``session``'s models loaded
+    before tracing."""
+    session.options = options
+    source = read_expression_source(photo, session)
+    lengths = chunk_lengths(edit_module, monkeypatch)
     tracemalloc.start()
     try:
         output = edit_job(clip, photo, tmp_path / f"{name}.mp4", options, side_by_side=True, session=session,
@@ -148,14 +154,7 @@ def test_run_chunks_count_what_a_run_holds(paste_back, budget, expected, media, 
     from retarget.cli import main
     from retarget.jobs import run as run_module
 
-    lengths = []
-
-    class Recording(ChunkedRender):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            lengths.append(self.chunk_size)
-
-    monkeypatch.setattr(run_module, "ChunkedRender", Recording)
+    lengths = chunk_lengths(run_module, monkeypatch)
     argv = ["run", media["clip"], "--identity", media["photo"], "-o", tmp_path / "out.mp4", *fast_args,
             "--chunk-size", "64", "--memory-budget", str(budget)] + ["--paste-back"] * paste_back
     assert main([str(a) for a in argv]) == 0
