@@ -59,8 +59,8 @@ log = logging.getLogger(__name__)
 
 
 #: Longest side of a ``paste_back`` output in pixels: a larger identity photo is scaled down to it (a phone photo's
-#: 4032 x 3024 becomes 1920 x 1440), which keeps the video playable everywhere and the 512-pixel face as sharp as
-#: the photo around it.
+#: 4032 x 3024 becomes 1920 x 1440), which keeps the frames within what players commonly take and the 512-pixel
+#: face about as sharp as the photo around it.
 PASTE_BACK_MAX_SIDE = 1920
 
 #: Most rows of a side-by-side frame with ``paste_back`` (its panels are scaled to the pasted photo's height, or to
