@@ -188,3 +188,18 @@ def test_face_scan_options_are_named_unused_with_a_motion_file(media, tmp_path, 
     assert main(argv) == 1  # the motion file is missing: the job stops before any work
     assert capsys.readouterr().err.splitlines()[0] == ("retarget run: --face-index, --smirk-channels do nothing here "
                                                        "(options of the face scan: a motion file holds its expressions)")
+
+
+def test_edit_takes_a_motion_file_as_its_clip(renders, media, fast_args, tmp_path):
+    """``edit`` with SOURCE a motion file renders the expressions it renders with SOURCE the clip the motion came
+    from, the short gap's readings included."""
+    source = write_clip(tmp_path / "gap.mp4", moving_face_frames(FRAMES, blank=(5, 6)), Fraction(30000, 1001))
+    motion = tmp_path / "gap.npz"
+    assert main([str(a) for a in ["extract", source, "-o", motion, *fast_args]]) == 0
+    for expression in (source, motion):
+        assert main([str(a) for a in ["edit", media["clip"], "--expression", expression, "-o",
+                                      tmp_path / f"{expression.suffix[1:]}.mp4", *fast_args, *EXACT]]) == 0
+    calls = len(renders) // 2
+    (video_values, video_frames), (motion_values, motion_frames) = rendered(renders[:calls]), rendered(renders[calls:])
+    np.testing.assert_array_equal(motion_frames, video_frames)
+    np.testing.assert_allclose(motion_values, video_values, rtol=0, atol=1e-6)
