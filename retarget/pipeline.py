@@ -556,8 +556,8 @@ class ExpressionPipeline:
         pass. ``latents``: initial noise ``[B, 4, h, w]``; else drawn from ``generator``, the same for every frame
         unless ``per_frame_noise``. Returns images in ``output_type`` "np", "uint8" (rounded on the device, see
         :func:`to_uint8`), "pil" or "pt", or with "latent" the final latents ``[B, 4, h, w]`` (not decoded).
-        ``progress``: a bar over the denoising steps (``tqdm.auto``), shown once the batch has run
-        :data:`STEP_BAR_DELAY_S` seconds.
+        ``progress``: a bar over the denoising steps (``tqdm.auto``), shown from the first step that ends
+        :data:`STEP_BAR_DELAY_S` seconds or more after the loop started.
 
         A batch smaller than :attr:`static_batch_size` runs padded to that size (its last frame repeated) and only
         its ``B`` frames are returned. With the LCM sampler, the noise added at each step is drawn per frame from a
