@@ -99,9 +99,7 @@ def read_expression_source(source, session: RenderSession) -> ExpressionSource:
     suffix = path.suffix.lower()
     options = session.options
     if suffix == ".npz":
-        motion = load_motion(path)
-        if motion.filled is not None:  # read on the face across short detection gaps, as a video source's are
-            motion = motion.with_values(motion.values, valid=motion.valid | motion.filled)
+        motion = load_motion(path).with_bridged_gaps()  # as a video source's scan reads them
         return ExpressionSource(path, track=prepared_motion(motion, options.smooth), faces=motion.valid)
     if suffix in IMAGE_SUFFIXES:
         image, face = photo_face(path, session.faces, 0)

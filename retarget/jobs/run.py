@@ -149,8 +149,8 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
                              "--side-by-side, or drive with the video the motion was extracted from")
         whole = load_motion(driving)
         lo, hi = motion_range(whole, driving, start, end)
-        track = motion_slice(whole, lo, hi)
-        if not track.valid.any() and (track.filled is None or not track.filled.any()):
+        track = motion_slice(whole, lo, hi).with_bridged_gaps()  # as the clip's own run reads them
+        if not track.valid.any():
             raise NoFaceError(f"{driving}: no frame shows a face between {start or 0} s and "
                               f"{f'{end} s' if end is not None else 'the end'}")
     else:
@@ -163,8 +163,6 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
     if from_motion:
         scan = None
         note = missing_face_note(Path(driving).name, ~whole.valid, whole.times, whole.rate, (lo, hi))
-        if track.filled is not None:  # read on the face across short detection gaps: valid, as in the clip's run
-            track = track.with_values(track.values, valid=track.valid | track.filled)
         timing_of_output = DrivingTiming.of_motion(track)
     else:
         info = reader.info

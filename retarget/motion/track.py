@@ -105,6 +105,13 @@ class MotionTrack:
         times = np.arange(n, dtype=np.float64) * (rate.denominator / rate.numerator)
         return cls(values, np.ones(n, bool) if valid is None else valid, times, rate, **kw)
 
+    def with_bridged_gaps(self) -> MotionTrack:
+        """This track with its ``filled`` frames valid (their values were read on the face), as a scan of the clip
+        gives it; the track itself when it has none recorded."""
+        if self.filled is None:
+            return self
+        return replace(self, valid=self.valid | self.filled, filled=None)
+
     def with_values(self, values: np.ndarray, valid: np.ndarray | None = None) -> MotionTrack:
         """A copy with new ``values`` (and optionally ``valid``), same times and rate."""
         return replace(self, values=values, valid=self.valid if valid is None else valid)
