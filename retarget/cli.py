@@ -1,8 +1,8 @@
 """The ``retarget`` command line: argparse with one subcommand per job.
 
 Every user error (:class:`retarget.errors.RetargetError`) and every unexpected exception becomes one line on
-stderr, ``retarget: error: ...``, and exit status 1 (2 for command-line usage errors, as argparse does); the
-traceback is printed only with ``--debug``. Jobs write their outputs atomically, so a failed command leaves no
+stderr, ``retarget: error: ...``, and exit status 1; a command-line usage error is one line too, naming the command
+and its ``--help`` (exit status 2, as argparse's). The traceback is printed only with ``--debug``. Jobs write their outputs atomically, so a failed command leaves no
 output file behind.
 """
 
@@ -18,6 +18,34 @@ from pathlib import Path
 from retarget.errors import RetargetError
 
 PROG = "retarget"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr, ``retarget run: error: MESSAGE (see: retarget run
+    --help)``, exit status 2, instead of the whole usage text before the message. Sub-commands' parsers are of
+    the same class (``add_subparsers`` makes them with the parent's class)."""
+
+    def error(self, message: str):
+        message = " ".join(str(message).split())  # argparse's messages are one line; keep it so
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but unrecognised arguments are reported by the sub-command they were given to."""
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._command_parser(namespace).error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace
+
+    def _command_parser(self, namespace) -> argparse.ArgumentParser:
+        """The innermost sub-command's parser that ``namespace`` was parsed with (``retarget weights random``)."""
+        parser = self
+        while True:
+            commands = next((action for action in parser._actions
+                             if isinstance(action, argparse._SubParsersAction)), None)
+            chosen = None if commands is None else commands.choices.get(getattr(namespace, commands.dest, None))
+            if chosen is None:
+                return parser
+            parser = chosen
 
 
 def _common_parser() -> argparse.ArgumentParser:
@@ -129,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full ``retarget`` parser (exposed for documentation and tests)."""
     debug = _debug_parser()
     common = _common_parser()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description="Put one person's facial performance onto another face in video.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

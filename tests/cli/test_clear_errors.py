@@ -289,3 +289,36 @@ def test_extract_with_bgr_feeds_the_encoder_reversed_channels(media, cli_models,
             as_rgb, as_bgr = encoder(batch).numpy()
         np.testing.assert_allclose(bgr.values[index], as_bgr, atol=1e-5)
         assert np.abs(as_rgb - as_bgr).max() > 1e-3  # the order matters
+
+
+# --- command-line usage errors ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, prog, fragment", [
+    ([], "retarget", "the following arguments are required: COMMAND"),
+    (["bogus"], "retarget", "invalid choice: 'bogus'"),
+    (["run"], "retarget run", "the following arguments are required: DRIVING, --identity, -o/--output"),
+    (["run", "a.mp4", "--identity", "b.jpg", "-o", "c.mp4", "--steps", "x"], "retarget run",
+     "argument --steps: invalid int value: 'x'"),
+    (["run", "a.mp4", "--identity", "b.jpg", "-o", "c.mp4", "--nope"], "retarget run",
+     "unrecognized arguments: --nope"),
+    (["weights", "random"], "retarget weights random", "the following arguments are required: DIR"),
+    (["weights", "random", "dir", "--bad"], "retarget weights random", "unrecognized arguments: --bad"),
+])
+def test_usage_errors_are_one_line_naming_the_command_and_its_help(argv, prog, fragment, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"{prog}: error: ") and fragment in lines[0], lines[0]
+    assert lines[0].endswith(f"(see: {prog} --help)"), lines[0]
+
+
+def test_help_still_prints_the_whole_usage(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["run", "--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: retarget run ") and "--identity PHOTO" in out and "--paste-back" in out
