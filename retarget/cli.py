@@ -348,13 +348,11 @@ def options_from_args(args: argparse.Namespace):
 def _require_inputs(*paths) -> None:
     """One-line error for the first of ``paths`` (None skipped) that does not exist, before any work starts (the
     jobs read the photo and the expression source only after loading the face models and scanning the clip)."""
-    from retarget.errors import InputError
+    from retarget.errors import require_file
 
     for path in paths:
-        if path is not None and not Path(path).exists():
-            raise InputError(f"{path}: no such file")
-        if path is not None and Path(path).is_dir():
-            raise InputError(f"{path}: is a folder, not a file")
+        if path is not None:
+            require_file(path)
 
 
 #: Options of the common parser that a command accepts (one option set serves every command in scripts) but does

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, NoFaceError
+from ..errors import InputError, NoFaceError, require_file
 from ..faces.alignment import arcface_transform, ffhq_transform
 from ..faces.image_io import load_image
 from ..faces.models import FaceModels
@@ -83,10 +83,7 @@ class EvalInputs:
         for name in ("output", "driving", "identity", "original", "motion"):
             value = getattr(self, name)
             if value is not None:
-                value = Path(value)
-                setattr(self, name, value)
-                if not value.is_file():
-                    raise InputError(f"{value}: no such file")
+                setattr(self, name, require_file(value))
         if self.original is None:
             if self.driving is None or self.identity is None:
                 raise InputError("evaluating a run needs --driving and --identity (an edit: --original)")

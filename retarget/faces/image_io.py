@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import InputError
+from ..errors import InputError, require_file
 
 __all__ = ["enable_heif", "load_image", "to_rgb_uint8"]
 
@@ -43,13 +43,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     Raises:
         InputError: the file does not exist, is a folder or special file, or is not a readable image.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not an image file")
-    if not path.is_file():
-        raise InputError(f"{path}: is a special file (device, pipe or socket), not an image file")
+    path = require_file(path, "an image file")
     if _is_heif(path):
         _register_heif(path)
     try:

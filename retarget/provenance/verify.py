@@ -14,7 +14,7 @@ import math
 import os
 from pathlib import Path
 
-from retarget.errors import InputError
+from retarget.errors import InputError, require_file
 from retarget.provenance import watermark
 from retarget.provenance.metadata import read_provenance
 
@@ -41,13 +41,7 @@ def verify_file(path: str | os.PathLike, max_frames: int = DEFAULT_MAX_FRAMES) -
     Returns ``{"file": str, "metadata": {"found": bool, "record": dict | None}, "watermark": <the result of
     :func:`retarget.provenance.watermark.detect`>}``. :class:`InputError` when the file is missing or not a video.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a video file")
-    if not path.is_file():
-        raise InputError(f"{path}: is a special file (device, pipe or socket), not a video file")
+    path = require_file(path, "a video file")
     if max_frames < 1:
         raise InputError(f"--max-frames must be >= 1, got {max_frames}")
     record = read_provenance(path)

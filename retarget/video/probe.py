@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from retarget.errors import InputError
+from retarget.errors import InputError, require_file
 from retarget.video.colour import SDR_BT601, ColourTags, stream_colour
 from retarget.video.orientation import Orientation, orientation_from_display_matrix, pixel_aspect, square_pixel_width
 from retarget.video.timecode import timecode_frames
@@ -117,13 +117,7 @@ class VideoInfo:
 
 def open_input(path: str | os.PathLike) -> av.container.InputContainer:
     """Open ``path`` for reading with PyAV, turning every failure into one-line :class:`InputError`."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a video file")
-    if not path.is_file():
-        raise InputError(f"{path}: is a special file (device, pipe or socket), not a video file")
+    path = require_file(path, "a video file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
     try:

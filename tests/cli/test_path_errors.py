@@ -176,6 +176,19 @@ def test_image_folder_wording_matches_the_video_wording(tmp_path):
     assert str(caught.value) == f"{tmp_path}: is a folder, not a video file"
 
 
+
+@pytest.mark.parametrize("command", ["run", "eval"])
+def test_a_folder_given_for_a_file_is_named_as_a_folder(command, tmp_path, capsys):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not read: the photo is checked first")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    argv = (["run", str(clip), "--identity", str(folder), "-o", str(tmp_path / "out.mp4")] if command == "run" else
+            ["eval", str(clip), "--driving", str(clip), "--identity", str(folder), "-o", str(tmp_path / "report")])
+    code = main(argv)
+    assert one_error_line(code, capsys.readouterr().err) == f"retarget: error: {folder}: is a folder, not a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "photos"]
+
 # --- doctor --help ------------------------------------------------------------------------------------------------
 
 def test_doctor_options_have_the_same_help_as_the_other_commands():
