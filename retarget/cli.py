@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from retarget import __version__
 from retarget.errors import RetargetError
 
 PROG = "retarget"
@@ -159,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common_parser()
     parser = _Parser(
         prog=PROG, description="Put one person's facial performance onto another face in video.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", parents=[common, debug], help="a driving performance on a photo's identity",

@@ -322,3 +322,19 @@ def test_help_still_prints_the_whole_usage(capsys):
     assert caught.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: retarget run ") and "--identity PHOTO" in out and "--paste-back" in out
+
+
+def test_version_prints_the_package_version_and_matches_the_installed_metadata(capsys):
+    import importlib.metadata
+
+    import retarget
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == f"retarget {retarget.__version__}\n"
+    try:
+        installed = importlib.metadata.version("retarget")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("retarget is not installed (run from a source tree)")
+    assert installed == retarget.__version__  # pyproject takes the version from retarget/__init__.py

@@ -258,6 +258,9 @@ def test_doctor_says_whether_compile_and_the_gpu_face_models_can_work(tmp_path, 
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert lines()["--compile"] == f"[ok  ] --compile: {tools / 'g++'}"
+    import retarget
+
+    assert next(iter(lines().values())) == f"[ok  ] retarget: {retarget.__version__}"  # the first line
     real_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "pillow_heif" else real_spec(name, *a))
