@@ -110,8 +110,9 @@ def _common_parser() -> argparse.ArgumentParser:
                         help="multiplier of the 2 eyelid values (default 1.0)")
     motion.add_argument("--jaw-gain", type=float, default=1.0, metavar="G",
                         help="multiplier of the 3 jaw values (default 1.0)")
-    motion.add_argument("--face-index", type=int, default=0,
-                        help="which face to follow when there are several: 0 = largest in the first frame with a face")
+    motion.add_argument("--face-index", type=int, default=None,
+                        help="which face to follow when there are several (default 0: the largest in the first frame "
+                             "with a face)")
     motion.add_argument("--face-reference", metavar="PHOTO", default=None,
                         help="follow the person in PHOTO (the face most similar to it by ArcFace) when there are "
                              "several; instead of --face-index (not both)")
@@ -308,11 +309,13 @@ def options_from_args(args: argparse.Namespace):
     from retarget.motion.adjust import PartGains
     from retarget.video.encoding import EncoderSettings
 
+    from retarget.errors import InputError
+
+    if args.face_index is not None and args.face_reference is not None:  # --face-index 0 given is refused too
+        raise InputError("use either --face-index or --face-reference")
     try:
         encoder = EncoderSettings(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt)
     except ValueError as error:
-        from retarget.errors import InputError
-
         raise InputError(str(error)) from error
     return JobOptions(
         models=Path(args.models) if args.models else default_models_dir(),
@@ -333,7 +336,7 @@ def options_from_args(args: argparse.Namespace):
         relative=args.relative,
         neutral_frame=args.neutral_frame,
         gains=PartGains(expression=args.expression_gain, eyelid=args.eyelid_gain, jaw=args.jaw_gain),
-        face_index=args.face_index,
+        face_index=args.face_index or 0,
         face_reference=Path(args.face_reference) if args.face_reference else None,
         smirk_channels=args.smirk_channels,
         compile=args.compile or args.compile_mode is not None,

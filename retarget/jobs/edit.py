@@ -60,7 +60,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".a
 @dataclass(frozen=True)
 class ExpressionSource:
     """Expressions read from SOURCE once: ``constant`` ``[55]`` for a photo, else a prepared (smoothed,
-    gap-filled) ``track`` and ``faces`` (bool ``[N]``: its frames with a face, before the gaps were filled)."""
+    gap-filled) ``track`` and ``faces`` (bool ``[N]``: its frames where the face was detected, without the short
+    gaps the scan bridged or the gaps filled later; a neutral frame must be one of them)."""
 
     path: Path
     constant: np.ndarray | None = None
@@ -99,8 +100,9 @@ def read_expression_source(source, session: RenderSession) -> ExpressionSource:
     suffix = path.suffix.lower()
     options = session.options
     if suffix == ".npz":
-        motion = load_motion(path).with_bridged_gaps()  # as a video source's scan reads them
-        return ExpressionSource(path, track=prepared_motion(motion, options.smooth), faces=motion.valid)
+        motion = load_motion(path)
+        track = prepared_motion(motion.with_bridged_gaps(), options.smooth)  # as a video source's scan reads them
+        return ExpressionSource(path, track=track, faces=motion.valid)
     if suffix in IMAGE_SUFFIXES:
         image, face = photo_face(path, session.faces, 0)
         values = session.faces.expressions.extract([image], face.keypoints[None])[0]
@@ -108,8 +110,7 @@ def read_expression_source(source, session: RenderSession) -> ExpressionSource:
     scan = scan_clip(VideoReader(path), session.faces, options.face_index, chunk_size=options.chunk_size,
                      progress=options.progress, memory_budget=options.memory_budget, overlap=options.overlap,
                      check=session.check_loading)
-    motion = scan.motion()
-    return ExpressionSource(path, track=prepared_motion(motion, options.smooth), faces=motion.valid)
+    return ExpressionSource(path, track=prepared_motion(scan.motion(), options.smooth), faces=scan.detected)
 
 
 def edit_job(video, expression, output, options: JobOptions, *, start: float | None = None,

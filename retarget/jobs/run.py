@@ -149,7 +149,9 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
                              "--side-by-side, or drive with the video the motion was extracted from")
         whole = load_motion(driving)
         lo, hi = motion_range(whole, driving, start, end)
-        track = motion_slice(whole, lo, hi).with_bridged_gaps()  # as the clip's own run reads them
+        in_range = motion_slice(whole, lo, hi)
+        detected = in_range.valid  # without the bridged gaps: a neutral frame is one where the face was found
+        track = in_range.with_bridged_gaps()  # as the clip's own run reads them
         if not track.valid.any():
             raise NoFaceError(f"{driving}: no frame shows a face between {start or 0} s and "
                               f"{f'{end} s' if end is not None else 'the end'}")
@@ -173,10 +175,11 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
                          check=scan_check(session, check), times=stats)
         note = scan.missing_face_note(info.path.name, (lo, hi), filled=False)  # bridged gaps too: their
         track = scan.motion(frames=(lo, hi))                                    # expressions are interpolated
+        detected = scan.detected[lo:hi]
         timing_of_output = DrivingTiming.of_clip(reader, lo, hi)
     prepared = prepared_motion(track, options.smooth)
-    # the neutral frame is one with a face (track.valid: before the gaps are filled), counted in clip numbers
-    neutral = neutral_values(prepared, options.neutral_frame, first=lo, valid=track.valid) if options.relative \
+    # the neutral frame is one where the face was detected (not a bridged or filled gap), counted in clip numbers
+    neutral = neutral_values(prepared, options.neutral_frame, first=lo, valid=detected) if options.relative \
         else None
     if note:  # after the checks: a job that stops says only why
         log.warning("%s; those frames take the expressions of the neighbouring frames with a face", note)

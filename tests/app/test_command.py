@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from retarget.cli import build_parser, main
+from retarget.cli import build_parser, main, options_from_args
 
 
 def test_app_options_and_defaults():
@@ -29,9 +29,9 @@ def test_page_defaults_are_the_command_lines():
     args = build_parser().parse_args(["run", "clip.mp4", "--identity", "p.jpg", "-o", "o.mp4"])
     page = Controls()
     for name in ("steps", "guidance", "expression_scale", "reference_scale", "seed", "smooth", "relative",
-                 "expression_gain", "eyelid_gain", "jaw_gain", "face_index", "side_by_side", "color_match",
-                 "paste_back"):
+                 "expression_gain", "eyelid_gain", "jaw_gain", "side_by_side", "color_match", "paste_back"):
         assert getattr(page, name) == getattr(args, name), name
+    assert args.face_index is None and page.face_index == options_from_args(args).face_index == 0  # None: not given
     assert page.reference == (not args.no_reference) and page.neutral_frame == "auto" and args.neutral_frame is None
     assert (page.start, page.end, page.face_reference) == (args.start, args.end, args.face_reference)
 

@@ -139,6 +139,16 @@ def test_face_reference_follows_the_person_in_the_photo(fast_args, tmp_path, mon
     assert load_motion(tmp_path / "b.npz").metadata["face_reference"] == "astronaut.png"
 
 
+
+@pytest.mark.parametrize("index", ["0", "1"])
+def test_face_index_and_face_reference_together_are_refused(index, media, tmp_path, capsys):
+    """Both options name the face to follow; even ``--face-index 0`` (the default, given) with a photo is refused."""
+    out = tmp_path / "o.mp4"
+    code = main(["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(out), "--face-index", index,
+                 "--face-reference", str(media["photo"])])
+    assert code == 1 and capsys.readouterr().err == "retarget: error: use either --face-index or --face-reference\n"
+    assert not out.exists()
+
 def test_run_time_range_and_edit_side_by_side(media, fast_args, tmp_path, rendered):
     out = tmp_path / "range.mp4"
     assert main(["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(out), "--start", "0.1",

@@ -182,6 +182,25 @@ def test_the_neutral_frame_must_show_a_face(command, media, fast_args, tmp_path,
     assert not out.exists()
 
 
+
+@pytest.mark.parametrize("command", ["run-clip", "run-motion", "edit-clip", "edit-motion"])
+def test_a_neutral_frame_in_a_bridged_gap_is_refused(command, media, fast_args, tmp_path, capsys):
+    """Frames 5 and 6 have no face, a gap short enough to bridge: they render with interpolated expressions, but
+    the neutral frame must be one where the face was found, in a clip and in its motion file alike."""
+    clip = write_clip(tmp_path / "gap.mp4", moving_face_frames(FRAMES, blank=(5, 6)), Fraction(25))
+    motion = tmp_path / "gap.npz"
+    assert main([str(a) for a in ["extract", clip, "-o", motion, *fast_args]]) == 0
+    assert load_motion(motion).filled[5:7].all()  # bridged, not merely filled afterwards
+    source = motion if command.endswith("motion") else clip
+    argv = (["run", source, "--identity", media["photo"]] if command.startswith("run") else
+            ["edit", media["clip"], "--expression", source])
+    out = tmp_path / "o.mp4"
+    assert main([str(a) for a in argv + ["-o", out, "--relative", "--neutral-frame", "5", *fast_args]]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "retarget: error: --neutral-frame 5 is not a valid frame of the driving motion (no face was found in it)")
+    assert not out.exists()
+    assert main([str(a) for a in argv + ["-o", out, "--relative", "--neutral-frame", "4", *fast_args]]) == 0
+
 def test_face_scan_options_are_named_unused_with_a_motion_file(media, tmp_path, capsys):
     argv = ["run", str(tmp_path / "missing.npz"), "--identity", str(media["photo"]), "-o", str(tmp_path / "o.mp4"),
             "--face-index", "1", "--smirk-channels", "bgr"]
