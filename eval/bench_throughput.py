@@ -9,6 +9,8 @@ release's demo recipe, :mod:`eval.official_recipe`). (b) ``unoptimised``: :class
 a whole clip in batches, reference features computed once, the reference LoRA computed by peft and separate
 Q/K/V projections. (c) ``batched``: the same with the default speed settings (LoRA folded into the weights, fused
 self-attention Q/K/V). (c') ``channels-last`` (only with ``--paths``): (c) with the UNet and VAE in channels-last.
+(c'') ``cudnn-benchmark`` (only with ``--paths``): (c) with ``torch.backends.cudnn.benchmark`` on (cuDNN times its
+convolution algorithms for each new shape and keeps the fastest; on the CPU the same as (c)).
 (d) ``compiled`` (``--compile``): (c) with ``torch.compile`` (inductor; the UNet in channels-last); in ``--paths``
 ``compiled:MODE`` picks a compile mode (``reduce-overhead``: CUDA graphs; ``max-autotune``...). (e) ``lcm``
 (``--lcm-steps N``): (c) with a random LCM-LoRA of the published layout, N steps, guidance 1.5. Each path runs in
@@ -52,7 +54,7 @@ import torch
 
 from retarget.jobs.options import COMPILE_MODES  # the modes the compiled path can be timed with (compiled:MODE)
 
-PATHS = ("official", "unoptimised", "batched", "channels-last", "compiled", "lcm")
+PATHS = ("official", "unoptimised", "batched", "channels-last", "cudnn-benchmark", "compiled", "lcm")
 E2E_ORDERS = ("staged", "sequential", "overlapped", "compiled", "compiled-sequential")
 #: The commands ``--e2e`` times (``batch``: ``run`` on a folder of copies of the clip).
 E2E_COMMANDS = ("run", "edit", "batch")
@@ -195,6 +197,8 @@ def run_path(args) -> dict:
             pipe.optimize(fold_lora=False, fuse_qkv=False, channels_last=False)
         if args.path == "channels-last":
             pipe.optimize(channels_last=True)
+        if args.path == "cudnn-benchmark":
+            torch.backends.cudnn.benchmark = True  # the warm-up batch pays the algorithm search
         if args.path == "compiled":
             pipe.compile(mode=None if args.compile_mode in (None, "default") else args.compile_mode)
         if args.path == "lcm":
@@ -235,7 +239,8 @@ def run_path(args) -> dict:
         _write_profile(lambda: render(min(args.batch_size, args.frames)), device, args.profile)
     name = args.path + (f":{args.compile_mode}" if args.compile_mode else "")
     return {"path": name, "frames": args.frames, "seconds": seconds, "frames_per_s": args.frames / seconds,
-            "warmup_s": warmup_seconds, "peak_memory_mb": peak_memory_mb}
+            "warmup_s": warmup_seconds, "peak_memory_mb": peak_memory_mb,
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
 
 
 def flops_per_frame(models, base_model, steps: int, guidance: float, reference_on: bool, device="cpu",
@@ -583,7 +588,8 @@ def main(argv=None) -> int:
         print(json.dumps({"bench": "difference", "pair": name, **difference}))
     if args.device.startswith("cuda"):
         peak = matmul_peak_tflops(torch.device(args.device))
-        for path in [p for p in paths if p.partition(":")[0] in ("batched", "channels-last", "compiled")]:
+        for path in [p for p in paths if p.partition(":")[0] in ("batched", "channels-last", "cudnn-benchmark",
+                                                                 "compiled")]:
             achieved = flops * results[path]["frames_per_s"] / 1e12
             print(f"bf16 matmul peak {peak:.0f} TFLOP/s; {path} path {achieved:.0f} TFLOP/s = "
                   f"{100 * achieved / peak:.1f}% of peak")

@@ -4,8 +4,8 @@
 #   SIZE=tiny DTYPE=fp32 bash eval/gpu_figures.sh   # the same steps at tiny size (a check of the script, any machine)
 # 0. the weights, written once (random, published sizes, with the face models) into WORK, then the environment
 #    lines of `retarget doctor` (the GPU, onnxruntime's providers, whether --compile can build its kernels);
-# 1. the pipeline paths at batch BATCH (PATHS; default batched, channels-last, unoptimised, compiled, LCM at 6 steps;
-#    compiled:MODE adds a torch.compile mode, e.g. compiled:reduce-overhead for CUDA graphs),
+# 1. the pipeline paths at batch BATCH (PATHS; default batched, channels-last, cudnn-benchmark, unoptimised,
+#    compiled, LCM at 6 steps; compiled:MODE adds a torch.compile mode, e.g. compiled:reduce-overhead for CUDA graphs),
 #    with FLOPs, the share of the measured matmul peak, how far each path's first batch is from the batched path's
 #    and from an fp32 render, and torch.profiler tables of one batched and one compiled batch (PROFILE_DIR);
 # 2. the same compiled path again in a new process (the persistent compile cache: the second run's first batch
@@ -29,7 +29,7 @@ size=${SIZE:-full}
 dtype=${DTYPE:-bf16}
 frames=${FRAMES:-300}
 batch=${BATCH:-16}
-paths=${PATHS:-batched,channels-last,unoptimised,compiled,lcm}
+paths=${PATHS:-batched,channels-last,cudnn-benchmark,unoptimised,compiled,lcm}
 orders=${ORDERS:-staged,sequential,compiled}
 work=${WORK:-$(mktemp -d)}
 profile_dir=${PROFILE_DIR:-$work}

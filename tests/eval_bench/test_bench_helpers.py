@@ -101,3 +101,27 @@ def test_the_device_is_named(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert device_name("cuda:1") == "NVIDIA H100 80GB HBM3" and device_name("cuda") == "NVIDIA H100 80GB HBM3"
     assert asked == [1, 0]  # the given GPU, else the current one
+
+
+def test_the_cudnn_benchmark_path_renders_the_batched_paths_images(tiny_checkpoint, tmp_path):
+    """``--paths cudnn-benchmark`` is the batched path with cuDNN's algorithm search on: the flag is set in its
+    process only, and on the CPU (no cuDNN) its images are the batched path's, bit for bit."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    results = {}
+    for path in ("batched", "cudnn-benchmark"):
+        saved = tmp_path / f"{path}.npy"
+        done = subprocess.run(
+            [sys.executable, "-m", "eval.bench_throughput", "--path", path, "--models", str(tiny_checkpoint.models_dir),
+             "--base-model", str(tiny_checkpoint.base_dir), "--frames", "2", "--batch-size", "2", "--steps", "2",
+             "--warmup", "0", "--repeats", "1", "--device", "cpu", "--dtype", "fp32", "--save-output", str(saved)],
+            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[path] = (json.loads(done.stdout.strip().splitlines()[-1]), np.load(saved))
+    assert results["batched"][0]["cudnn_benchmark"] is False and results["cudnn-benchmark"][0]["cudnn_benchmark"] is True
+    assert results["cudnn-benchmark"][0]["path"] == "cudnn-benchmark"
+    assert results["batched"][1].shape == (2, 32, 32, 3)
+    np.testing.assert_array_equal(results["batched"][1], results["cudnn-benchmark"][1])
