@@ -37,7 +37,7 @@ from retarget.faces.pasteback import paste_back
 from retarget.jobs.common import (check_output, chunk_frames, clip_range, edit_frame_bytes, keep_scanned_frames,
                                   picture_bytes, prepared_motion, timing)
 from retarget.jobs.expressions import neutral_values, rendered_expressions
-from retarget.jobs.frames import photo_face, scan_clip
+from retarget.jobs.frames import frame_spans, photo_face, scan_clip
 from retarget.jobs.options import JobOptions
 from retarget.jobs.scanned import ScannedClip, scan_check
 from retarget.jobs.session import RenderSession
@@ -173,6 +173,11 @@ def _scan_edit(video, expression, output: Path, options: JobOptions, start: floa
     values[lo:hi] = rendered_expressions(driving, options, own=own, neutral=neutral)
     has_values[lo:hi] = source_valid
     edited = scan.valid & has_values
+    uncovered, spans = frame_spans(scan.valid & ~has_values, times, info.frame_rate, (lo, hi))
+    if uncovered:  # a SOURCE shorter than the edited range: say so, or the output looks merely unedited
+        log.warning("%s ends before the edit does: %d of %d frames with the face (%s) have no expression from it "
+                    "and pass through unedited (give a longer SOURCE, or --end to edit only what it covers)",
+                    source.path.name, uncovered, hi - lo, spans)
     keypoints = scan.smoothed_keypoints()
 
     return lambda: _render_edit(video, source.path, output, options, side_by_side, session, reader, lo, hi, scan,

@@ -291,18 +291,15 @@ def frames_of_span(reader: VideoReader, start: int, stop: int) -> np.ndarray:
     return frames
 
 
-def missing_face_note(name: str, missing: np.ndarray, times: np.ndarray, rate, frames: tuple[int, int] | None = None
-                      ) -> str | None:
-    """One line naming the frames of ``[first, stop)`` (default: all) that are ``missing`` (bool ``[N]``), e.g.
-    ``"clip.mp4: no face in 38 of 90 frames (0.87-2.10 s)"``, with at most three time spans (``times``: seconds
-    from the clip's first frame; each span from the first missing frame's time to the end of the last, the last
-    frame lasting ``1 / rate``); None when none is missing."""
-    lo, hi = frames if frames is not None else (0, len(missing))
-    missing = np.asarray(missing, bool)[lo:hi]
-    count = int(missing.sum())
-    if count == 0:
-        return None
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], missing.astype(np.int8), [0]])))
+def frame_spans(selected: np.ndarray, times: np.ndarray, rate, frames: tuple[int, int] | None = None
+                ) -> tuple[int, str]:
+    """How many frames of ``[first, stop)`` (default: all) are ``selected`` (bool ``[N]``), and their time spans as
+    text, at most three (``"0.87-2.10 s, 3.00-3.20 s"``, then ``" and 2 more span(s)"``; ``times``: seconds from
+    the clip's first frame; each span from the first selected frame's time to the end of the last, the last frame
+    lasting ``1 / rate``)."""
+    lo, hi = frames if frames is not None else (0, len(selected))
+    selected = np.asarray(selected, bool)[lo:hi]
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], selected.astype(np.int8), [0]])))
     spans = [(lo + a, lo + b) for a, b in zip(edges[::2], edges[1::2])]  # [first, stop) clip frame numbers
     period = float(1 / rate) if rate else 0.0
 
@@ -311,7 +308,17 @@ def missing_face_note(name: str, missing: np.ndarray, times: np.ndarray, rate, f
 
     shown = ", ".join(f"{float(times[a]):.2f}-{end_time(b):.2f} s" for a, b in spans[:3])
     more = f" and {len(spans) - 3} more span(s)" if len(spans) > 3 else ""
-    return f"{name}: no face in {count} of {hi - lo} frames ({shown}{more})"
+    return int(selected.sum()), shown + more
+
+
+def missing_face_note(name: str, missing: np.ndarray, times: np.ndarray, rate, frames: tuple[int, int] | None = None
+                      ) -> str | None:
+    """One line naming the frames of ``[first, stop)`` (default: all) that are ``missing`` (bool ``[N]``), e.g.
+    ``"clip.mp4: no face in 38 of 90 frames (0.87-2.10 s)"`` (spans as :func:`frame_spans` gives them); None when
+    none is missing."""
+    lo, hi = frames if frames is not None else (0, len(missing))
+    count, spans = frame_spans(missing, times, rate, (lo, hi))
+    return f"{name}: no face in {count} of {hi - lo} frames ({spans})" if count else None
 
 
 def photo_face(path, models: FaceModels, face_index: int = 0) -> tuple[np.ndarray, Face]:

@@ -208,6 +208,32 @@ def test_run_and_edit_say_which_frames_have_no_face(command, media, fast_args, t
     assert probe_video(out).frame_count == FRAMES
 
 
+
+def test_edit_says_which_frames_a_short_source_leaves_unedited(media, fast_args, tmp_path, caplog):
+    """A SOURCE video shorter than the clip: the clip's frames after its end have no expression to render and pass
+    through unedited, and a warning says which (the frames without the face are named by their own note)."""
+    from retarget.testing.media import moving_face_frames, write_clip
+    from tests.cli.conftest import RATE
+
+    source = write_clip(tmp_path / "short.mp4", moving_face_frames(4), RATE)
+    out = tmp_path / "out.mp4"
+    with caplog.at_level("WARNING", logger="retarget.jobs"):
+        assert main(["edit", str(media["clip"]), "--expression", str(source), "-o", str(out), *fast_args]) == 0
+    notes = [r.getMessage() for r in caplog.records if "ends before the edit does" in r.getMessage()]
+    times = np.arange(FRAMES) * 1001 / 30000
+    # frames 4-9 have the face and no SOURCE frame (frames 10-11 have no face: the other note names them)
+    assert notes == [f"short.mp4 ends before the edit does: 6 of 12 frames with the face "
+                     f"({times[4]:.2f}-{times[10]:.2f} s) have no expression from it and pass through unedited "
+                     "(give a longer SOURCE, or --end to edit only what it covers)"]
+    from retarget.provenance.metadata import read_provenance
+
+    assert read_provenance(out)["settings"]["edited_frames"] == 4
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="retarget.jobs"):  # a SOURCE as long as the clip: no such note
+        assert main(["edit", str(media["clip"]), "--expression", str(media["clip"]), "-o",
+                     str(tmp_path / "full.mp4"), *fast_args]) == 0
+    assert not [r for r in caplog.records if "ends before the edit does" in r.getMessage()]
+
 def test_run_names_driving_frames_whose_expressions_were_interpolated(cli_models, fast_args, media, tmp_path,
                                                                      caplog):
     """A short gap between two detections is bridged (interpolated keypoints and expressions): ``edit`` renders and
