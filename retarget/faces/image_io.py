@@ -52,7 +52,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             upright = ImageOps.exif_transpose(image)
             return _pil_to_rgb_uint8(upright)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InputError(f"cannot read image {path}: not a readable image file ({exc})") from exc
+        reason = str(exc).replace(f" '{path}'", "").replace(str(path), "the file").strip() or type(exc).__name__
+        raise InputError(f"{path}: not a readable image file ({reason})") from exc
 
 
 def _is_heif(path: Path) -> bool:

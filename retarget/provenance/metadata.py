@@ -24,11 +24,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import av
-
 from retarget import __version__
-from retarget.errors import InputError
 from retarget.provenance import watermark
+from retarget.video.probe import open_input
 
 TOOL = "retarget"
 COMMENT_KEY = "comment"
@@ -114,11 +112,8 @@ def parse_record(text: str) -> dict | None:
 def read_provenance(path: str | os.PathLike) -> dict | None:
     """The provenance record in ``path``'s container metadata (any tag, names matched case-insensitively, the
     ``comment`` tag first), or ``None``. :class:`InputError` when the file cannot be opened."""
-    try:
-        with av.open(str(path)) as container:
-            tags = dict(container.metadata)
-    except (av.error.FFmpegError, OSError) as error:
-        raise InputError(f"{path}: not a readable video ({error})") from error
+    with open_input(path) as container:  # one-line InputError for a file FFmpeg cannot open
+        tags = dict(container.metadata)
     ordered = sorted(tags.items(), key=lambda item: item[0].lower() != COMMENT_KEY)
     for _, text in ordered:
         record = parse_record(text)

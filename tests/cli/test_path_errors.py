@@ -189,6 +189,23 @@ def test_a_folder_given_for_a_file_is_named_as_a_folder(command, tmp_path, capsy
     assert one_error_line(code, capsys.readouterr().err) == f"retarget: error: {folder}: is a folder, not a file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "photos"]
 
+
+def test_unreadable_files_name_the_path_once_without_an_errno(tmp_path, capsys):
+    """An image or video FFmpeg/Pillow cannot read: ``PATH: not a readable ... (reason)``, the reason without the
+    path again or PyAV's errno, in ``verify`` as in the jobs."""
+    photo, clip = tmp_path / "notes.jpg", tmp_path / "notes.mp4"
+    photo.write_text("not a picture")
+    clip.write_text("not a video")
+    with pytest.raises(InputError) as caught:
+        load_image(photo)
+    assert str(caught.value) == f"{photo}: not a readable image file (cannot identify image file)"
+    code = main(["verify", str(clip)])
+    line = one_error_line(code, capsys.readouterr().err)
+    assert line == f"retarget: error: {clip}: not a readable video file (Invalid data found when processing input)"
+    with pytest.raises(InputError) as caught:
+        probe_video(clip)
+    assert str(caught.value) == line.removeprefix("retarget: error: ")
+
 # --- doctor --help ------------------------------------------------------------------------------------------------
 
 def test_doctor_options_have_the_same_help_as_the_other_commands():
