@@ -48,10 +48,12 @@ class LineWriter:
 class LogBar(std_tqdm):
     """A tqdm bar that writes a log: one line per shown state (``desc: 40% 12/30 [elapsed<remaining, rate]``), at
     most every :data:`LOG_INTERVAL_S` seconds plus its first and last state, the last one also for a bar that a
-    terminal would clear (``leave=False``). Bars over other units than :data:`LOG_UNITS` are not shown. Same
-    arguments as tqdm's; ``file`` defaults to the ``sys.stderr`` of the moment the bar is made."""
+    terminal would clear (``leave=False``); a state is written once (closing a bar whose last state was written
+    writes nothing). Bars over other units than :data:`LOG_UNITS` are not shown. Same arguments as tqdm's;
+    ``file`` defaults to the ``sys.stderr`` of the moment the bar is made."""
 
     def __init__(self, *args, **kwargs):
+        self._written: tuple | None = None  # (n, total) of the last line written; set before tqdm draws the first
         if kwargs.get("unit", "it") not in LOG_UNITS:
             kwargs["disable"] = True
         kwargs["file"] = LineWriter(kwargs.get("file") or sys.stderr)
@@ -60,6 +62,23 @@ class LogBar(std_tqdm):
         if _known_total(args, kwargs):  # else tqdm's own line without a percentage (``12frame [00:05, 2.3frame/s]``)
             kwargs.setdefault("bar_format", LOG_FORMAT)
         super().__init__(*args, **kwargs)
+
+    def display(self, msg=None, pos=None):
+        """tqdm's, but a status already written (same count and total) is not written again."""
+        if msg is None:
+            state = (self.n, self.total)
+            if state == self._written:
+                return True
+            self._written = state
+        return super().display(msg, pos)
+
+    @classmethod
+    def close_all(cls) -> None:
+        """Close the bars still open (each writes its last state if it has not), e.g. before a job's final error
+        or ``interrupted`` line, so that line stays the last one."""
+        for bar in list(getattr(cls, "_instances", ())):
+            if isinstance(bar, cls):
+                bar.close()
 
 
 def _known_total(args: tuple, kwargs: dict) -> bool:
@@ -88,6 +107,7 @@ def bars_for(stream) -> Iterator[None]:
         yield
     finally:
         tqdm.auto.tqdm = saved
+        LogBar.close_all()  # a job that stopped leaves its bars open: their last lines come before the error's
 
 
 def _is_terminal(stream) -> bool:

@@ -65,6 +65,38 @@ def test_a_slow_bar_writes_a_line_every_interval(monkeypatch):
     assert not any(c in out.getvalue() for c in "\r\x1b")
 
 
+
+def test_a_state_written_by_an_update_is_not_written_again_on_closing(monkeypatch):
+    """With a slow clock every update writes its state, the last one (100%) included: closing adds nothing."""
+    monkeypatch.setattr(tqdm.std, "time", FakeClock(2 * LOG_INTERVAL_S))
+    out = io.StringIO()
+    with LogBar(total=3, desc="run a.mp4", unit="frame", file=out, miniters=1) as bar:
+        for _ in range(3):
+            bar.update(1)
+    counts = [int(LINE.match(line).group("n")) for line in out.getvalue().splitlines()]
+    assert counts == [0, 1, 2, 3]
+
+
+def test_a_stopped_job_writes_its_bars_last_lines_before_its_error(monkeypatch, capsys):
+    """A bar left open by an exception is closed when the command's bars end, so the error line comes last; a state
+    it wrote already is not repeated."""
+    import sys
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)
+    with pytest.raises(KeyboardInterrupt), bars_for(out):
+        bar = tqdm.auto.tqdm(total=10, desc="run a.mp4", unit="frame")
+        bar.update(4)  # a fast update: not written until the bar closes
+        raise KeyboardInterrupt
+    print("retarget: interrupted", file=out)
+    lines = out.getvalue().splitlines()
+    assert [LINE.match(line).group("n") for line in lines[:-1]] == ["0", "4"]
+    assert lines[-1] == "retarget: interrupted"
+    with pytest.raises(KeyboardInterrupt), bars_for(out):
+        tqdm.auto.tqdm(total=10, desc="run b.mp4", unit="frame")  # only its first state was reached
+        raise KeyboardInterrupt
+    assert len(out.getvalue().splitlines()) == 4  # the one new line: b's 0%, written once
+
 def test_bars_over_batches_and_steps_are_not_shown():
     out = io.StringIO()
     for unit in ("batch", "it"):
