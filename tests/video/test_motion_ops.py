@@ -146,3 +146,24 @@ def test_plot_writes_png_with_chosen_channels(tmp_path):
     with pytest.raises(ValueError, match="unknown channel"):
         plot_curves(track, tmp_path / "bad.png", channels=["mouth"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "two.png"]
+
+
+def test_plot_job_draws_the_smoothed_curves_clamped_as_rendered(tmp_path, monkeypatch):
+    """``retarget plot --smooth savgol`` of a jaw opening from 0: the smoother dips below 0 before the step, the
+    render clamps it, and the plotted curve is the clamped one (the raw curve is drawn as it is)."""
+    from retarget.jobs import plot as plot_module
+    from retarget.motion import save_motion
+    from retarget.motion.smoothing import smooth
+
+    values = np.zeros((40, 55), np.float32)
+    values[:, 52] = np.r_[np.zeros(20), np.full(20, 0.2)]
+    motion = save_motion(MotionTrack.constant_rate(values, None, 30), tmp_path / "m.npz")
+    drawn = {}
+    monkeypatch.setattr(plot_module, "plot_curves",
+                        lambda raw, output, smoothed, channels: drawn.update(raw=raw, smoothed=smoothed) or output)
+    plot_module.plot_job(motion, tmp_path / "c.png", "savgol", ["jaw0"])
+    assert smooth(MotionTrack.constant_rate(values, None, 30), "savgol").values[:, 52].min() < 0  # the overshoot
+    np.testing.assert_array_equal(drawn["smoothed"].values,
+                                  clamp_published(smooth(MotionTrack.constant_rate(values, None, 30), "savgol").values))
+    assert drawn["smoothed"].values[:, 52].min() == 0.0
+    np.testing.assert_array_equal(drawn["raw"].values, values)
