@@ -46,6 +46,7 @@ from retarget.jobs.scanned import ScannedClip, scan_check
 from retarget.jobs.session import RenderSession
 from retarget.jobs.stage_times import StageTimes, finish_job
 from retarget.jobs.stages import CHUNKS_IN_FLIGHT, run_stages
+from retarget.motion.adjust import check_neutral_in_range
 from retarget.motion.motion_file import load_motion
 from retarget.motion.track import MotionTrack
 from retarget.provenance.metadata import job_tags
@@ -158,6 +159,8 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
     else:
         reader = VideoReader(driving)
         lo, hi = clip_range(reader, start, end)
+    if options.relative and options.neutral_frame is not None:  # before the scan: the frame count is known
+        check_neutral_in_range(options.neutral_frame, hi - lo, "--neutral-frame", lo)
     own_session = session is None
     first_batch = (max(1, min(options.batch_size, options.chunk_size, hi - lo)), "shared" if reference else None)
     session = (session or RenderSession(options)).load(background=options.overlap, warm_up=first_batch)

@@ -100,6 +100,21 @@ def test_edit_neutral_frame_out_of_range_is_one_line(media, fast_args, tmp_path,
     assert not out.exists() and not (tmp_path / "out.mp4.retarget-work").exists()
 
 
+
+def test_run_neutral_frame_out_of_range_stops_before_the_face_scan(media, fast_args, tmp_path, capsys, monkeypatch):
+    from retarget.jobs import run as run_module
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the clip was scanned")
+
+    monkeypatch.setattr(run_module, "scan_clip", no_scan)
+    out = tmp_path / "out.mp4"
+    code = main(["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(out), "--relative",
+                 "--neutral-frame", "40", *fast_args])
+    assert_one_line_error(code, capsys.readouterr().err,
+                          f"--neutral-frame 40 is out of range: the driving motion has {FRAMES} frames (0 to 11)")
+    assert not out.exists() and not (tmp_path / "out.mp4.retarget-work").exists()
+
 def test_run_neutral_frame_is_a_frame_number_of_the_clip(media, fast_args, tmp_path, capsys, monkeypatch):
     """With --start, ``--neutral-frame`` still counts from the clip's first frame (as the help says), and must lie
     in the rendered range, whose frames alone are scanned."""
