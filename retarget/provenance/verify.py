@@ -58,9 +58,15 @@ def format_report(report: dict) -> str:
     else:
         fingerprint = record.get("models_fingerprint") or "unknown"
         mark = record.get("watermark")
+        unmarkable = report["watermark"]["bit_accuracy"] is None and report["watermark"]["frames"] == 0 and \
+            "too small" in (report["watermark"]["reason"] or "")  # the writer leaves such frames unmarked
+        state = "on" if mark else "off"
+        if mark and unmarkable:
+            state = "on when written, but the frames are too small to carry it"
+        else:
+            state += " when written"
         lines.append(f"  metadata:  synthetic video made by {record.get('tool')} {record.get('version')} "
-                     f"({record.get('command')}); models {fingerprint[:12]}; "
-                     f"watermark {'on' if mark else 'off'} when written")
+                     f"({record.get('command')}); models {fingerprint[:12]}; watermark {state}")
         settings = record.get("settings") or {}
         shown = [f"{name}={settings[name]}" for name in ("steps", "guidance", "expression_scale", "reference_scale",
                                                           "seed") if name in settings]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from retarget.cli import main
@@ -92,3 +93,22 @@ def test_unreadable_input_is_one_line(media, tmp_path, capsys, name):
     assert main(["verify", str(path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("retarget: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_the_text_report_says_when_frames_were_too_small_to_carry_the_mark():
+    """A record that asked for the watermark, on frames too small to carry it (the writer leaves them unmarked):
+    the metadata line says so instead of an unqualified "on"."""
+    from retarget.provenance import watermark
+    from retarget.provenance.verify import format_report
+
+    record = {"tool": "retarget", "version": "0", "command": "run", "watermark": True, "synthetic": True}
+    small = watermark.detect(np.zeros((2, 32, 32, 3), np.uint8))
+    assert small["bit_accuracy"] is None and "too small" in small["reason"]
+    text = format_report({"file": "a.mp4", "metadata": {"found": True, "record": record}, "watermark": small})
+    assert "watermark on when written, but the frames are too small to carry it" in text.splitlines()[1]
+    large = watermark.detect(np.zeros((2, 256, 256, 3), np.uint8))
+    text = format_report({"file": "a.mp4", "metadata": {"found": True, "record": record}, "watermark": large})
+    assert text.splitlines()[1].endswith("watermark on when written")
+    off = format_report({"file": "a.mp4", "metadata": {"found": True, "record": {**record, "watermark": False}},
+                         "watermark": small})
+    assert off.splitlines()[1].endswith("watermark off when written")
