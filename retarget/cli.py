@@ -350,14 +350,19 @@ def options_from_args(args: argparse.Namespace):
     )
 
 
-def _require_inputs(*paths) -> None:
-    """One-line error for the first of ``paths`` (None skipped) that does not exist, before any work starts (the
-    jobs read the photo and the expression source only after loading the face models and scanning the clip)."""
+def _require_inputs(*paths, photos=()) -> None:
+    """One-line error for the first of ``paths`` (None skipped) that is not a file, and for the first of ``photos``
+    (None skipped) that is not a readable image, before any work starts (the jobs read the photos and the
+    expression source only after loading the face models, and some after scanning the clip)."""
     from retarget.errors import require_file
+    from retarget.faces.image_io import load_image
 
     for path in paths:
         if path is not None:
             require_file(path)
+    for photo in photos:
+        if photo is not None:
+            load_image(photo)  # decodes it: a file that is not an image fails here, before any model loads
 
 
 #: Options of the common parser that a command accepts (one option set serves every command in scripts) but does
@@ -396,8 +401,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     """Run the chosen command; returns the exit status."""
     _note_unused_options(args)
     if args.command in ("run", "edit", "batch", "extract"):
+        from retarget.faces.image_io import IMAGE_SUFFIXES
+
+        expression = getattr(args, "expression", None)
+        photos = [getattr(args, "identity", None), getattr(args, "face_reference", None)]
+        if expression is not None and Path(expression).suffix.lower() in IMAGE_SUFFIXES:
+            photos.append(expression)
         _require_inputs(getattr(args, "driving", None), getattr(args, "video", None), getattr(args, "identity", None),
-                        getattr(args, "expression", None), getattr(args, "face_reference", None))
+                        expression, getattr(args, "face_reference", None), photos=photos)
     if args.command == "run":
         from retarget.jobs.run import run_job
 

@@ -22,7 +22,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError, require_file
 
-__all__ = ["enable_heif", "load_image", "to_rgb_uint8"]
+__all__ = ["IMAGE_SUFFIXES", "enable_heif", "load_image", "to_rgb_uint8"]
+
+#: File name endings read as photos where a file may be a photo or a video (``edit``'s SOURCE).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif")
 
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _WHITE = (255, 255, 255)

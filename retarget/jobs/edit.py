@@ -34,6 +34,7 @@ import numpy as np
 from retarget.errors import InputError
 from retarget.faces.alignment import ffhq_transform
 from retarget.faces.pasteback import paste_back
+from retarget.faces.image_io import IMAGE_SUFFIXES
 from retarget.jobs.common import (check_output, chunk_frames, clip_range, edit_frame_bytes, keep_scanned_frames,
                                   picture_bytes, prepared_motion, timing)
 from retarget.jobs.expressions import neutral_values, rendered_expressions
@@ -53,8 +54,6 @@ from retarget.video.reader import VideoReader
 from retarget.video.resume import ChunkedRender, file_identity, job_digest, with_reading
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif")
 
 
 @dataclass(frozen=True)

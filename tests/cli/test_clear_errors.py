@@ -165,6 +165,21 @@ def test_stderr_names_the_face_models_once_they_loaded(media, cli_models, tmp_pa
     assert failed.stderr.strip().splitlines() == [f"retarget: error: {tmp_path / 'absent.mp4'}: no such file"]
 
 
+
+@pytest.mark.parametrize("command", ["run", "edit"])
+def test_a_photo_that_is_not_an_image_fails_before_the_face_models_load(command, media, cli_models, tmp_path):
+    """``--identity`` (``run``) or an image SOURCE (``edit``) that is not an image: the error line alone on stderr,
+    with no line of the face models (which load only after the inputs are checked)."""
+    models, _ = cli_models
+    fake = tmp_path / "photo.png"
+    fake.write_text("not a picture")
+    option = "--identity" if command == "run" else "--expression"
+    done = _cli([command, media["clip"], option, fake, "-o", tmp_path / "o.mp4", "--models", models])
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"retarget: error: {fake}: not a readable image file (cannot identify image file)"]
+    assert not (tmp_path / "o.mp4").exists()
+
 def test_compile_without_a_cxx_compiler_warns_once_and_renders_eagerly(media, fast_args, tmp_path):
     """``--compile`` where inductor cannot build its kernels (no C++ compiler: ``CXX`` names none, and a fresh
     compile cache) is one warning line, then the job renders eagerly to the end."""
