@@ -507,6 +507,18 @@ def _error_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
+def _kept_note(args: argparse.Namespace) -> str:
+    """For an interrupted ``run`` or ``edit``: what its work folder keeps for a resume (empty when nothing)."""
+    if args.command not in ("run", "edit"):
+        return ""
+    from retarget.video.resume import kept_frames, work_folder
+
+    frames = kept_frames(args.output)
+    if not frames:
+        return ""
+    return f"; {frames} rendered frame(s) kept in {work_folder(args.output)} (the same command resumes from them)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``retarget`` script; returns the exit status (0 ok, 1 error, 2 usage, 130 interrupted)."""
     parser = build_parser()
@@ -529,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted{_kept_note(args)}", file=sys.stderr)
         return 130
     except Exception as error:  # every failure becomes one line unless --debug
         if debug:

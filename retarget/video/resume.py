@@ -99,6 +99,16 @@ def work_folder(out_path: str | os.PathLike) -> Path:
     return out_path.with_name(out_path.name + WORK_SUFFIX)
 
 
+def kept_frames(out_path: str | os.PathLike) -> int:
+    """How many rendered frames the work folder of ``out_path`` keeps for a resume (the frames of the chunks its
+    manifest records; 0 without a folder or a readable manifest). Read without the lock: for a message only."""
+    try:
+        manifest = json.loads((work_folder(out_path) / MANIFEST).read_text())
+        return sum(int(entry["frames"]) for entry in manifest["chunks"].values())
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return 0
+
+
 def output_lock(out_path: str | os.PathLike) -> FolderLock:
     """Lock ``out_path``'s work folder now (see :mod:`retarget.video.work_lock`), for a job to hold from its start
     (before the face scan) until its output is complete; a :class:`ChunkedRender` of the same output made by the

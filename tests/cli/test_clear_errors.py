@@ -394,3 +394,39 @@ def test_version_prints_the_package_version_and_matches_the_installed_metadata(c
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("retarget is not installed (run from a source tree)")
     assert installed == retarget.__version__  # pyproject takes the version from retarget/__init__.py
+
+
+# --- Ctrl-C ---------------------------------------------------------------------------------------------------------
+
+def test_an_interrupted_run_says_what_it_kept_and_the_same_command_resumes(media, fast_args, tmp_path, capsys,
+                                                                           monkeypatch):
+    from retarget.video.resume import ChunkedRender
+
+    out = tmp_path / "out.mp4"
+    argv = ["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(out), "--no-overlap",
+            *fast_args]  # chunks of 4 frames
+    real_save, saved = ChunkedRender.save_chunk, []
+
+    def save_then_stop(self, index, frames, **kwargs):
+        if len(saved) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the third chunk is being saved
+        real_save(self, index, frames, **kwargs)
+        saved.append(index)
+
+    monkeypatch.setattr(ChunkedRender, "save_chunk", save_then_stop)
+    assert main(argv) == 130
+    work = tmp_path / "out.mp4.retarget-work"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"retarget: interrupted; 8 rendered frame(s) kept in {work} (the same command resumes from them)")
+    assert not out.exists() and work.is_dir()
+    monkeypatch.setattr(ChunkedRender, "save_chunk", real_save)
+    assert main(argv) == 0
+    assert probe_video(out).frame_count == FRAMES and not work.exists()
+
+    def stop_at_once(self, index, frames, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ChunkedRender, "save_chunk", stop_at_once)
+    out.unlink()
+    assert main(argv) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "retarget: interrupted"  # nothing kept: nothing to say
