@@ -524,7 +524,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
+    stderr, notes = sys.stderr, None
+    if not debug and not logging.getLogger().handlers:  # the face models' lines wait for the job's first output
+        from retarget.held_notes import HeldNotes, ReleasingStream
+
+        target = logging.StreamHandler(stderr)
+        target.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        notes = HeldNotes(target)
+        logging.basicConfig(level=logging.WARNING, handlers=[notes])
+        sys.stderr = ReleasingStream(stderr, notes)
+    else:
+        logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("retarget.faces").setLevel(logging.DEBUG if debug else logging.INFO)  # names the face models
     logging.getLogger("retarget.pipeline.compile").setLevel(logging.DEBUG if debug else logging.INFO)
     if not debug:  # inductor's CPU compile warns "No CUDA runtime is found, using CUDA_HOME=..." without CUDA
@@ -541,13 +551,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
+        if notes is not None:
+            notes.drop()  # a job stopped before any output: its line alone
         print(f"{PROG}: interrupted{_kept_note(args)}", file=sys.stderr)
         return 130
     except Exception as error:  # every failure becomes one line unless --debug
         if debug:
             raise
+        if notes is not None:
+            notes.drop()
         print(f"{PROG}: error: {_error_line(error)}", file=sys.stderr)
         return 1
+    finally:
+        if notes is not None:
+            notes.publish()  # a job that wrote nothing else still names its face models
+            sys.stderr = stderr
+            logging.getLogger().removeHandler(notes)
+            logging.getLogger().addHandler(notes.target)  # late records (threads, exit) still reach stderr
 
 
 if __name__ == "__main__":

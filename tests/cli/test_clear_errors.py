@@ -180,6 +180,26 @@ def test_a_photo_that_is_not_an_image_fails_before_the_face_models_load(command,
         f"retarget: error: {fake}: not a readable image file (cannot identify image file)"]
     assert not (tmp_path / "o.mp4").exists()
 
+
+def test_a_photo_without_a_face_is_the_only_line_on_stderr(media, cli_models, tmp_path):
+    """The face models load before the photo can be checked for a face; their lines wait for the job's first
+    output, so a job that stops there prints its error line alone. A job that runs prints them first."""
+    from PIL import Image
+
+    models, base = cli_models
+    blank = tmp_path / "wall.png"
+    Image.new("RGB", (200, 200), (120, 160, 200)).save(blank)
+    common = ["--models", models, "--base-model", base, "--device", "cpu", "--steps", "1"]
+    done = _cli(["run", media["clip"], "--identity", blank, "-o", tmp_path / "o.mp4", *common])
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"retarget: error: {blank}: no face found in the photo"]
+    done = _cli(["run", media["clip"], "--identity", media["photo"], "-o", tmp_path / "p.mp4", *common])
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("retarget.faces.detection: face detector: MTCNN")
+    assert lines[1].startswith("retarget.faces.expressions: SMIRK crop: ")
+    assert lines[2].startswith("faces clip.mp4: ")  # then the scan's bar (a log's lines: stderr is a pipe)
+
 def test_compile_without_a_cxx_compiler_warns_once_and_renders_eagerly(media, fast_args, tmp_path):
     """``--compile`` where inductor cannot build its kernels (no C++ compiler: ``CXX`` names none, and a fresh
     compile cache) is one warning line, then the job renders eagerly to the end."""
