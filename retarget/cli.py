@@ -2,8 +2,9 @@
 
 Every user error (:class:`retarget.errors.RetargetError`) and every unexpected exception becomes one line on
 stderr, ``retarget: error: ...``, and exit status 1; a command-line usage error is one line too, naming the command
-and its ``--help`` (exit status 2, as argparse's). The traceback is printed only with ``--debug``. Jobs write their outputs atomically, so a failed command leaves no
-output file behind.
+and its ``--help`` (exit status 2, as argparse's). The traceback is printed only with ``--debug``. Jobs write their
+outputs atomically, so a failed command leaves no output file behind. The face models' notes on stderr wait for the
+job's first other output (:mod:`retarget.held_notes`), so a job that stops before it prints its error line alone.
 """
 
 from __future__ import annotations
@@ -305,11 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace):
     """A :class:`~retarget.jobs.options.JobOptions` from parsed common options (raises InputError on bad values)."""
+    from retarget.errors import InputError
     from retarget.jobs.options import JobOptions, default_models_dir
     from retarget.motion.adjust import PartGains
     from retarget.video.encoding import EncoderSettings
-
-    from retarget.errors import InputError
 
     if args.face_index is not None and args.face_reference is not None:  # --face-index 0 given is refused too
         raise InputError("use either --face-index or --face-reference")

@@ -33,8 +33,8 @@ import numpy as np
 
 from retarget.errors import InputError
 from retarget.faces.alignment import ffhq_transform
-from retarget.faces.pasteback import paste_back
 from retarget.faces.image_io import IMAGE_SUFFIXES
+from retarget.faces.pasteback import paste_back
 from retarget.jobs.common import (check_output, chunk_frames, clip_range, edit_frame_bytes, keep_scanned_frames,
                                   picture_bytes, prepared_motion, timing)
 from retarget.jobs.expressions import neutral_values, rendered_expressions

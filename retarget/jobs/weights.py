@@ -306,7 +306,8 @@ def environment_checks() -> list[Check]:
     """Python, the packages the jobs import, and the accelerators torch and onnxruntime see."""
     from retarget import __version__
 
-    checks = [Check("retarget", True, __version__), Check("python", sys.version_info >= (3, 10), sys.version.split()[0])]
+    checks = [Check("retarget", True, __version__),
+              Check("python", sys.version_info >= (3, 10), sys.version.split()[0])]
     for module, dist in (("torch", "torch"), ("diffusers", "diffusers"), ("transformers", "transformers"),
                          ("peft", "peft"), ("onnxruntime", "onnxruntime"), ("av", "av"), ("cv2", "opencv-python"),
                          ("timm", "timm"), ("huggingface_hub", "huggingface_hub"), ("accelerate", "accelerate")):
