@@ -428,6 +428,10 @@ class ExpressionPipeline:
             id_embeds = id_embeds[None]
         key = _digest(id_embeds.float())
         if self._identity_cache is None or self._identity_cache[0] != key:
+            norms = id_embeds.float().norm(dim=-1)
+            if not bool(torch.isfinite(norms).all()) or bool((norms == 0).any()):
+                raise ValueError("id_embeds must be finite, non-zero ArcFace vectors (a zero or NaN row has no "
+                                 "identity)")
             unique, inverse = torch.unique(id_embeds.float().cpu(), dim=0, return_inverse=True)
             prompts = self.identity_encoder.encode(unique).to(self.dtype)
             self._identity_cache = (key, prompts[inverse.to(prompts.device)])
@@ -571,7 +575,16 @@ class ExpressionPipeline:
         n_values = self.expression_projection.n_values
         if expressions.ndim != 2 or expressions.shape[1] != n_values:
             raise ValueError(f"expressions must be [B, {n_values}], got {list(expressions.shape)}")
+        if not bool(torch.isfinite(expressions).all()):
+            raise ValueError("expressions hold NaN or infinite values")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
+                or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a whole number >= 1, got {num_inference_steps!r}")
         batch = expressions.shape[0]
+        if isinstance(reference_image, np.ndarray) and reference_image.ndim == 4:
+            reference_image = list(reference_image)
+        if isinstance(reference_image, (list, tuple)) and len(reference_image) not in (1, batch):
+            raise ValueError(f"{len(reference_image)} reference images for a batch of {batch} (give 1 or {batch})")
         id_prompt = self.encode_identity(id_embeds)
         if id_prompt.shape[0] not in (1, batch):
             raise ValueError(f"{id_prompt.shape[0]} identities for {batch} expressions")
@@ -584,8 +597,6 @@ class ExpressionPipeline:
         expressions, latents = _pad_rows(expressions, rows), _pad_rows(latents, rows)
         if id_prompt.shape[0] > 1:
             id_prompt = _pad_rows(id_prompt, rows)
-        if isinstance(reference_image, np.ndarray) and reference_image.ndim == 4:
-            reference_image = list(reference_image)
         if isinstance(reference_image, (list, tuple)) and 1 < len(reference_image) < rows:
             reference_image = list(reference_image) + [reference_image[-1]] * (rows - len(reference_image))
 

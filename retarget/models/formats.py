@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import WeightsError
+from .expression import NUM_EXPRESSION_VALUES
 
 EXPRESSION_PROJ_KEYS = ("proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias", "norm.weight", "norm.bias")
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -99,7 +100,7 @@ def read_expression_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Te
     """Read ``exp_adapter.bin`` and return ``(image_proj, ip_adapter)`` state dicts, checked for layout.
 
     ``image_proj`` holds exactly :data:`EXPRESSION_PROJ_KEYS` with consistent shapes
-    (``proj.0 [hidden, n_values]``, ``proj.2 [tokens*dim, hidden]``, ``norm [dim]``); ``ip_adapter`` holds
+    (``proj.0 [hidden, 55]``, ``proj.2 [tokens*dim, hidden]``, ``norm [dim]``); ``ip_adapter`` holds
     ``"{k}.to_k_ip.weight"``/``"{k}.to_v_ip.weight"`` for ``k = 1, 3, 5, ...``. Shapes against the UNet are
     checked by the loader, which knows the UNet.
     """
@@ -113,6 +114,9 @@ def read_expression_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Te
         extra = sorted(set(proj) - set(EXPRESSION_PROJ_KEYS))
         raise WeightsError(f"{path}: image_proj is not the expression MLP (missing {missing}, unexpected {extra})")
     hidden, n_values = proj["proj.0.weight"].shape
+    if n_values != NUM_EXPRESSION_VALUES:  # SMIRK gives 55 values per frame; no other input width can be fed
+        raise WeightsError(f"{path}: image_proj proj.0.weight is {hidden}x{n_values}: it takes {n_values} values, "
+                           f"not the {NUM_EXPRESSION_VALUES} SMIRK expression values")
     dim = proj["norm.weight"].shape[0]
     out = proj["proj.2.weight"].shape
     if proj["proj.0.bias"].shape != (hidden,) or out[1] != hidden or proj["proj.2.bias"].shape != (out[0],):
@@ -166,7 +170,8 @@ def read_reference_lora(path: str | os.PathLike) -> dict[str, tuple[torch.Tensor
             raise WeightsError(f"{path}: '{module}' lacks its lora.{'down' if 'down' not in pair else 'up'} weight")
         down, up = pair["down"], pair["up"]
         if down.ndim != 2 or up.ndim != 2 or down.shape[0] != up.shape[1]:
-            raise WeightsError(f"{path}: '{module}' has mismatched LoRA ranks {list(down.shape)} / {list(up.shape)}")
+            raise WeightsError(f"{path}: 'unet.{module}.lora.down.weight' {list(down.shape)} and '.lora.up.weight' "
+                               f"{list(up.shape)} do not chain (expected [rank, in] and [out, rank])")
         result[module] = (down, up)
     return result
 

@@ -81,6 +81,16 @@ def test_token_width_must_match_the_unet(models_copy, tiny_checkpoint):
         ExpressionPipeline.from_pretrained(models_copy, tiny_checkpoint.base_dir)
 
 
+def test_expression_input_width_must_be_the_smirk_values(models_copy, tiny_checkpoint):
+    path = models_copy / "exp_adapter" / "exp_adapter.bin"
+    proj, ip = read_expression_adapter(path)
+    proj["proj.0.weight"] = proj["proj.0.weight"][:, :54].clone()
+    write_expression_adapter(path, proj, ip)
+    with pytest.raises(WeightsError, match=r"exp_adapter\.bin: image_proj proj\.0\.weight is 110x54: it takes 54 "
+                                           r"values, not the 55 SMIRK expression values"):
+        ExpressionPipeline.from_pretrained(models_copy, tiny_checkpoint.base_dir)
+
+
 def test_missing_ip_layer_is_reported(models_copy, tiny_checkpoint):
     path = models_copy / "exp_adapter" / "exp_adapter.bin"
     proj, ip = read_expression_adapter(path)
@@ -127,6 +137,22 @@ def test_lora_without_up_weight(models_copy, tiny_checkpoint):
     save_file(state, str(path))
     with pytest.raises(WeightsError, match="lacks its lora.up weight"):
         ExpressionPipeline.from_pretrained(models_copy, tiny_checkpoint.base_dir)
+
+
+def test_lora_pair_that_does_not_chain_names_both_keys(models_copy, tiny_checkpoint):
+    from safetensors.torch import load_file, save_file
+
+    path = models_copy / "ref_adapter" / "pytorch_lora_weights.safetensors"
+    state = load_file(str(path))
+    up = next(k for k in state if k.endswith("attn1.to_k.lora.up.weight"))
+    rank = state[up].shape[1]
+    state[up] = torch.zeros(state[up].shape[0], rank + 1)
+    save_file(state, str(path))
+    module = up[: -len(".lora.up.weight")]
+    with pytest.raises(WeightsError) as raised:
+        ExpressionPipeline.from_pretrained(models_copy, tiny_checkpoint.base_dir)
+    assert f"'{module}.lora.down.weight' [{rank}, " in str(raised.value)
+    assert f"and '.lora.up.weight' [{state[up].shape[0]}, {rank + 1}] do not chain" in str(raised.value)
 
 
 def test_lora_wrong_width(models_copy, tiny_checkpoint):

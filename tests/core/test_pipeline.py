@@ -137,6 +137,10 @@ def test_per_frame_references(pipe, inputs):
         alone = pipe(inputs["ids"][0], inputs["expressions"][i:i + 1], reference_image=refs[i],
                      latents=inputs["latents"][i:i + 1], num_inference_steps=STEPS).images
         assert np.abs(both[i] - alone[0]).max() < 1e-4
+    # a list must hold one reference or one per frame: two for three frames is refused, not padded
+    for short in (refs, np.stack(refs)):
+        with pytest.raises(ValueError, match=r"2 reference images for a batch of 3 \(give 1 or 3\)"):
+            pipe(inputs["ids"][0], inputs["expressions"][:3], reference_image=short, num_inference_steps=STEPS)
 
 
 def test_seed_gives_every_frame_the_same_noise(pipe, inputs):
@@ -180,6 +184,16 @@ def test_output_types_and_input_validation(pipe, inputs):
         pipe(inputs["ids"], torch.zeros(2, 55), num_inference_steps=2)
     with pytest.raises(ValueError, match=r"latents must be \[2, 4, 16, 16\]"):
         pipe(inputs["ids"][0], torch.zeros(2, 55), latents=torch.zeros(2, 4, 8, 8), num_inference_steps=2)
+    nan = torch.zeros(2, 55)
+    nan[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="expressions hold NaN or infinite values"):
+        pipe(inputs["ids"][0], nan, num_inference_steps=2)
+    for steps in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="num_inference_steps must be a whole number >= 1"):
+            pipe(inputs["ids"][0], torch.zeros(2, 55), num_inference_steps=steps)
+    for identity in (torch.zeros(512), torch.full((512,), float("nan")), torch.stack([inputs["ids"][0], torch.zeros(512)])):
+        with pytest.raises(ValueError, match="id_embeds must be finite, non-zero ArcFace vectors"):
+            pipe(identity, torch.zeros(2, 55), num_inference_steps=2)
     # raw ArcFace vectors are normalised inside: the scale of the input does not matter
     a = pipe(inputs["ids"][0], inputs["expressions"][:1], latents=inputs["latents"][:1], num_inference_steps=2).images
     b = pipe(inputs["ids"][0] * 9.0, inputs["expressions"][:1], latents=inputs["latents"][:1], num_inference_steps=2).images
