@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -24,6 +25,8 @@ from torch.utils.data import Dataset
 from retarget.errors import InputError
 
 from .manifest import ARRAYS_DIR, SampleRecord, read_manifest, read_resolution
+
+log = logging.getLogger("train")
 
 
 class FaceSamples(Dataset):
@@ -39,6 +42,11 @@ class FaceSamples(Dataset):
         self.records: list[SampleRecord] = read_manifest(self.data_dir)
         if not self.records:
             raise InputError(f"{self.data_dir} holds no samples (run python -m train.annotate on a folder with faces)")
+        if self.resolution != self.stored_resolution:
+            log.warning("%s holds %d px crops; they are resized to %d px as they are read (%s)", self.data_dir,
+                        self.stored_resolution, self.resolution,
+                        "detail is lost: annotate at --resolution %d for full detail" % self.resolution
+                        if self.resolution > self.stored_resolution else "annotating at that size saves the work")
         self._arrays: dict[str, dict[str, np.ndarray]] = {}
 
     def __len__(self) -> int:

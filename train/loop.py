@@ -9,7 +9,8 @@ else: devices and mixed precision, data order, AdamW, gradient accumulation, cli
 Reproducibility: the module is built right after ``set_seed(seed)`` (same initial weights on every process);
 each process then draws noise from ``seed + process index``; the data order comes from ``(seed, epoch)``; a
 checkpoint holds the random states of every process, so a resumed run continues exactly as the uninterrupted
-one would (same device and settings).
+one would (same device and settings; a checkpoint records the settings, see :data:`RUN_SETTINGS`, and resuming
+with other values names them in a warning and goes on with the new ones).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,19 +126,73 @@ def check_reporting(options: TrainingOptions) -> None:
         raise InputError("--report-to tensorboard needs the tensorboard package (pip install tensorboard)")
 
 
+def saved_checkpoints(output: Path) -> list[Path]:
+    """The finished checkpoints ``OUTPUT/checkpoints/step-N``, oldest first (a save in progress is written under
+    another name and renamed when complete, see :func:`run_training`)."""
+    folder = output / CHECKPOINTS_DIR
+    found = [(int(m[1]), p) for p in folder.glob("step-*") if (m := _CHECKPOINT_NAME.match(p.name))
+             and (p / PROGRESS_FILE).is_file()] if folder.is_dir() else []
+    return [path for _, path in sorted(found)]
+
+
 def find_checkpoint(output: Path, resume: str | None) -> Path | None:
-    """The checkpoint folder ``--resume`` names: a path, the newest ``step-N`` for 'latest', or None."""
+    """The checkpoint folder ``--resume`` names: a path, the newest ``step-N`` for 'latest', or None.
+
+    Raises InputError for an ``output`` that is a file, for a path that is not a checkpoint, and for a run that does
+    not resume into an output folder that holds checkpoints of an earlier run ('latest' would later mix the two)."""
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output {output} is a file, not a folder")
     if resume is None:
+        earlier = saved_checkpoints(output)
+        if earlier:
+            raise InputError(f"{output / CHECKPOINTS_DIR} holds checkpoints of an earlier run (newest "
+                             f"{earlier[-1].name}); continue it with --resume latest, or give another --output")
         return None
     if resume == "latest":
-        folder = output / CHECKPOINTS_DIR
-        found = [(int(m[1]), p) for p in folder.glob("step-*") if (m := _CHECKPOINT_NAME.match(p.name))
-                 and (p / PROGRESS_FILE).is_file()] if folder.is_dir() else []
-        return max(found)[1] if found else None
+        found = saved_checkpoints(output)
+        if not found:
+            log.info("no checkpoint under %s: starting at step 0", output / CHECKPOINTS_DIR)
+        return found[-1] if found else None
     path = Path(resume)
     if not (path / PROGRESS_FILE).is_file():
         raise InputError(f"--resume {resume}: not a checkpoint folder (no {PROGRESS_FILE})")
     return path
+
+
+#: The options that decide what a step computes; a checkpoint records them, and resuming with other values is named
+#: in a warning (the run goes on with the new values, so it no longer repeats the uninterrupted one).
+RUN_SETTINGS = ("data", "batch_size", "gradient_accumulation", "lr", "weight_decay", "max_grad_norm", "seed",
+                "resolution", "condition_dropout", "mixed_precision")
+
+
+def run_settings(options: TrainingOptions, num_processes: int) -> dict:
+    """The values of :data:`RUN_SETTINGS` (``data`` as an absolute path) and the number of processes."""
+    values = {name: getattr(options, name) for name in RUN_SETTINGS}
+    values["data"] = str(Path(options.data).resolve())
+    values["processes"] = int(num_processes)
+    return values
+
+
+def changed_settings(saved: dict, current: dict) -> list[str]:
+    """``--option NEW (checkpoint: OLD)`` for each setting of ``current`` whose value differs from ``saved``'s."""
+    changes = []
+    for name, value in current.items():
+        if name in saved and saved[name] != value:
+            label = "processes" if name == "processes" else "--" + name.replace("_", "-")
+            changes.append(f"{label} {value} (checkpoint: {saved[name]})")
+    return changes
+
+
+def resume_from(accelerator, checkpoint: Path) -> None:
+    """``accelerator.load_state(checkpoint)``, with a damaged or incomplete checkpoint as one InputError."""
+    try:
+        accelerator.load_state(str(checkpoint))
+    except InputError:
+        raise
+    except Exception as error:  # a file missing, truncated or not what it should be
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"cannot resume from {checkpoint}: {detail} (give an earlier checkpoint with "
+                         "--resume PATH)") from error
 
 
 @dataclass
@@ -155,9 +212,19 @@ def load_trainable(module: nn.Module, state: dict[str, torch.Tensor], path: Path
     params = module.trainable_state_dict()
     if set(state) != set(params):
         raise InputError(f"{path} holds {len(state)} trained tensors, this stage trains {len(params)}")
+    for name, param in params.items():
+        if tuple(state[name].shape) != tuple(param.shape):
+            raise InputError(f"{path}: '{name}' is {list(state[name].shape)}, this run trains "
+                             f"{list(param.shape)} (the checkpoint was trained with other settings)")
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(state[name])
+
+
+def _has_accelerator() -> bool:
+    """Whether torch sees a GPU or another accelerator (where fp16 autocast works; the CPU's does not cover it)."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
 def _weight_dtype(mixed_precision: str) -> torch.dtype:
@@ -184,6 +251,9 @@ def run_training(options: TrainingOptions, stage: str,
 
     output = options.output
     check_reporting(options)
+    checkpoint = find_checkpoint(output, options.resume)
+    if options.mixed_precision == "fp16" and not _has_accelerator():
+        raise InputError("--mixed-precision fp16 needs a GPU; on the CPU use bf16 or no")
     accelerator = Accelerator(
         mixed_precision=options.mixed_precision,
         gradient_accumulation_steps=options.gradient_accumulation,
@@ -199,14 +269,16 @@ def run_training(options: TrainingOptions, stage: str,
     model, optimizer = accelerator.prepare(module, optimizer)
     set_seed(options.seed, device_specific=True)
 
-    progress = {"step": 0}
+    progress = {"step": 0, "settings": None}
+    settings = run_settings(options, accelerator.num_processes)
 
     def save_hook(models, weights, folder):
         weights.clear()  # the frozen backbone is not checkpointed, only the trained tensors
         if accelerator.is_main_process:
             state = {k: v.detach().float().cpu().contiguous() for k, v in module.trainable_state_dict().items()}
             save_file(state, str(Path(folder) / TRAINABLE_FILE))
-            (Path(folder) / PROGRESS_FILE).write_text(json.dumps({"stage": stage, "step": progress["step"]}))
+            (Path(folder) / PROGRESS_FILE).write_text(json.dumps({"stage": stage, "step": progress["step"],
+                                                                  "settings": settings}))
 
     def load_hook(models, folder):
         models.clear()
@@ -214,16 +286,23 @@ def run_training(options: TrainingOptions, stage: str,
         if info.get("stage") != stage:
             raise InputError(f"{folder} is a checkpoint of {info.get('stage')}, not of {stage}")
         load_trainable(module, load_file(str(Path(folder) / TRAINABLE_FILE)), Path(folder) / TRAINABLE_FILE)
-        progress["step"] = int(info["step"])
+        progress["step"], progress["settings"] = int(info["step"]), info.get("settings")
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
 
-    checkpoint = find_checkpoint(output, options.resume)
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
+        resume_from(accelerator, checkpoint)
+        changes = changed_settings(progress["settings"] or {}, settings)
+        if not (checkpoint / f"random_states_{accelerator.process_index}.pkl").is_file():
+            changes.append(f"no random state for process {accelerator.process_index}")
+        for group in optimizer.param_groups:  # the checkpoint's optimizer state holds the old values
+            group["lr"], group["weight_decay"] = options.lr, options.weight_decay
         if accelerator.is_main_process:
             log.info("resumed from %s at step %d", checkpoint, progress["step"])
+        if changes:
+            log.warning("resuming %s with other settings than it was saved with: %s; this run goes on with the new "
+                        "ones, so it does not repeat the uninterrupted run", checkpoint, ", ".join(changes))
     result = TrainingResult(start_step=progress["step"], step=progress["step"])
 
     if options.report_to:
@@ -238,12 +317,22 @@ def run_training(options: TrainingOptions, stage: str,
     last_saved = progress["step"]
 
     def save_checkpoint():
+        # Written under another name and renamed once every process has written its part, so a run stopped during
+        # a save leaves no folder that --resume latest would take for a checkpoint.
         nonlocal last_saved
         folder = output / CHECKPOINTS_DIR / f"step-{progress['step']}"
-        accelerator.save_state(str(folder))
-        last_saved = progress["step"]
+        partial = folder.with_name(folder.name + ".partial")
+        if accelerator.is_main_process and partial.exists():
+            shutil.rmtree(partial)  # left by a run stopped during this save
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(partial, folder)
             log.info("saved %s", folder)
+        last_saved = progress["step"]
 
     while progress["step"] < options.max_steps:
         if hasattr(dataset, "set_epoch"):

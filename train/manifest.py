@@ -91,9 +91,9 @@ def read_resolution(data_dir: str | os.PathLike) -> int:
         raise InputError(f"cannot read {path}: {exc}") from exc
 
 
-def _option_text(value) -> str:
-    """A recorded setting as it is given on the command line (``None``: the option left out)."""
-    return "(not given)" if value is None else str(value)
+def _option_text(option: str, value) -> str:
+    """A sampling setting as it is given on the command line: ``--fps 10.0``, or ``no --fps`` (left out)."""
+    return f"no {option}" if value is None else f"{option} {value}"
 
 
 def read_manifest(data_dir: str | os.PathLike) -> list[SampleRecord]:
@@ -166,9 +166,9 @@ def open_for_append(data_dir: str | os.PathLike, resolution: int, sampling: dict
         for name, value in (sampling or {}).items():
             if name in recorded and recorded[name] != value:
                 option = SAMPLING_OPTIONS.get(name, name)
-                raise InputError(f"{data_dir} was annotated with {option} {_option_text(recorded[name])}, not "
-                                 f"{_option_text(value)}; annotate it again with {option} "
-                                 f"{_option_text(recorded[name])} or use a new folder")
+                was, now = _option_text(option, recorded[name]), _option_text(option, value)
+                raise InputError(f"{data_dir} was annotated with {was}, not {now}; annotate it again with {was} "
+                                 "or use a new folder")
     else:
         info = {"format": FORMAT_VERSION, "resolution": resolution}
         if sampling is not None:

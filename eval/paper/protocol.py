@@ -29,7 +29,7 @@ from . import fid as fid_module
 from .inputs import check_folders, read_expressions, read_identities
 from .report import per_image_rows, summarise, table_markdown, write_outputs
 from .scoring import score_images
-from .store import Item, RunStore, batches, grid
+from .store import Item, RunStore, batches, check_run_folder, grid
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class PaperOptions:
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
+        check_run_folder(self.out)  # before any model loads or input scan
 
 
 def _stack_or_one(arrays: list[np.ndarray]):

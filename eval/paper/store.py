@@ -75,6 +75,16 @@ class Item:
                 "expression_name": self.expression.name}
 
 
+def check_run_folder(root: Path) -> None:
+    """Raise :class:`InputError` unless ``root`` can be a run folder: new, empty, or one with a ``run-key.json``."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root} is a file; give a new or empty folder")
+    if not (root / KEY_FILE).is_file() and root.is_dir() and any(root.iterdir()):
+        raise InputError(f"{root} is not empty and has no {KEY_FILE}: not a run folder of this protocol; "
+                         "give a new or empty folder")
+
+
 class RunStore:
     """The images and records of one run folder (see the module doc). ``key``: JSON-ready run key."""
 
@@ -88,11 +98,7 @@ class RunStore:
         but has no ``run-key.json`` (written first) is not a run folder: :class:`InputError`, nothing is written
         or removed."""
         key_path = self.root / KEY_FILE
-        if self.root.exists() and not self.root.is_dir():
-            raise InputError(f"{self.root} is a file; give a new or empty folder")
-        if not key_path.is_file() and self.root.is_dir() and any(self.root.iterdir()):
-            raise InputError(f"{self.root} is not empty and has no {KEY_FILE}: not a run folder of this protocol; "
-                             "give a new or empty folder")
+        check_run_folder(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         previous = None
         if key_path.is_file():

@@ -345,6 +345,9 @@ def test_a_folder_that_is_not_a_run_folder_is_left_alone(paper_inputs, paper_ses
     with pytest.raises(InputError, match="not a run folder"):
         run(out, paper_inputs, paper_session, limit=1)
     assert (out / "images" / "holiday.jpg").read_bytes() == b"not ours"
+    with pytest.raises(InputError, match="not a run folder"):  # the options refuse it, before any model or input
+        PaperOptions(job=paper_session.options, identities=paper_inputs["identities"],
+                     expressions=paper_inputs["expressions"], out=out)
     videos = tmp_path / "videos"  # any other folder with files in it: nothing written there either
     videos.mkdir()
     (videos / "a.mp4").write_bytes(b"mine")

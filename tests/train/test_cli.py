@@ -12,13 +12,16 @@ from .conftest import common_args
     ({"resolution": "64"}, "--resolution 64 does not match the model, which works at 32 px"),
     ({"batch_size": "7"}, "fewer than one step needs"),
     ({"resume": "nowhere"}, "--resume nowhere: not a checkpoint folder"),
+    ({"mixed_precision": "fp16"}, "--mixed-precision fp16 needs a GPU; on the CPU use bf16 or no"),
+    ({"output": "a_file"}, "a_file is a file, not a folder"),
 ])
 def test_user_errors_are_one_line(change, message, tiny_checkpoint, data_folder, tmp_path, capsys):
     argv = common_args(tiny_checkpoint, data_folder, tmp_path / "out", 1)
+    (tmp_path / "a_file").write_text("not a folder")
     for key, value in change.items():
         flag = f"--{key.replace('_', '-')}"
         if flag in argv:
-            argv[argv.index(flag) + 1] = value if key != "data" else str(tmp_path / value)
+            argv[argv.index(flag) + 1] = value if key not in ("data", "output") else str(tmp_path / value)
         else:
             argv += [flag, value]
     assert expression_adapter.main(argv) == 2

@@ -13,16 +13,25 @@ from train.manifest import MANIFEST_FILE, SampleRecord, open_for_append, read_ma
 from .conftest import write_data_folder
 
 
-def test_samples_have_the_documented_shapes_and_ranges(tmp_path):
+def test_samples_have_the_documented_shapes_and_ranges(tmp_path, caplog):
     data = write_data_folder(tmp_path, images=1, clips=1, frames=3)
-    samples = FaceSamples(data)
+    with caplog.at_level("WARNING", logger="train"):
+        samples = FaceSamples(data)
+    assert not caplog.records
     assert len(samples) == 4
     item = samples[3]
     assert item["pixels"].shape == (3, 32, 32) and item["pixels"].dtype == torch.float32
     assert -1 <= float(item["pixels"].min()) and float(item["pixels"].max()) <= 1
     assert item["identity"].shape == (512,) and item["expression"].shape == (55,)
-    resized = FaceSamples(data, resolution=16)[0]["pixels"]
+    with caplog.at_level("WARNING", logger="train"):
+        resized = FaceSamples(data, resolution=16)[0]["pixels"]
+        FaceSamples(data, resolution=64)
     assert resized.shape == (3, 16, 16)
+    assert caplog.messages == [
+        f"{data} holds 32 px crops; they are resized to 16 px as they are read (annotating at that size saves the "
+        "work)",
+        f"{data} holds 32 px crops; they are resized to 64 px as they are read (detail is lost: annotate at "
+        "--resolution 64 for full detail)"]
 
 
 def test_unfinished_inputs_are_dropped_on_reopen(tmp_path):
@@ -47,11 +56,14 @@ def test_reopening_with_other_sampling_settings_is_refused(tmp_path):
     open_for_append(tmp_path / "data", 32, sampling)
     assert json.loads((tmp_path / "data" / "annotation.json").read_text())["sampling"] == sampling
     open_for_append(tmp_path / "data", 32, dict(sampling))
-    with pytest.raises(InputError, match=r"annotated with --fps 10.0, not 5.0; annotate it again with --fps 10.0"):
+    with pytest.raises(InputError, match=r"annotated with --fps 10.0, not --fps 5.0; annotate it again with --fps 10.0 or"):
         open_for_append(tmp_path / "data", 32, {**sampling, "fps": 5.0})
-    with pytest.raises(InputError, match=r"with --fps 10.0, not \(not given\)"):
+    with pytest.raises(InputError, match=r"with --fps 10.0, not no --fps; annotate it again with --fps 10.0 or"):
         open_for_append(tmp_path / "data", 32, {**sampling, "fps": None})
-    with pytest.raises(InputError, match="annotated with --faces largest, not all"):
+    open_for_append(tmp_path / "nofps", 32, {**sampling, "fps": None})
+    with pytest.raises(InputError, match=r"annotated with no --fps, not --fps 5.0; annotate it again with no --fps"):
+        open_for_append(tmp_path / "nofps", 32, {**sampling, "fps": 5.0})
+    with pytest.raises(InputError, match="annotated with --faces largest, not --faces all"):
         open_for_append(tmp_path / "data", 32, {**sampling, "faces": "all"})
     open_for_append(tmp_path / "old", 32)  # as earlier versions wrote it: no sampling record
     open_for_append(tmp_path / "old", 32, {**sampling, "fps": 5.0})

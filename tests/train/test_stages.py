@@ -1,11 +1,13 @@
 """Both training stages on a tiny random Arc2Face: loss, frozen weights, resume, condition dropout, outputs."""
 
+import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from retarget.errors import InputError
 from retarget.models.formats import read_expression_adapter, read_reference_lora
 from retarget.models.loading import load_identity_encoder_model, load_unet, load_vae
 from train import expression_adapter, reference_adapter
@@ -142,9 +144,95 @@ def test_resume_continues_the_step_count_and_the_run(stage1, tiny_checkpoint, fi
                                                                            f"step-{STAGE1_STEPS + 2}"]
 
 
-def test_resume_latest_without_checkpoints_starts_fresh(tiny_checkpoint, fixed_batch_data, tmp_path):
-    result = run(expression_adapter, common_args(tiny_checkpoint, fixed_batch_data, tmp_path, 1, resume="latest"))
+def test_resume_latest_without_checkpoints_starts_fresh(tiny_checkpoint, fixed_batch_data, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="train"):
+        result = run(expression_adapter, common_args(tiny_checkpoint, fixed_batch_data, tmp_path, 1, resume="latest"))
     assert (result.start_step, result.step) == (0, 1)
+    assert f"no checkpoint under {tmp_path / 'checkpoints'}: starting at step 0" in caplog.messages
+
+
+def test_resume_with_other_settings_warns_and_uses_them(stage1, tiny_checkpoint, fixed_batch_data, tmp_path, caplog):
+    """The checkpoint records its run's settings: the same ones resume silently (test above); another --lr and
+    --weight-decay are named in one warning, and the new values are the ones the optimizer uses from there."""
+    straight, out = stage1
+    step12 = out / "checkpoints" / "step-12"
+    assert json.loads((step12 / "progress.json").read_text())["settings"]["lr"] == 1e-3
+    with caplog.at_level("WARNING", logger="train"):
+        same = run(expression_adapter, common_args(tiny_checkpoint, fixed_batch_data, tmp_path / "same", 14,
+                                                   resume=step12))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    with caplog.at_level("WARNING", logger="train"):
+        faster = run(expression_adapter, common_args(tiny_checkpoint, fixed_batch_data, tmp_path / "faster", 14,
+                                                     lr=0.5, weight_decay=0.05, resume=step12))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"resuming {step12} with other settings than it was saved with: --lr 0.5 (checkpoint: "
+                        "0.001), --weight-decay 0.05 (checkpoint: 0.01); this run goes on with the new ones, so it does not repeat "
+                        "the uninterrupted run"]
+    assert np.allclose(same.losses, straight.losses[12:14], rtol=1e-5, atol=1e-6)
+    assert faster.losses[0] == pytest.approx(same.losses[0], rel=1e-5)  # step 13 starts from the same weights
+    assert abs(faster.losses[1] - same.losses[1]) > 1e-3  # ... and its update used --lr 0.5
+    assert faster.module.trainable_state_dict().keys() == same.module.trainable_state_dict().keys()
+
+
+def test_a_run_does_not_start_over_an_earlier_runs_checkpoints(stage1, tiny_checkpoint, fixed_batch_data, capsys):
+    _, out = stage1
+    assert expression_adapter.main(common_args(tiny_checkpoint, fixed_batch_data, out, 2)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {out / 'checkpoints'} holds checkpoints of an earlier run (newest step-{STAGE1_STEPS}); "
+                   "continue it with --resume latest, or give another --output"]
+
+
+def test_a_checkpoint_appears_only_when_complete(tiny_checkpoint, fixed_batch_data, tmp_path, monkeypatch):
+    """A run stopped while saving leaves step-N.partial, which 'latest' does not take; the next save of that step
+    replaces it."""
+    from train import loop
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.os, "replace", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run(expression_adapter, common_args(tiny_checkpoint, fixed_batch_data, tmp_path, 2, checkpointing_steps=2))
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2.partial"]
+    assert (tmp_path / "checkpoints" / "step-2.partial" / "progress.json").is_file()  # complete but for the rename
+    again = run(expression_adapter, common_args(tiny_checkpoint, fixed_batch_data, tmp_path, 2, checkpointing_steps=2,
+                                                resume="latest"))
+    assert (again.start_step, again.step) == (0, 2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2"]
+
+
+@pytest.mark.parametrize("damage", ["garbage weights", "no optimizer", "broken progress"])
+def test_a_damaged_checkpoint_is_one_line(stage1, tiny_checkpoint, fixed_batch_data, tmp_path, capsys, damage):
+    copy = tmp_path / "out" / "checkpoints" / "step-12"
+    shutil.copytree(stage1[1] / "checkpoints" / "step-12", copy)
+    if damage == "garbage weights":
+        (copy / "trainable.safetensors").write_bytes(b"\xff" * 64)
+    elif damage == "no optimizer":
+        next(copy.glob("optimizer*")).unlink()
+    else:
+        (copy / "progress.json").write_text("{")
+    argv = common_args(tiny_checkpoint, fixed_batch_data, tmp_path / "out", STAGE1_STEPS, resume="latest")
+    assert expression_adapter.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot resume from {copy}: ")
+    assert err[0].endswith("(give an earlier checkpoint with --resume PATH)")
+
+
+def test_a_checkpoint_of_other_shapes_is_refused(tmp_path):
+    from train.loop import load_trainable
+
+    class Module(torch.nn.Module):
+        def __init__(self, rank):
+            super().__init__()
+            self.down = torch.nn.Parameter(torch.zeros(rank, 8))
+
+        def trainable_state_dict(self):
+            return {"down": self.down}
+
+    with pytest.raises(InputError, match=r"'down' is \[4, 8\], this run trains \[2, 8\] \(the checkpoint was "
+                                         r"trained with other settings\)"):
+        load_trainable(Module(2), {"down": torch.ones(4, 8)}, tmp_path / "trainable.safetensors")
 
 
 @pytest.mark.parametrize("stage", ["expression", "reference"])
