@@ -108,7 +108,7 @@ def _check_range(start: float | None, end: float | None) -> None:
 
 def _nonempty_range(path, lo: int, hi: int, start: float | None, end: float | None) -> tuple[int, int]:
     if lo >= hi:
-        raise InputError(f"{path}: no frames between {start or 0} s and {end if end is not None else 'the end'}")
+        raise InputError(f"{path}: no frames between {start or 0} s and {f'{end} s' if end is not None else 'the end'}")
     return lo, hi
 
 

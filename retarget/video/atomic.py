@@ -7,6 +7,7 @@ half-written one; if the writing code raises, the temporary file is removed and 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import uuid
@@ -30,6 +31,18 @@ def partial_target(path: str | os.PathLike) -> Path | None:
     path = Path(path)
     match = re.fullmatch(r"\.(.+)\.partial-[0-9a-f]{12}(\.[^.]+)?", path.name)
     return path.with_name(match.group(1) + (match.group(2) or "")) if match else None
+
+
+def discard_partials(target: str | os.PathLike) -> int:
+    """Remove the temporary files of ``target`` (named by :func:`partial_path`) that a killed writer left beside it;
+    the number removed. Only for a caller that alone writes ``target`` (a job holding its output's lock)."""
+    target = Path(target)
+    removed = 0
+    for path in target.parent.glob(f".{glob.escape(target.stem)}.partial-*"):
+        if partial_target(path) == target and path.is_file():
+            discard(path)
+            removed += 1
+    return removed
 
 
 def discard(path: str | os.PathLike) -> None:

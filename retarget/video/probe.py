@@ -224,6 +224,8 @@ def _probe(path: Path, container: av.container.InputContainer) -> VideoInfo:
     frame_rate, is_vfr = _frame_rate(path, stream, frame_pts, time_base)
     frame_count = int(frame_pts.size)
     duration = float((int(frame_pts[-1] - frame_pts[0])) * time_base + 1 / frame_rate)
+    _check_complete(path, container, streams, float(frame_pts[-1] * time_base + 1 / frame_rate),
+                    None if audio_end is None else float(audio_end * Fraction(audio_stream.time_base)), frame_rate)
 
     with warnings.catch_warnings(record=True) as caught:  # doubtful metadata: said once per file, with its name
         warnings.simplefilter("always")
@@ -279,6 +281,24 @@ def _probe(path: Path, container: av.container.InputContainer) -> VideoInfo:
         timecode=_timecode(container, stream, frame_rate),
         interlaced=bool(first_frame.interlaced_frame),
     )
+
+
+def _check_complete(path: Path, container: av.container.InputContainer, streams: list, video_end: float,
+                    audio_end: float | None, frame_rate: Fraction) -> None:
+    """Raise :class:`InputError` for a Matroska/WebM file whose packets end well before the duration its header
+    records (a file cut short: a download or copy that stopped, which a Matroska demuxer reads to its cut without
+    an error; an MP4 cut short loses its index or fails when its frames are decoded). ``video_end``/``audio_end``:
+    where the packets read end, in seconds. Checked only where the header's duration is the muxer's own record and
+    every stream was read (another track may legitimately run longer)."""
+    if not container.format.name.startswith("matroska") or container.duration is None:
+        return
+    if any(s not in streams and not s.disposition & av.stream.Disposition.attached_pic for s in container.streams):
+        return
+    declared = (container.duration + (container.start_time or 0)) / 1e6  # AV_TIME_BASE
+    end = max(video_end, audio_end or 0.0)
+    if end < declared - 0.05 * declared - 2 / float(frame_rate):
+        raise InputError(f"{path}: truncated video: the file says it runs to {declared:.2f} s, but its data ends at "
+                         f"{end:.2f} s")
 
 
 _warned: set[tuple[str, str]] = set()

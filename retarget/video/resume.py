@@ -34,7 +34,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from retarget.video.atomic import atomic_output, commit, discard, partial_path
+from retarget.video.atomic import atomic_output, commit, discard, discard_partials, partial_path
 from retarget.video.audio import AudioSource, audio_muxers
 from retarget.video.encoding import EncoderSettings, apple_codec_tag
 from retarget.video.work_lock import FolderLock
@@ -158,6 +158,7 @@ class ChunkedRender:
         self._lock = FolderLock(self.work_dir, str(self.out_path))  # before anything in the folder is touched
         try:
             self._manifest = self._load_or_reset()
+            discard_partials(self.out_path)  # an earlier job's output being joined when it was killed
         except BaseException:
             self._lock.release()
             raise

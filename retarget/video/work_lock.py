@@ -49,6 +49,9 @@ class FolderLock:
     def _acquire(self, what: str) -> int:
         path = self.folder / LOCK_NAME
         for _ in range(_ATTEMPTS):
+            if self.folder.exists() and not self.folder.is_dir():
+                raise InputError(f"{what}: {self.folder} is a file, where this output's work folder (its finished "
+                                 "chunks, for a resume) goes; move or remove it")
             self.folder.mkdir(parents=True, exist_ok=True)
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -235,3 +235,12 @@ def test_an_error_while_writing_names_the_users_file_not_the_temporary_one(tmp_p
     assert partial_target(tmp_path / "out.mp4") is None and partial_target(tmp_path / ".x.partial-zz.mp4") is None
     other = OSError(errno.EACCES, "Permission denied", str(tmp_path / "in.mp4"))
     assert _error_line(other) == f"{tmp_path / 'in.mp4'}: Permission denied"
+
+
+def test_an_empty_time_range_gives_both_ends_in_seconds():
+    from retarget.jobs.common import _nonempty_range
+
+    with pytest.raises(InputError, match=r"^clip\.mov: no frames between 100\.0 s and 200\.0 s$"):
+        _nonempty_range("clip.mov", 5, 5, 100.0, 200.0)
+    with pytest.raises(InputError, match=r"^clip\.mov: no frames between 7 s and the end$"):
+        _nonempty_range("clip.mov", 5, 5, 7, None)

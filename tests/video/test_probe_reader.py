@@ -293,6 +293,21 @@ def test_truncated_files_are_input_errors(tmp_path):
             pass
 
 
+@pytest.mark.parametrize("audio", [True, False])
+def test_a_matroska_file_cut_short_is_an_input_error(tmp_path, audio):
+    """A Matroska demuxer reads a file cut short to its cut without an error; its header's duration tells."""
+    from retarget.testing.media import moving_face_frames, write_clip
+
+    whole = write_clip(tmp_path / "whole.mkv", moving_face_frames(48), Fraction(25), audio=audio)
+    assert probe_video(whole).frame_count == 48
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    with pytest.raises(InputError, match=r"cut.mkv: truncated video: the file says it runs to 1\.9\d s, but its "
+                                         r"data ends at 1\.\d\d s"):
+        probe_video(cut)
+
+
 def test_a_frames_own_time_selects_that_frame(ntsc):
     """``frame_times()[k]`` is a float with rounding error; as a start it must still select frame k."""
     reader = VideoReader(ntsc)

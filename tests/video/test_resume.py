@@ -40,7 +40,17 @@ def test_resume_after_crash_renders_only_missing_chunks(tmp_path):
     work = tmp_path / "out.mp4.retarget-work"
     assert sorted(p.name for p in work.iterdir()) == ["chunk_000000.mp4", "chunk_000001.mp4", "manifest.json"]
 
+    # a job killed while joining its output left its temporary file; the next job of that output removes it, and
+    # nothing of another output's
+    stale = tmp_path / ".out.partial-0123456789ab.mp4"
+    stale.write_bytes(b"half a video")
+    others = [tmp_path / ".out.partial-0123456789ab.mkv", tmp_path / ".out2.partial-0123456789ab.mp4"]
+    for other in others:
+        other.write_bytes(b"not this job's")
     resumed = job()
+    assert not stale.exists() and all(other.exists() for other in others)
+    for other in others:
+        other.unlink()
     assert [s.index for s in resumed.pending_chunks()] == [2, 3, 4]
     assert resumed.done_frames() == 24
     render(resumed, rendered)

@@ -85,3 +85,12 @@ def test_lock_is_released_on_finalize_close_and_with(tmp_path):
                             timeout=120)
     assert result.stdout.strip() == "locked", result.stderr
     assert not work.exists()
+
+
+def test_a_file_where_the_work_folder_goes_is_named(tmp_path):
+    blocker = tmp_path / "out.mp4.retarget-work"
+    blocker.write_text("someone's notes")
+    with pytest.raises(InputError, match=r"out\.mp4: .*out\.mp4\.retarget-work is a file, where this output's work "
+                                         r"folder \(its finished chunks, for a resume\) goes; move or remove it"):
+        ChunkedRender(tmp_path / "out.mp4", {"job": 1}, 4, 2, 25, settings=EncoderSettings(preset="ultrafast"))
+    assert blocker.read_text() == "someone's notes"
