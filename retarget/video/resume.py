@@ -325,6 +325,9 @@ class ChunkedRender:
             first = av.open(str(self._chunk_path(0)))
             template = first.streams.video[0]
             out_stream = output.add_stream_from_template(template)
+            # The nominal rate (a Matroska muxer writes it as the default frame duration; without it readers guess
+            # the rate from the millisecond timestamps: 1000/33 for 30 fps, 1000/1 for variable-rate video)
+            out_stream.codec_context.framerate = Fraction(self.rate)
             tag = apple_codec_tag(template.codec_context.name, self.out_path.suffix)
             if tag is not None:  # the muxer would write its own default tag for a copied stream
                 out_stream.codec_context.codec_tag = tag

@@ -2,6 +2,7 @@
 
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 
@@ -105,6 +106,14 @@ def test_variable_rate_job_keeps_timestamps(tmp_path):
     assert video_pts_seconds(out) == [Fraction(int(p), 90000) for p in pts]
     frames = np.concatenate([c.frames for c in VideoReader(out).iter_chunks(16)])
     assert [read_code(f) for f in frames] == list(range(len(pts)))
+    # in Matroska (millisecond times) the nominal rate is written, so readers do not take it for 1000 fps
+    mkv = tmp_path / "vfr.mkv"
+    job = ChunkedRender(mkv, {"k": 1}, len(pts), 4, Fraction(30000, 1001), settings=FAST, time_base=tb, pts=pts)
+    render(job, [])
+    job.finalize(progress=False)
+    with av.open(str(mkv)) as container:
+        assert container.streams.video[0].average_rate == Fraction(30000, 1001)
+    assert video_pts_seconds(mkv) == [Fraction(round(int(p) / 90), 1000) for p in pts]
 
 
 @pytest.mark.parametrize("suffix", [".mkv", ".mov"])
@@ -120,6 +129,8 @@ def test_other_containers_join_every_frame_with_exact_times(tmp_path, suffix):
     result = probe_video(out)
     assert result.frame_count == 30 and result.frame_rate == Fraction(30000, 1001)
     assert result.audio is not None
+    with av.open(str(out)) as container:  # the rate readers take as nominal (Matroska: not 1000/33)
+        assert container.streams.video[0].average_rate == Fraction(30000, 1001)
     frames = np.concatenate([c.frames for c in VideoReader(out).iter_chunks(16)])
     assert [read_code(f) for f in frames] == list(range(30))
     times = result.frame_times()
