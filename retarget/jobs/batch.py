@@ -80,11 +80,21 @@ class BatchReport:
 
 
 def list_videos(folder: Path) -> list[Path]:
-    """Video files directly in ``folder`` (by extension, hidden files excluded), sorted by name."""
+    """Video files directly in ``folder`` (by extension, hidden files excluded), sorted by name. Entries with a
+    video extension that are not files (a link to a missing file, a pipe, a folder) are left out with a warning."""
     if not folder.is_dir():
         raise InputError(f"{folder}: {'is a file, not a folder of videos' if folder.exists() else 'no such folder'}")
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith("."))
+    videos = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in VIDEO_SUFFIXES or path.name.startswith("."):
+            continue
+        if path.is_file():
+            videos.append(path)
+        else:
+            what = "a link to a missing file" if path.is_symlink() and not path.exists() else \
+                "a folder" if path.is_dir() else "not a regular file"
+            log.warning("%s: skipped (%s)", path, what)
+    return videos
 
 
 #: (rank, size) environment variables of MPI launchers (Open MPI, MVAPICH2, MPICH and Intel MPI), first found wins.

@@ -72,7 +72,9 @@ def test_edit_junk_motion_and_debug_traceback(media, fast_args, tmp_path, capsys
     assert_one_line_error(code, err, "x.avi")
 
 
-def test_batch_lists_videos_by_extension_in_any_case(tmp_path):
+def test_batch_lists_videos_by_extension_in_any_case(tmp_path, caplog):
+    import os
+
     from retarget.jobs.batch import list_videos
 
     names = ["a.mp4", "B.MOV", "c.MTS", "d.m2ts", "e.3gp", "f.mxf", "g.ogv", "h.webm", ".hidden.mp4", "notes.txt",
@@ -80,8 +82,15 @@ def test_batch_lists_videos_by_extension_in_any_case(tmp_path):
     for name in names:
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "folder.mp4").mkdir()  # a folder is not a video, whatever its name
-    assert [p.name for p in list_videos(tmp_path)] == ["B.MOV", "a.mp4", "c.MTS", "d.m2ts", "e.3gp", "f.mxf",
-                                                       "g.ogv", "h.webm"]
+    (tmp_path / "gone.mp4").symlink_to(tmp_path / "deleted.mp4")
+    os.mkfifo(tmp_path / "pipe.mkv")
+    with caplog.at_level("WARNING", logger="retarget.jobs.batch"):
+        assert [p.name for p in list_videos(tmp_path)] == ["B.MOV", "a.mp4", "c.MTS", "d.m2ts", "e.3gp", "f.mxf",
+                                                           "g.ogv", "h.webm"]
+    # what has a video's name but is not a file is named, so that it does not vanish from the batch unseen
+    assert caplog.messages == [f"{tmp_path / 'folder.mp4'}: skipped (a folder)",
+                               f"{tmp_path / 'gone.mp4'}: skipped (a link to a missing file)",
+                               f"{tmp_path / 'pipe.mkv'}: skipped (not a regular file)"]
 
 
 def test_batch_skips_finished_logs_failures_and_exits_non_zero(media, fast_args, tmp_path, capsys, caplog,
