@@ -293,11 +293,11 @@ def run_training(options: TrainingOptions, stage: str,
 
     if checkpoint is not None:
         resume_from(accelerator, checkpoint)
-        changes = changed_settings(progress["settings"] or {}, settings)
-        if not (checkpoint / f"random_states_{accelerator.process_index}.pkl").is_file():
-            changes.append(f"no random state for process {accelerator.process_index}")
         for group in optimizer.param_groups:  # the checkpoint's optimizer state holds the old values
             group["lr"], group["weight_decay"] = options.lr, options.weight_decay
+        changes = changed_settings(progress["settings"] or {}, settings) if accelerator.is_main_process else []
+        if not (checkpoint / f"random_states_{accelerator.process_index}.pkl").is_file():
+            changes.append(f"no random state for process {accelerator.process_index}")
         if accelerator.is_main_process:
             log.info("resumed from %s at step %d", checkpoint, progress["step"])
         if changes:

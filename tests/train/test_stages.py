@@ -219,6 +219,17 @@ def test_a_damaged_checkpoint_is_one_line(stage1, tiny_checkpoint, fixed_batch_d
     assert err[0].endswith("(give an earlier checkpoint with --resume PATH)")
 
 
+def test_a_checkpoint_without_its_random_state_is_named(stage1, tiny_checkpoint, fixed_batch_data, tmp_path, caplog):
+    copy = tmp_path / "out" / "checkpoints" / "step-12"
+    shutil.copytree(stage1[1] / "checkpoints" / "step-12", copy)
+    (copy / "random_states_0.pkl").unlink()
+    with caplog.at_level("WARNING", logger="train"):
+        run(expression_adapter, common_args(tiny_checkpoint, fixed_batch_data, tmp_path / "out", 13, resume="latest"))
+    assert caplog.messages == [f"resuming {copy} with other settings than it was saved with: no random state for "
+                               "process 0; this run goes on with the new ones, so it does not repeat the "
+                               "uninterrupted run"]
+
+
 def test_a_checkpoint_of_other_shapes_is_refused(tmp_path):
     from train.loop import load_trainable
 
