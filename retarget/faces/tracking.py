@@ -5,16 +5,19 @@ most similar face, if its cosine similarity reaches ``min_similarity``), else by
 largest first, as detectors return them), else the largest face.
 
 Following: in each later frame the face nearest to the track's last position is taken if it moved less than
-``max_jump`` face sizes (the allowance grows with the frames since it was last seen); with embeddings, a
-candidate must also resemble the track (cosine >= ``min_similarity``), and position and identity are combined
-in the choice. A frame without an acceptable face is marked missing. :meth:`FaceTracker.finish` fills gaps of at
-most ``max_gap`` frames by interpolating keypoints linearly between the neighbouring detections; longer gaps
-and the clip's ends stay missing.
+``max_jump`` face sizes (the allowance grows with the frames since it was last seen). Where identity embeddings
+are at hand (a reference photo's, or the track's own, taken from its first face when :meth:`FaceTracker.update` is
+given a way to compute them), they decide whenever position alone could pick the wrong person: a candidate must
+resemble the person followed (cosine >= ``min_similarity``) when several faces are in the frame or the face was
+missing in the frame before, and after a miss a face that resembles the person is taken wherever it comes back,
+while another person's face near the last position is not. A frame without an acceptable face is marked missing.
+:meth:`FaceTracker.finish` fills gaps of at most ``max_gap`` frames by interpolating keypoints linearly between the
+neighbouring detections; longer gaps and the clip's ends stay missing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,37 +150,57 @@ class FaceTracker:
     def _identity_target(self) -> np.ndarray | None:
         return self.reference if self.reference is not None else self._identity
 
-    def _choose(self, faces: Sequence[Face], embeddings: np.ndarray | None) -> int | None:
-        if self._last is None or self._missing_for >= self.lost_after:
-            target = self._identity_target()
-            if target is not None and embeddings is not None:
-                return select_face(faces, embeddings=embeddings, reference=target, min_similarity=self.min_similarity)
-            return select_face(faces, face_index=self.face_index)
-        allowance = self.max_jump * (1.0 + 0.5 * self._missing_for)
-        distances = np.array([np.linalg.norm(face.center - self._last.center) / self._last.size for face in faces])
-        cost = distances.copy()
-        acceptable = distances <= allowance
+    def _choose(self, faces: Sequence[Face], embeddings: Callable[[], np.ndarray | None], given: bool) -> int | None:
         target = self._identity_target()
-        if target is not None and embeddings is not None:
-            similarity = np.asarray(embeddings, dtype=np.float32) @ target
-            acceptable &= similarity >= self.min_similarity
-            cost -= similarity
+        if self._last is None or self._missing_for >= self.lost_after:
+            found = embeddings() if target is not None else None
+            if found is not None:
+                return select_face(faces, embeddings=found, reference=target, min_similarity=self.min_similarity)
+            return select_face(faces, face_index=self.face_index)
+        distances = np.array([np.linalg.norm(face.center - self._last.center) / self._last.size for face in faces])
+        # Identity is computed only where position could pick the wrong person (used whenever it was given):
+        # several faces, or a face that comes back after a miss (maybe another person where ours was, or ours
+        # somewhere else).
+        asked = given or len(faces) > 1 or self._missing_for > 0
+        found = embeddings() if target is not None and asked else None
+        if found is None:
+            acceptable = distances <= self.max_jump * (1.0 + 0.5 * self._missing_for)
+            cost = distances.copy()
+        else:
+            similarity = np.asarray(found, dtype=np.float32) @ target
+            acceptable = similarity >= self.min_similarity
+            if self._missing_for == 0:  # followed without a break: near its last position too
+                acceptable &= distances <= self.max_jump
+                cost = distances - similarity
+            else:  # after a miss, wherever it comes back: the most similar face
+                cost = -similarity
         if not acceptable.any():
             return None
-        cost[~acceptable] = np.inf
+        cost = np.where(acceptable, cost, np.inf)
         return int(np.argmin(cost))
 
-    def update(self, faces: Sequence[Face], embeddings: np.ndarray | None = None) -> Face | None:
+    def update(self, faces: Sequence[Face], embeddings: np.ndarray | None = None,
+               embed: Callable[[], np.ndarray] | None = None) -> Face | None:
         """Assign this frame's face.
 
         Args:
             faces: this frame's detections (largest first).
             embeddings: optional float [len(faces), 512] unit-norm identity embeddings of ``faces``.
+            embed: optional, instead of ``embeddings``: a function that computes them, called at most once and
+                only when identity decides (the first face of the track, to know its person; several faces; a
+                face after a miss), so that a clip with one face pays for one embedding.
 
         Returns:
             The tracked face in this frame, or ``None`` (frame marked missing).
         """
-        index = self._choose(faces, embeddings) if len(faces) else None
+        computed: list[np.ndarray | None] = [embeddings]
+
+        def lazy() -> np.ndarray | None:
+            if computed[0] is None and embed is not None and len(faces):
+                computed[0] = np.asarray(embed(), dtype=np.float32)
+            return computed[0]
+
+        index = self._choose(faces, lazy, embeddings is not None) if len(faces) else None
         if index is None:
             self._missing_for += 1
             self._keypoints.append(np.full((5, 2), np.nan, np.float32))
@@ -185,8 +208,9 @@ class FaceTracker:
             self._scores.append(0.0)
             return None
         face = faces[index]
-        if embeddings is not None:
-            embedding = np.asarray(embeddings[index], dtype=np.float32)
+        found = computed[0] if self._identity is not None else lazy()  # the track's person, from its first face
+        if found is not None:
+            embedding = np.asarray(found[index], dtype=np.float32)
             mixed = embedding if self._identity is None else 0.9 * self._identity + 0.1 * embedding
             self._identity = mixed / max(float(np.linalg.norm(mixed)), 1e-12)
         self._last = face

@@ -108,11 +108,16 @@ def process_share() -> tuple[int, int]:
     ``accelerate launch`` and ``torchrun`` set the standard ``RANK``/``WORLD_SIZE`` variables (global over all
     nodes); MPI launchers set their own (:data:`MPI_RANK_VARIABLES`), read directly (accelerate reads those only
     for CPU runs). No process group is started: the split needs no communication.
+    A launcher's pair that cannot be right (a rank that is not below the size, or not a number) raises
+    :class:`InputError` rather than letting this process render every file.
     """
     pairs = (("RANK", "WORLD_SIZE"),) + MPI_RANK_VARIABLES
     for rank_name, size_name in pairs:
         size, rank = os.environ.get(size_name, "").strip(), os.environ.get(rank_name, "").strip()
-        if size.isdigit() and int(size) > 1 and rank.isdigit() and int(rank) < int(size):
+        if size.isdigit() and int(size) > 1:
+            if not rank.isdigit() or int(rank) >= int(size):
+                raise InputError(f"{rank_name}={rank or '(unset)'} is not a process of {size_name}={size} (0 to "
+                                 f"{int(size) - 1}): check the launcher's settings")
             return int(rank), int(size)
     return 0, 1
 
@@ -348,9 +353,9 @@ def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
     if not videos:
         raise InputError(f"{input_dir}: no video files ({', '.join(VIDEO_SUFFIXES)})")
     check_folders(input_dir, out_dir)
+    index, count = share if share is not None else process_share()
     with output_folder(out_dir):
         outputs = {video: out_dir / name for video, name in output_names(videos).items()}
-        index, count = share if share is not None else process_share()
         mine = shard(videos, index, count)
         todo = [v for v in mine if not outputs[v].exists() or rendered_by_another_job(v, outputs[v], target, options)]
         report = BatchReport(skipped=len(mine) - len(todo))

@@ -122,7 +122,9 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
     :func:`~retarget.jobs.common.chunk_frames`): follow one face, read its expressions (batched per chunk) and,
     with ``identity``, a robust mean ArcFace embedding over up to :data:`IDENTITY_SAMPLES` detected frames. The
     face is followed with :class:`~retarget.faces.tracking.FaceTracker`: ``reference`` (a photo's embedding) picks
-    the person by ArcFace similarity, else ``face_index`` picks among several by size. ``frames``
+    the person by ArcFace similarity, else ``face_index`` picks among several by size and the person of the face
+    picked first is followed by ArcFace similarity wherever position alone could mistake another person for them
+    (several faces in a frame, a face after a miss). ``frames``
     (``[first, stop)``) limits the scan to part of the clip; the arrays still cover the whole clip, invalid outside
     the part.
 
@@ -181,11 +183,12 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
                 found = [detector.detect(frame) for frame in chunk.frames]
         rows, crops = [], []
         for frame, index, detections in zip(chunk.frames, chunk.indices, found):
-            candidates = None
-            if reference is not None and detections:
+            def embed(frame=frame, detections=detections) -> np.ndarray:
                 with times.stage("arcface"):
-                    candidates = models.identity.embed(frame, np.stack([d.keypoints for d in detections]))
-            face = follower.update(detections, candidates)
+                    return models.identity.embed(frame, np.stack([d.keypoints for d in detections]))
+
+            candidates = embed() if reference is not None and detections else None  # every frame: the photo's person
+            face = follower.update(detections, candidates, embed=embed)
             if face is None:
                 continue
             keypoints[index], detected[index] = face.keypoints, True

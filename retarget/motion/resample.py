@@ -24,15 +24,16 @@ def resample(
 
     ``linear``: interpolated between the frames around each time; valid only where both are valid (or the time
     falls exactly on a valid frame). ``nearest``: the closest frame's value and validity. Times more than half a
-    source frame before the first or after the last frame are invalid (their values hold the end frames).
+    source frame before the first frame, and times from the end of the last frame on (its time plus one source
+    frame: a frame shows until the next one), are invalid (their values hold the end frames).
     """
     times = np.asarray(times, dtype=np.float64)
     n = len(track)
     if n == 0:
         raise ValueError("cannot resample an empty track")
     src = track.times
-    half_frame = 0.5 / float(track.rate)
-    inside = (times >= src[0] - half_frame - 1e-9) & (times <= src[-1] + half_frame + 1e-9)
+    frame = 1.0 / float(track.rate)
+    inside = (times >= src[0] - 0.5 * frame - 1e-9) & (times < src[-1] + frame - 1e-9)
     if method == "nearest":
         right = np.clip(np.searchsorted(src, times), 0, n - 1)
         left = np.clip(right - 1, 0, n - 1)

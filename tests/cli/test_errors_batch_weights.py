@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from retarget.cli import main
+from retarget.errors import InputError
 from retarget.jobs import batch as batch_module
 from retarget.video.probe import probe_video
 from tests.cli.conftest import FRAMES, copy_to
@@ -176,6 +178,12 @@ def test_sharding_gives_every_file_exactly_one_process(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert batch_module.process_share() == (3, 4)
+    # a pair that cannot be right stops the batch instead of giving this process every file
+    for rank, shown in (("4", "4"), ("", "(unset)"), ("x", "x")):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(InputError, match=rf"^RANK={re.escape(shown)} is not a process of WORLD_SIZE=4 \(0 to "
+                                             r"3\): check the launcher's settings$"):
+            batch_module.process_share()
 
 
 def test_doctor_passes_on_complete_folder(cli_models, capsys):

@@ -80,3 +80,61 @@ def test_fill_keypoint_gaps_leaves_ends_and_long_gaps():
     filled_values, filled = fill_keypoint_gaps(values, known, max_gap=2)
     assert filled.tolist() == [False, False, False, True, True, False, False, False, False, False]
     assert np.allclose(filled_values[3:5, 0], [3, 4])
+
+
+class CountingEmbedder:
+    """Identity embeddings (unit vectors, one per person) of a frame's faces, counting the calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, people):
+        def embed():
+            self.calls += 1
+            return np.stack([np.eye(3, 512, dtype=np.float32)[person] for person in people])
+        return embed
+
+
+def test_the_followed_person_is_not_swapped_for_another_when_they_leave():
+    """Person 1 (right) is followed; they leave for frames 8-19 while person 0 stays a face size or two away: the
+    frames without them are missing (not person 0's), and they are taken again when they come back."""
+    embedder = CountingEmbedder()
+    tracker = FaceTracker(face_index=1)
+    for t in range(30):
+        left, right = make_face((180, 200), 60), make_face((300, 200), 60)
+        faces, people = ([left], [0]) if 8 <= t < 20 else ([left, right], [0, 1])
+        chosen = tracker.update(faces, embed=embedder(people))
+        assert (chosen is None) if 8 <= t < 20 else (chosen is right), t
+    # without identity, position alone takes the other person once the allowance grows (what embeddings prevent)
+    blind = FaceTracker(face_index=1)
+    taken = [blind.update([make_face((180, 200), 60)] if 8 <= t < 20 else
+                          [make_face((180, 200), 60), make_face((300, 200), 60)]) for t in range(30)]
+    assert any(face is not None and face.center[0] < 250 for face in taken)
+
+
+def test_a_face_that_comes_back_elsewhere_is_taken_at_once_by_identity():
+    embedder = CountingEmbedder()
+    tracker = FaceTracker()
+    present = []
+    for t in range(40):
+        faces = [] if 8 <= t < 14 else [make_face((100, 100) if t < 8 else (600, 100), 60)]
+        present.append(tracker.update(faces, embed=embedder([2] * len(faces))) is not None)
+    assert present == [not 8 <= t < 14 for t in range(40)]
+    # ... but not another person coming in where ours was
+    other = FaceTracker()
+    other.update([make_face((200, 100), 60)], embed=embedder([0]))
+    assert other.update([]) is None
+    stranger = [make_face((260, 100), 60)]  # one face size away, within the allowance, another person
+    assert other.update(stranger, embed=embedder([1])) is None
+
+
+def test_one_face_followed_without_a_break_costs_one_embedding():
+    embedder = CountingEmbedder()
+    tracker = FaceTracker()
+    for t in range(50):
+        faces = [make_face((100 + t, 100), 60)]
+        assert tracker.update(faces, embed=embedder([0])) is faces[0]
+    assert embedder.calls == 1  # the track's person, from its first face
+    two = [make_face((150, 100), 60), make_face((400, 100), 60)]
+    assert tracker.update(two, embed=embedder([0, 1])) is two[0]
+    assert embedder.calls == 2

@@ -49,7 +49,7 @@ def test_resample_between_rates_by_time():
     times = np.arange(60) / float(rate)  # about 2 s at 29.97 fps
     linear = resample(source, times, rate)
     assert linear.rate == rate and len(linear) == 60
-    inside = times <= source.times[-1] + 0.5 / 25
+    inside = times < source.times[-1] + 1 / 25  # the last frame shows until the end of its frame time
     np.testing.assert_array_equal(linear.valid, inside)
     np.testing.assert_allclose(linear.values[inside][:, 0], np.minimum(times[inside], source.times[-1]), atol=1e-6)
     nearest = resample(source, times, rate, method="nearest")
@@ -60,6 +60,16 @@ def test_resample_between_rates_by_time():
     gapped = resample(ramp_track(50, Fraction(25), valid), times, rate)
     t_bad = (times > 19 / 25) & (times < 21 / 25)  # between an invalid frame and its neighbours
     assert not gapped.valid[t_bad].any() and gapped.valid[~t_bad & inside].all()
+
+
+def test_a_short_source_covers_its_last_frame_to_its_end():
+    """3 frames at 6 fps last 0.5 s: times up to the end of the last frame hold it; from 0.5 s on, nothing."""
+    source = ramp_track(3, Fraction(6))
+    times = np.array([0.0, 0.2, 0.3, 0.4333, 0.4667, 0.5, 0.6])
+    for method in ("linear", "nearest"):
+        out = resample(source, times, Fraction(30), method=method)
+        assert out.valid.tolist() == [True, True, True, True, True, False, False], method
+        np.testing.assert_allclose(out.values[3:5, 0], 2 / 6, atol=1e-6)
 
 
 def test_neutral_frame_choice_and_relative_mode():
