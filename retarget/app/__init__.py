@@ -53,17 +53,30 @@ def launch_options(host: str = "127.0.0.1", port: int = 7860, share: bool = Fals
 def launch(models=None, base_model: str | None = None, host: str = "127.0.0.1", port: int = 7860,
            share: bool = False, device: str | None = None, dtype: str | None = None) -> None:
     """Serve the app at ``http://host:port`` until interrupted or terminated (``share``: also through a public
-    Gradio link); the job folders are removed on the way out."""
+    Gradio link); the job folders are removed on the way out, and so are Gradio's copies of the uploads and
+    results: they go to a temporary folder of this app's own (``GRADIO_TEMP_DIR``, unless it is set already)."""
+    import os
+    import shutil
     import signal
+    import tempfile
 
-    demo, service = create_app(models, base_model, device, dtype)  # one line without the extra
-
-    def stop(signum, frame):  # a plain kill: leave through the finally below, which removes the job folders
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
+    own_uploads = None
+    if not os.environ.get("GRADIO_TEMP_DIR"):
+        own_uploads = tempfile.mkdtemp(prefix="retarget-app-files-")
+        os.environ["GRADIO_TEMP_DIR"] = own_uploads
     try:
-        demo.launch(**launch_options(host, port, share))
+        demo, service = create_app(models, base_model, device, dtype)  # one line without the extra
+
+        def stop(signum, frame):  # a plain kill: leave through the finally below, which removes the job folders
+            raise SystemExit(128 + signum)
+
+        previous = signal.signal(signal.SIGTERM, stop)
+        try:
+            demo.launch(**launch_options(host, port, share))
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            service.close()
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        service.close()
+        if own_uploads is not None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+            shutil.rmtree(own_uploads, ignore_errors=True)

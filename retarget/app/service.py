@@ -42,7 +42,8 @@ _JOB_DEFAULTS = {f.name: f.default for f in fields(JobOptions) if f.default is n
 @dataclass(frozen=True)
 class Controls:
     """The page's settings, with the command line's defaults. ``neutral_frame`` is text as on the command line
-    (``auto`` or a frame number); ``start``/``end`` are seconds or None; ``face_reference`` is a photo path or
+    (``auto`` or a frame number); ``start``/``end`` are seconds, as numbers or text, or None or empty text (the
+    whole clip); ``face_reference`` is a photo path or
     None (then ``face_index`` picks the face)."""
 
     steps: int = _JOB_DEFAULTS["steps"]
@@ -59,8 +60,8 @@ class Controls:
     jaw_gain: float = PartGains().jaw
     face_index: int = _JOB_DEFAULTS["face_index"]
     face_reference: str | None = None
-    start: float | None = None
-    end: float | None = None
+    start: float | str | None = None
+    end: float | str | None = None
     side_by_side: bool = False
     color_match: bool = False
     paste_back: bool = False
@@ -108,6 +109,15 @@ def job_options(settings: AppSettings, controls: Controls) -> JobOptions:
     )
 
 
+def time_range(controls: Controls) -> tuple[float | None, float | None]:
+    """``(start, end)`` in seconds from the page's fields (empty: None)."""
+    return (_number(_stripped(controls.start), float, "--start"), _number(_stripped(controls.end), float, "--end"))
+
+
+def _stripped(value):
+    return value.strip() if isinstance(value, str) else value
+
+
 def _required(path, what: str) -> Path:
     if not path:
         raise InputError(f"no {what} given")
@@ -122,6 +132,7 @@ class AppService:
         self.sessions = SessionCache()
         self.workspace = workspace or Workspace()
         self._current: JobControl | None = None
+        self._owner: str | None = None  # the page (browser session) whose job runs
         self._lock = threading.Lock()
 
     @property
@@ -130,19 +141,22 @@ class AppService:
         with self._lock:
             return self._current
 
-    def cancel(self) -> str:
-        """Ask the running job, if any, to stop; returns a status line."""
+    def cancel(self, owner: str | None = None) -> str:
+        """Ask the running job to stop if it is ``owner``'s (the page that started it; None: whoever started it);
+        returns a status line. Another page's job runs on: one page's Cancel never stops another's job."""
         with self._lock:
-            control = self._current
+            control, running_for = self._current, self._owner
         if control is None:
             return "No job is running."
+        if owner is not None and running_for != owner:
+            return "No job of this page is running (the running job is another page's)."
         control.cancel()
         return "Cancelling..."
 
     def _execute(self, prepare: Callable[[Path], tuple[Callable[[], object], Callable[[object], dict]]],
-                 report: Callable[[JobProgress], None] | None) -> Outcome:
-        """Run one job: ``prepare(folder)`` checks the page's values and returns the job function and a function
-        from its return value to the outcome's files."""
+                 report: Callable[[JobProgress], None] | None, owner: str | None = None) -> Outcome:
+        """Run one job for the page ``owner``: ``prepare(folder)`` checks the page's values and returns the job
+        function and a function from its return value to the outcome's files."""
         outcome = Outcome()
         try:
             job_function, files_of = prepare(self.workspace.new_folder())
@@ -151,7 +165,7 @@ class AppService:
             return outcome
         control = JobControl()
         with self._lock:
-            self._current = control
+            self._current, self._owner = control, owner
         job = start_job(job_function, control)
         try:
             seen = None
@@ -166,7 +180,7 @@ class AppService:
             raise
         finally:
             with self._lock:
-                self._current = None
+                self._current = self._owner = None
         outcome.warnings = job.warnings
         if job.cancelled:
             done = control.progress
@@ -180,40 +194,42 @@ class AppService:
         return outcome
 
     def retarget(self, driving, identity, controls: Controls,
-                 report: Callable[[JobProgress], None] | None = None) -> Outcome:
+                 report: Callable[[JobProgress], None] | None = None, owner: str | None = None) -> Outcome:
         """``retarget run``: ``driving``'s performance on the person in the ``identity`` photo."""
         from retarget.jobs.run import run_job
 
         def prepare(folder: Path):
             video, photo = _required(driving, "driving video"), _required(identity, "identity photo")
             options = job_options(self.settings, controls)
+            start, end = time_range(controls)
             output = folder / f"{video.stem}-retarget.mp4"
             session = self.sessions.session(options)
             return (lambda: run_job(video, photo, output, options, reference=controls.reference,
-                                    side_by_side=controls.side_by_side, start=controls.start, end=controls.end,
+                                    side_by_side=controls.side_by_side, start=start, end=end,
                                     session=session, paste_back=bool(controls.paste_back)),
                     lambda path: {"video": Path(path)})
 
-        return self._execute(prepare, report)
+        return self._execute(prepare, report, owner)
 
     def edit(self, video, expression, controls: Controls,
-             report: Callable[[JobProgress], None] | None = None) -> Outcome:
+             report: Callable[[JobProgress], None] | None = None, owner: str | None = None) -> Outcome:
         """``retarget edit``: ``video``'s person with the expressions of ``expression`` (photo, video or .npz)."""
         from retarget.jobs.edit import edit_job
 
         def prepare(folder: Path):
             clip, source = _required(video, "video"), _required(expression, "expression source")
             options = job_options(self.settings, controls)
+            start, end = time_range(controls)
             output = folder / f"{clip.stem}-edit.mp4"
             session = self.sessions.session(options)
-            return (lambda: edit_job(clip, source, output, options, start=controls.start, end=controls.end,
+            return (lambda: edit_job(clip, source, output, options, start=start, end=end,
                                      side_by_side=controls.side_by_side, session=session),
                     lambda path: {"video": Path(path)})
 
-        return self._execute(prepare, report)
+        return self._execute(prepare, report, owner)
 
     def motion(self, video, channels: str | None, controls: Controls,
-               report: Callable[[JobProgress], None] | None = None) -> Outcome:
+               report: Callable[[JobProgress], None] | None = None, owner: str | None = None) -> Outcome:
         """``retarget extract`` then ``retarget plot``: the clip's motion file and its expression curves
         (``channels``: comma-separated, empty = the plot's defaults; smoothed with ``controls.smooth``)."""
         from retarget.jobs.extract import extract_job
@@ -233,7 +249,7 @@ class AppService:
 
             return job, lambda paths: {"motion": paths[0], "curves": paths[1]}
 
-        return self._execute(prepare, report)
+        return self._execute(prepare, report, owner)
 
     def close(self) -> None:
         self.workspace.close()

@@ -73,7 +73,7 @@ def _controls(tab: str) -> dict[str, gr.components.Component]:
                                              info="multiplier of the 2 eyelid values")
                 c["jaw_gain"] = gr.Slider(0, 3, value=d.jaw_gain, step=0.05, label="Jaw gain",
                                           info="multiplier of the 3 jaw values")
-    with gr.Accordion("Faces and time range", open=False):
+    with gr.Accordion("Faces and smoothing" if tab == "motion" else "Faces and time range", open=False):
         with gr.Row():
             if tab == "motion":
                 c["smooth"] = gr.Dropdown(list(SMOOTHING_METHODS), value=d.smooth, label="Smoothing",
@@ -84,8 +84,10 @@ def _controls(tab: str) -> dict[str, gr.components.Component]:
                                            sources=["upload"])
         if tab != "motion":
             with gr.Row():
-                c["start"] = gr.Number(value=None, label="Start (s)", info="empty = from the beginning")
-                c["end"] = gr.Number(value=None, label="End (s)", info="empty = to the end")
+                # Text, not gr.Number: a number field shows 0 for "empty" once its section opens, and an end of 0
+                # is no range at all
+                c["start"] = gr.Textbox(value="", label="Start (s)", info="empty = from the beginning")
+                c["end"] = gr.Textbox(value="", label="End (s)", info="empty = to the end")
                 c["side_by_side"] = gr.Checkbox(value=d.side_by_side, label="Side by side",
                                                 info="write input | result")
                 if tab == "retarget":
@@ -118,18 +120,27 @@ def _job_tab(service: AppService, tab: str, files: list[gr.components.Component]
     warnings = gr.Textbox(label="Warnings", interactive=False, lines=2, elem_id=f"{tab}-warnings")
     action, names, count = getattr(service, tab), list(controls), len(files)
 
-    def handler(progress=gr.Progress(), *values):
+    def handler(request: gr.Request, progress=gr.Progress(), *values):
         def report(p: JobProgress):
             progress((p.done, p.total), desc=p.desc, unit="frames")
 
-        outcome = action(*values[:count], Controls(**dict(zip(names, values[count:]))), report)
+        outcome = action(*values[:count], Controls(**dict(zip(names, values[count:]))), report,
+                         owner=_page(request))
         return (*outputs_of(outcome), "\n".join(outcome.warnings), outcome.status)
+
+    def stop(request: gr.Request) -> str:
+        return service.cancel(_page(request))
 
     run.click(handler, [*files, *controls.values()], [*results, warnings, status], concurrency_limit=1,
               concurrency_id=JOB_GROUP, api_name=tab)
-    # Cancel runs outside the job group (at once, even while a job holds it); one API name serves every tab.
-    cancel.click(service.cancel, None, status, concurrency_limit=None,
-                 api_name="cancel" if tab == "retarget" else False)
+    # Cancel runs outside the job group (at once, even while a job holds it); one API name serves every tab. It
+    # stops only the job its own page started.
+    cancel.click(stop, None, status, concurrency_limit=None, api_name="cancel" if tab == "retarget" else False)
+
+
+def _page(request: gr.Request | None) -> str | None:
+    """The browser session (page) of a request: a job belongs to the page that started it."""
+    return getattr(request, "session_hash", None) if request is not None else None
 
 
 def _video_results(tab: str) -> tuple[list[gr.components.Component], object]:

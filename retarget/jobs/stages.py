@@ -17,7 +17,10 @@ stay the same); an exception on the calling thread (including ``KeyboardInterrup
 which its progress bars raise in :func:`run_stages`'s ``done`` callback or in ``process``) stops the runner:
 nothing new is prepared or processed, the ``finish`` already handed over runs to its end, whether or not the finish
 thread has started it (the item it saves was processed: a rendered chunk is saved whole, so a resumed job keeps
-it), and the exception propagates. ``done`` runs on the calling thread, after the item's ``finish``.
+it), and the exception propagates. ``done`` runs right after the item's ``finish``, on the same thread (with
+``overlap``, the finish thread: progress counts an item when it is saved, not when the next one has been
+processed); an exception it raises (a cancel) reaches the calling thread at its next hand-over, as a finish's
+does.
 
 Imports run one way: the jobs (``run``, ``edit``, the face scan) use this module; it uses none of them.
 """
@@ -51,6 +54,11 @@ def run_stages(items: Iterable, prepare: Callable, process: Callable, finish: Ca
         if finish is not None:
             finish(item, prepared, result)
 
+    def finished_and_done(item, prepared, result):  # the finish thread: an item counts as done once it is saved
+        finished(item, prepared, result)
+        if done is not None:
+            done(item)
+
     count = 0
     if not overlap:
         while (got := fetch()) is not _END:
@@ -64,7 +72,7 @@ def run_stages(items: Iterable, prepare: Callable, process: Callable, finish: Ca
     prefetcher = ThreadPoolExecutor(1, thread_name_prefix="retarget-prefetch")
     finisher = ThreadPoolExecutor(1, thread_name_prefix="retarget-finish")
     ahead = prefetcher.submit(fetch)
-    behind = behind_item = None
+    behind = None
     try:
         while True:
             got = ahead.result()
@@ -73,17 +81,13 @@ def run_stages(items: Iterable, prepare: Callable, process: Callable, finish: Ca
             ahead = prefetcher.submit(fetch)
             item, prepared = got
             result = process(item, prepared)
-            handed = finisher.submit(finished, item, prepared, result)  # runs after the previous finish
+            handed = finisher.submit(finished_and_done, item, prepared, result)  # after the previous finish
             if behind is not None:
-                behind.result()
-                if done is not None:
-                    done(behind_item)
-            behind, behind_item = handed, item
+                behind.result()  # raises the finish's error, or the error done raised (a cancel)
+            behind = handed
             count += 1
         if behind is not None:
             behind.result()
-            if done is not None:
-                done(behind_item)
         return count
     finally:
         ahead.cancel()

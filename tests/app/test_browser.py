@@ -70,6 +70,11 @@ def test_run_in_a_real_browser(playwright_api, served_app, media, tmp_path):
             page.wait_for_selector("#retarget-driving video")
             page.get_by_text("Sampling", exact=True).click()
             _set_numbers(page, {"retarget-steps": 2, "retarget-guidance": 1.0})
+            # opening the section of the time range leaves it empty: the whole clip (a number field showed 0 to 0)
+            page.get_by_text("Faces and time range", exact=True).click()
+            for field in ("#retarget-start textarea", "#retarget-end textarea"):
+                page.wait_for_selector(field)
+                assert page.locator(field).input_value() == ""
 
             page.click("#retarget-run")
             page.wait_for_selector("#retarget-result video")

@@ -49,3 +49,49 @@ def test_the_app_lets_pillow_open_heic_uploads(monkeypatch, tmp_path):
     blocks, service = create_app(tmp_path, device="cpu")
     service.close()
     assert calls == [True]
+
+
+def test_the_time_range_fields_are_text_read_as_the_command_line_reads_seconds():
+    import pytest
+
+    from retarget.app.service import Controls, time_range
+    from retarget.errors import InputError
+
+    assert time_range(Controls()) == (None, None)
+    assert time_range(Controls(start="", end=" ")) == (None, None)  # empty fields: the whole clip
+    assert time_range(Controls(start=" 0.5 ", end="2")) == (0.5, 2.0)
+    assert time_range(Controls(start=0.25, end=None)) == (0.25, None)
+    with pytest.raises(InputError, match="--end must be a number, got 'soon'"):
+        time_range(Controls(end="soon"))
+
+
+def test_the_app_keeps_gradios_files_in_its_own_folder_and_removes_it(monkeypatch, tmp_path):
+    """Gradio copies every upload and result into GRADIO_TEMP_DIR (default /tmp/gradio, kept for good): the app
+    points it at a folder of its own for the time it serves, and removes it with the job folders."""
+    import os
+    from pathlib import Path
+
+    import retarget.app as app
+
+    seen = []
+
+    class Page:
+        def launch(self, **options):
+            folder = Path(os.environ["GRADIO_TEMP_DIR"])
+            (folder / "upload.mp4").write_bytes(b"a user's clip")
+            seen.append(folder)
+
+    class Service:
+        def close(self):
+            seen.append("closed")
+
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    monkeypatch.setattr(app, "create_app", lambda *args: (Page(), Service()))
+    app.launch()
+    assert seen[1] == "closed" and seen[0].name.startswith("retarget-app-files-") and not seen[0].exists()
+    assert "GRADIO_TEMP_DIR" not in os.environ
+    mine = tmp_path / "gradio-files"  # set by the user: used and left alone
+    mine.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(mine))
+    app.launch()
+    assert seen[2] == mine and (mine / "upload.mp4").is_file()

@@ -213,6 +213,12 @@ def test_cancel_stops_the_running_job(client, served_app, media):
             break
         assert time.monotonic() < deadline and not job.done()
         time.sleep(0.05)
+    from gradio_client import Client
+
+    other_page = Client(served_app[0], verbose=False)  # another browser session: its Cancel is not for this job
+    assert other_page.predict(api_name="/cancel") == ("No job of this page is running (the running job is another "
+                                                      "page's).")
+    assert service.running is control and not control.cancelled
     assert client.predict(api_name="/cancel") == "Cancelling..."
     video, download, warnings, status = job.result(timeout=120)
     assert status == "Cancelled at 0 of 12 frames (run clip.mp4)."  # one chunk of 12: stopped inside it

@@ -402,3 +402,22 @@ def test_exiting_during_a_background_load_stops_it_at_its_next_step(cli_models, 
     assert "terminate called" not in done.stderr
     # the exit waited for the load (the thread saw it), which stopped after the UNet instead of loading the rest
     assert record.read_text().splitlines() == ["unet, exiting"]
+
+
+def test_an_item_counts_as_done_once_it_is_saved_not_after_the_next_one():
+    """Overlapped, ``done`` follows the item's finish on the finish thread: a progress bar counts a saved chunk
+    while the next one is still being processed (it used to wait for that processing to end)."""
+    reported = threading.Event()
+    waited = []
+
+    def process(item, prepared):
+        if item == 1:  # the second chunk "renders" until the first has been counted (or 5 s pass)
+            waited.append(reported.wait(5))
+        return item
+
+    def done(item):
+        if item == 0:
+            reported.set()
+
+    assert run_stages(range(3), lambda i: i, process, lambda *args: None, done=done) == 3
+    assert waited == [True]
