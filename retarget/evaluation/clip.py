@@ -334,14 +334,16 @@ def plan_evaluation(inputs: EvalInputs) -> EvalPlan:
     side-by-side render's result is. One-line :class:`InputError` for the first that fails."""
     count, lo, hi = frame_ranges(inputs)
     motion = _checked_motion(inputs.motion)
+    photo_size = None
     if inputs.identity is not None:
-        load_image(inputs.identity)
+        photo = load_image(inputs.identity)
+        photo_size = (photo.shape[1], photo.shape[0])
     if inputs.mode == "edit" and inputs.driving is not None:
         VideoReader(inputs.driving)  # SOURCE must be a readable video
     record = read_provenance(inputs.output)
     _note_range(inputs, record, lo, hi)
     left = inputs.driving if inputs.mode == "run" else inputs.original
-    return EvalPlan(count, lo, hi, result_panel(inputs.output, record, inputs.mode, left), motion)
+    return EvalPlan(count, lo, hi, result_panel(inputs.output, record, inputs.mode, left, photo_size), motion)
 
 
 def _note_range(inputs: EvalInputs, record: dict | None, lo: int, hi: int) -> None:

@@ -3,7 +3,8 @@
 How the frames are composed (:func:`retarget.video.compose.side_by_side_chunk`, then the encoder):
 
 * ``run --side-by-side``: driving | result. The driving frame is scaled to the model's ``S`` rows (aspect kept,
-  its width ``round(W * S / H)``), then the ``S x S`` result; the frame is ``round(W * S / H) + S`` wide.
+  its width ``round(W * S / H)``), then the ``S x S`` result; the frame is ``round(W * S / H) + S`` wide. With
+  ``--paste-back`` the result is the identity photo's canvas and both panels are scaled to its rows (at most 720).
 * ``edit --side-by-side``: original | result, both at the clip's ``W x H``; the frame is ``2W x H``.
 * The encoder fits an odd size to its pixel format by padding or cropping the right/bottom edge (see
   :mod:`retarget.video.encoding`): only the result panel's far edge can gain a repeated column/row or lose one.
@@ -55,25 +56,34 @@ def _encoded(width: int, height: int, pix_fmt: str, odd_size: str) -> tuple[int,
     return encoded_size(width, height, SimpleNamespace(pix_fmt=pix_fmt, odd_size=odd_size))
 
 
+def _scaled_width(size: tuple[int, int], rows: int) -> int:
+    """The width of a ``size`` (width, height) picture scaled to ``rows`` (as
+    :func:`retarget.video.compose.resize_to_height`)."""
+    width, height = size
+    return width if height == rows else max(1, round(width * rows / height))
+
+
 def run_result_box(output_size: tuple[int, int], driving_size: tuple[int, int], pix_fmt: str = "yuv420p",
-                   odd_size: str = "pad") -> Box | None:
+                   odd_size: str = "pad", result_size: tuple[int, int] | None = None) -> Box | None:
     """The result panel of an encoded ``run --side-by-side`` frame of ``output_size`` (width, height), its driving
-    clip ``driving_size``: the ``S x S`` result right of the driving frame scaled to ``S`` rows, cut to the
-    encoded frame. ``S`` is the one the encoder's fit (``pix_fmt``, ``odd_size``) maps to ``output_size``; of
-    several, ``S`` = the output's height (the model's size is a multiple of its VAE's factor, 8 when published,
-    which no pixel format changes).
-    ``None`` when no ``S`` composes to ``output_size``."""
+    clip ``driving_size``: the result right of the driving frame, both scaled to the frame's rows, cut to the
+    encoded frame. The result is the model's ``S x S`` face, or with ``result_size`` (``run --paste-back``: the
+    photo's canvas, see :func:`retarget.jobs.run.paste_back_canvas_size`) that picture scaled to the rows. The
+    rows are the ones the encoder's fit (``pix_fmt``, ``odd_size``) maps to ``output_size``; of several, the
+    output's height (the model's size is a multiple of its VAE's factor, 8 when published, which no pixel format
+    changes). ``None`` when no number of rows composes to ``output_size``."""
     (width, height), (driving_width, driving_height) = output_size, driving_size
     align = size_alignment(pix_fmt)[1]
     fits = []
     for side in range(max(1, height - align), height + align + 1):
-        left = max(1, round(driving_width * side / driving_height))  # as retarget.video.compose.resize_to_height
-        if _encoded(left + side, side, pix_fmt, odd_size) == (width, height):
-            fits.append((side != height, side, left))
+        left = _scaled_width((driving_width, driving_height), side)
+        right = side if result_size is None else _scaled_width(result_size, side)
+        if _encoded(left + right, side, pix_fmt, odd_size) == (width, height):
+            fits.append((side != height, side, left, right))
     if not fits:
         return None
-    _, side, left = min(fits)
-    return Box(left, 0, min(left + side, width), min(side, height))
+    _, side, left, right = min(fits)
+    return Box(left, 0, min(left + right, width), min(side, height))
 
 
 def edit_result_box(output_size: tuple[int, int], original_size: tuple[int, int], pix_fmt: str = "yuv420p",
@@ -87,11 +97,13 @@ def edit_result_box(output_size: tuple[int, int], original_size: tuple[int, int]
     return Box(original_width, 0, min(2 * original_width, width), min(original_height, height))
 
 
-def result_panel(output: Path, record: dict | None, mode: str, left_source: Path) -> Box | None:
+def result_panel(output: Path, record: dict | None, mode: str, left_source: Path,
+                 photo_size: tuple[int, int] | None = None) -> Box | None:
     """Where ``output``'s result is, from its provenance ``record`` (see
     :func:`~retarget.provenance.metadata.read_provenance`): ``None`` for an output that is not side by side (or
-    has no record); the result's :class:`Box` for a side-by-side ``run`` (``left_source``: the driving clip) or
-    ``edit`` (``left_source``: the original). ``mode``: how it is being evaluated (``"run"``/``"edit"``).
+    has no record); the result's :class:`Box` for a side-by-side ``run`` (``left_source``: the driving clip; for a
+    ``run --paste-back`` render, ``photo_size``: the identity photo's upright (width, height)) or ``edit``
+    (``left_source``: the original). ``mode``: how it is being evaluated (``"run"``/``"edit"``).
 
     :class:`InputError` (one line) when the panel cannot be located exactly: a side-by-side render evaluated as
     the other command, or a frame size that the recorded composition and encoder do not produce (e.g. the file
@@ -111,9 +123,13 @@ def result_panel(output: Path, record: dict | None, mode: str, left_source: Path
     encoder = settings.get("encoder") if isinstance(settings.get("encoder"), dict) else {}
     output_info, left_info = VideoReader(output).info, VideoReader(left_source).info
     sizes = (output_info.width, output_info.height), (left_info.width, left_info.height)
-    finder = run_result_box if command == "run" else edit_result_box
+    fit = (encoder.get("pix_fmt", "yuv420p"), encoder.get("odd_size", "pad"))
     try:
-        box = finder(*sizes, encoder.get("pix_fmt", "yuv420p"), encoder.get("odd_size", "pad"))
+        if command == "run":
+            pasted = settings.get("paste_back") and photo_size is not None
+            box = run_result_box(*sizes, *fit, result_size=_canvas_size(photo_size) if pasted else None)
+        else:
+            box = edit_result_box(*sizes, *fit)
     except ValueError:  # a pixel format this FFmpeg does not know
         box = None
     if box is None:
@@ -122,6 +138,12 @@ def result_panel(output: Path, record: dict | None, mode: str, left_source: Path
                          "cannot be cut out exactly (give the clip it was rendered from, or evaluate a render made "
                          "without --side-by-side)")
     return box
+
+
+def _canvas_size(photo_size: tuple[int, int]) -> tuple[int, int]:
+    from ..jobs.run import paste_back_canvas_size
+
+    return paste_back_canvas_size(*photo_size)
 
 
 class PanelReader(VideoReader):

@@ -88,15 +88,22 @@ class PhotoIdentity:
         """The photo to paste faces into, scaled (area-averaged) so that its long side is at most ``max_side``
         (default :data:`PASTE_BACK_MAX_SIDE`), and the transform from it to the FFHQ-aligned ``size x size`` face
         (its keypoints scaled alike)."""
-        max_side = max_side or PASTE_BACK_MAX_SIDE
         height, width = self.image.shape[:2]
-        scale = min(1.0, max_side / max(height, width))
-        if scale == 1.0:
+        shape = paste_back_canvas_size(width, height, max_side)
+        if shape == (width, height):
             return self.image, ffhq_transform(self.keypoints, size)
-        shape = (max(1, round(width * scale)), max(1, round(height * scale)))
         image = cv2.resize(self.image, shape, interpolation=cv2.INTER_AREA)
         factors = np.array([shape[0] / width, shape[1] / height], np.float32)
         return image, ffhq_transform((self.keypoints + 0.5) * factors - 0.5, size)  # pixel centres map to centres
+
+
+def paste_back_canvas_size(width: int, height: int, max_side: int | None = None) -> tuple[int, int]:
+    """(width, height) of the canvas a ``width`` x ``height`` photo is pasted into: scaled down so that its long
+    side is at most ``max_side`` (default :data:`PASTE_BACK_MAX_SIDE`), never up."""
+    scale = min(1.0, (max_side or PASTE_BACK_MAX_SIDE) / max(height, width))
+    if scale == 1.0:
+        return width, height
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def identity_from_photo(path, session: RenderSession) -> PhotoIdentity:

@@ -58,6 +58,27 @@ def test_run_box_is_the_composed_result(driving, side, pix_fmt, odd_size, expect
     np.testing.assert_array_equal(box.crop(frame), result[:height, :width])
 
 
+@pytest.mark.parametrize("driving, photo, expected", [
+    ((512, 512), (352, 512), Box(512, 0, 864, 512)),   # a portrait photo: the result panel is 352 wide
+    ((160, 120), (300, 200), Box(267, 0, 567, 200)),   # a landscape one, the driving clip scaled to its 200 rows
+    ((1280, 720), (2048, 1536), Box(1280, 0, 2240, 720)),  # canvas 1920x1440, both panels at 720 rows
+])
+def test_run_paste_back_box_is_the_photos_panel(driving, photo, expected):
+    """``run --paste-back --side-by-side``: the result is the photo's canvas at the frame's rows, not a square."""
+    from retarget.jobs.run import SIDE_BY_SIDE_MAX_ROWS, paste_back_canvas_size
+
+    rng = np.random.default_rng(2)
+    canvas = paste_back_canvas_size(*photo)
+    rows = min(canvas[1], SIDE_BY_SIDE_MAX_ROWS)
+    driving_frame, result = _noise(rng, driving[1], driving[0]), _noise(rng, canvas[1], canvas[0])
+    frame = _encoded(side_by_side_chunk(driving_frame[None], result[None], height=rows)[0], "yuv420p", "pad")
+    box = run_result_box((frame.shape[1], frame.shape[0]), driving, result_size=canvas)
+    assert box == expected
+    assert run_result_box((frame.shape[1], frame.shape[0]), driving) is None or photo[0] == photo[1]
+    scaled = side_by_side_chunk(result[None], result[None], height=rows)[0][:, :box.size[0]]
+    np.testing.assert_array_equal(box.crop(frame), scaled[:box.size[1]])
+
+
 @pytest.mark.parametrize("original, odd_size, expected", [
     ((160, 120), "pad", Box(160, 0, 320, 120)),
     ((81, 61), "pad", Box(81, 0, 162, 61)),   # 162 x 61, padded to 62 rows
