@@ -20,6 +20,10 @@ class InputError(RetargetError):
     """An input file (video, image, motion file) is missing, unreadable or unusable."""
 
 
+class OutputBusyError(InputError):
+    """Another process is writing this output (its work folder is locked): a second job of it stops at once."""
+
+
 class NoFaceError(InputError):
     """No usable face was found where one is required (for example in an identity photo)."""
 

@@ -31,7 +31,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from retarget.errors import InputError
+from retarget.errors import InputError, OutputBusyError
 from retarget.jobs.common import write_problem, write_reason
 from retarget.jobs.options import JobOptions
 from retarget.jobs.scanned import ScannedClip
@@ -67,16 +67,21 @@ class BatchTarget:
 
 @dataclass
 class BatchReport:
-    """Counts of this process's share: ``done`` rendered now, ``skipped`` already finished, ``failed``."""
+    """Counts of this process's share: ``done`` rendered now, ``skipped`` already finished, ``busy`` being rendered
+    by another process (its output locked: two batches on one folder), ``failed``."""
 
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    busy: int = 0
 
     def summary(self) -> str:
-        """One line for the user, e.g. ``3 clip(s): 1 rendered, 1 already finished, 1 failed``."""
-        total = self.done + self.skipped + self.failed
-        return f"{total} clip(s): {self.done} rendered, {self.skipped} already finished, {self.failed} failed"
+        """One line for the user, e.g. ``3 clip(s): 1 rendered, 1 already finished, 1 failed`` (and ``N left to
+        another process rendering them`` when there are such)."""
+        total = self.done + self.skipped + self.failed + self.busy
+        busy = f", {self.busy} left to another process rendering them" if self.busy else ""
+        return (f"{total} clip(s): {self.done} rendered, {self.skipped} already finished{busy}, "
+                f"{self.failed} failed")
 
 
 def list_videos(folder: Path) -> list[Path]:
@@ -381,6 +386,9 @@ def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
                     raise
                 except DeviceMemoryError:  # every clip's batches are the same size: each would run out alike
                     raise
+                except OutputBusyError as error:  # another batch on this folder has it: not a failure of the file
+                    log.warning("%s (left to it; the batch goes on)", error)
+                    report.busy += 1
                 except Exception as error:  # one bad file must not stop the others
                     if session.failed_load is not None:  # the weights: every clip would fail the same way
                         raise session.failed_load from None

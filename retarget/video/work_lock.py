@@ -13,7 +13,7 @@ import errno
 import os
 from pathlib import Path
 
-from retarget.errors import InputError
+from retarget.errors import InputError, OutputBusyError
 
 try:
     import fcntl
@@ -65,7 +65,7 @@ class FolderLock:
                 if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
                 by = f" (process {holder})" if holder else ""
-                raise InputError(f"{what}: another process{by} is rendering this output "
+                raise OutputBusyError(f"{what}: another process{by} is rendering this output "
                                  f"(its work folder {self.folder} is locked)") from None
             try:
                 current = os.stat(path).st_ino == os.fstat(fd).st_ino

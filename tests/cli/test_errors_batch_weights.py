@@ -136,6 +136,34 @@ def test_batch_skips_finished_logs_failures_and_exits_non_zero(media, fast_args,
     assert err.strip().splitlines()[-1] == "retarget batch: 2 clip(s): 0 rendered, 2 already finished, 0 failed"
 
 
+def test_a_clip_another_batch_is_rendering_is_left_to_it(media, fast_args, tmp_path, capsys, caplog):
+    """Two batches on one folder: a clip whose output the other holds (its work folder locked) is not a failure."""
+    import subprocess
+    import sys
+
+    from tests.video.test_resume_lock import HOLDER, ROOT
+
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    outputs.mkdir()
+    copy_to(media["clip"], inputs, "a.mp4")
+    copy_to(media["clip"], inputs, "b.mp4")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(outputs / "b.mp4")], cwd=ROOT, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        code, err = run_cli(["batch", inputs, "-o", outputs, "--identity", media["photo"], *fast_args], capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 0
+    assert err.strip().splitlines()[-1] == ("retarget batch: 2 clip(s): 1 rendered, 0 already finished, 1 left to "
+                                            "another process rendering them, 0 failed")
+    assert not (outputs / "failures.jsonl").exists()
+    busy = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "b.mp4" in r.getMessage()]
+    assert len(busy) == 1 and "another process" in busy[0] and busy[0].endswith("(left to it; the batch goes on)")
+
+
 def test_batch_bad_shared_input_stops_with_one_line(media, fast_args, tmp_path, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()
