@@ -168,7 +168,8 @@ def _scan_edit(video, expression, output: Path, options: JobOptions, start: floa
     own = neutral = None
     if options.relative:
         own = prepared_motion(scan.motion(frames=(lo, hi)), options.smooth).values
-        neutral = neutral_values(source.track, options.neutral_frame, valid=source.faces)
+        neutral = neutral_values(source.track, options.neutral_frame, valid=source.faces,
+                                 source=f"the expression source {source.path.name}")
     values[lo:hi] = rendered_expressions(driving, options, own=own, neutral=neutral)
     has_values[lo:hi] = source_valid
     edited = scan.valid & has_values

@@ -23,15 +23,16 @@ from retarget.motion.track import MotionTrack, clamp_published
 
 
 def neutral_values(track: MotionTrack, frame: int | None, first: int = 0,
-                   valid: np.ndarray | None = None) -> np.ndarray:
+                   valid: np.ndarray | None = None, source: str = "the driving motion") -> np.ndarray:
     """float32 ``[55]``: the values of ``track`` at its neutral frame, ``frame`` (a frame number, checked: in range
     and with a face; ``first`` is the frame number of the track's first row) or, for ``None``, the lowest-energy
     frame with a face. ``valid`` (bool ``[N]``, default ``track.valid``): the frames with a face, for a ``track``
     whose gaps were filled (:func:`~retarget.jobs.common.prepared_motion` marks every frame valid). A bad frame, or
     a track without any face, raises :class:`~retarget.motion.adjust.NeutralFrameError` (an
-    :class:`~retarget.errors.InputError`)."""
+    :class:`~retarget.errors.InputError`; ``source`` names the track in its message)."""
     faces = track if valid is None else track.with_values(track.values, valid=np.asarray(valid, bool))
-    index = neutral_frame(faces) if frame is None else checked_neutral(faces, frame, "--neutral-frame", first)
+    index = neutral_frame(faces) if frame is None else checked_neutral(faces, frame, "--neutral-frame", first,
+                                                                       source)
     return track.values[index].copy()
 
 

@@ -46,22 +46,26 @@ class NeutralFrameError(InputError, ValueError):
     """A neutral frame that cannot be used: out of range, without a face, or no valid frame to choose from."""
 
 
-def check_neutral_in_range(index: int, frames: int, name: str = "neutral frame", first: int = 0) -> None:
+def check_neutral_in_range(index: int, frames: int, name: str = "neutral frame", first: int = 0,
+                           source: str = "the driving motion") -> None:
     """:class:`NeutralFrameError` unless frame number ``index`` is one of the ``frames`` frames from ``first`` (see
-    :func:`checked_neutral`; a job checks this before it scans the clip, when only the frame count is known)."""
+    :func:`checked_neutral`; a job checks this before it scans the clip, when only the frame count is known).
+    ``source`` names the track in the message."""
     if not first <= index < first + frames:
         part = f" (frames {first} to {first + frames - 1} of the clip, from --start/--end)" if first else \
             f" (0 to {frames - 1})"
-        raise NeutralFrameError(f"{name} {index} is out of range: the driving motion has {frames} frames{part}")
+        raise NeutralFrameError(f"{name} {index} is out of range: {source} has {frames} frames{part}")
 
 
-def checked_neutral(track: MotionTrack, index: int, name: str = "neutral frame", first: int = 0) -> int:
+def checked_neutral(track: MotionTrack, index: int, name: str = "neutral frame", first: int = 0,
+                    source: str = "the driving motion") -> int:
     """The row of ``track`` of frame number ``index`` if that frame has a face, else :class:`NeutralFrameError`
     (``name`` is how the message calls the frame, e.g. ``--neutral-frame``). ``first``: the frame number of the
-    track's first row (a track read from part of a clip, e.g. from ``--start``); the messages use frame numbers."""
-    check_neutral_in_range(index, len(track), name, first)
+    track's first row (a track read from part of a clip, e.g. from ``--start``); the messages use frame numbers and
+    call the track ``source``."""
+    check_neutral_in_range(index, len(track), name, first, source)
     if not track.valid[index - first]:
-        raise NeutralFrameError(f"{name} {index} is not a valid frame of the driving motion (no face was found in it)")
+        raise NeutralFrameError(f"{name} {index} is not a valid frame of {source} (no face was found in it)")
     return int(index - first)
 
 

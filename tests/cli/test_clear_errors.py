@@ -96,7 +96,7 @@ def test_edit_neutral_frame_out_of_range_is_one_line(media, fast_args, tmp_path,
     code = main(["edit", str(media["clip"]), "--expression", str(source), "-o", str(out), "--relative",
                  "--neutral-frame", "40", *fast_args])
     assert_one_line_error(code, capsys.readouterr().err,
-                          "--neutral-frame 40 is out of range: the driving motion has 6 frames (0 to 5)")
+                          "--neutral-frame 40 is out of range: the expression source m.npz has 6 frames (0 to 5)")
     assert not out.exists() and not (tmp_path / "out.mp4.retarget-work").exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -177,8 +178,9 @@ def test_the_neutral_frame_must_show_a_face(command, media, fast_args, tmp_path,
     else:
         argv = ["run", motion if command == "run-motion" else media["clip"], "--identity", media["photo"]]
     assert main([str(a) for a in argv + ["-o", out, "--relative", "--neutral-frame", "10", *fast_args]]) == 1
+    which = "the expression source clip.mp4" if command == "edit" else "the driving motion"
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "retarget: error: --neutral-frame 10 is not a valid frame of the driving motion (no face was found in it)")
+        f"retarget: error: --neutral-frame 10 is not a valid frame of {which} (no face was found in it)")
     assert not out.exists()
 
 
@@ -196,8 +198,9 @@ def test_a_neutral_frame_in_a_bridged_gap_is_refused(command, media, fast_args, 
             ["edit", media["clip"], "--expression", source])
     out = tmp_path / "o.mp4"
     assert main([str(a) for a in argv + ["-o", out, "--relative", "--neutral-frame", "5", *fast_args]]) == 1
+    which = "the driving motion" if command.startswith("run") else f"the expression source {Path(source).name}"
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "retarget: error: --neutral-frame 5 is not a valid frame of the driving motion (no face was found in it)")
+        f"retarget: error: --neutral-frame 5 is not a valid frame of {which} (no face was found in it)")
     assert not out.exists()
     assert main([str(a) for a in argv + ["-o", out, "--relative", "--neutral-frame", "4", *fast_args]]) == 0
 
