@@ -80,8 +80,9 @@ def _controls(tab: str) -> dict[str, gr.components.Component]:
                                           info="of the plotted smoothed curves (the file keeps raw values)")
             c["face_index"] = gr.Number(value=d.face_index, precision=0, minimum=0, label="Face index",
                                         info="which face to follow: 0 = largest in the first frame with a face")
-            c["face_reference"] = gr.Image(type="filepath", label="Face to follow (photo, optional)", height=120,
-                                           sources=["upload"])
+            # Files, not gr.Image: Gradio's image widget fails on an upload that is not an image before the job
+            # could say so in the command line's one line
+            c["face_reference"] = gr.File(label="Face to follow (photo, optional)", file_types=["image"], height=120)
         if tab != "motion":
             with gr.Row():
                 # Text, not gr.Number: a number field shows 0 for "empty" once its section opens, and an end of 0
@@ -99,6 +100,17 @@ def _controls(tab: str) -> dict[str, gr.components.Component]:
     for name, component in c.items():
         component.elem_id = f"{tab}-{name.replace('_', '-')}"
     return {name: c[name] for name in CONTROLS[tab]}
+
+
+def _image_or_none(path) -> str | None:
+    """``path`` when it is an image file the jobs can read (for a preview), else None (the job then says why)."""
+    from retarget.faces.image_io import load_image
+
+    try:
+        load_image(path) if path else None
+    except Exception:  # not an image: no preview; Run gives the command line's one-line error
+        return None
+    return _text(path)
 
 
 def _text(path) -> str | None:
@@ -158,8 +170,10 @@ def build(service: AppService) -> gr.Blocks:
             with gr.Tab("Retarget", id="retarget"):
                 with gr.Row():
                     files = [gr.Video(label="Driving video", sources=["upload"], elem_id="retarget-driving"),
-                             gr.Image(type="filepath", label="Identity photo", sources=["upload"],
-                                      elem_id="retarget-identity")]
+                             gr.File(label="Identity photo", file_types=["image"], elem_id="retarget-identity")]
+                    preview = gr.Image(label="Identity photo (preview)", interactive=False,
+                                       elem_id="retarget-identity-preview")
+                files[1].change(_image_or_none, files[1], preview)
                 _job_tab(service, "retarget", files, "Run", *_video_results("retarget"))
             with gr.Tab("Edit", id="edit"):
                 with gr.Row():

@@ -150,11 +150,14 @@ def test_motion_equals_extract(client, media, cli_models, tmp_path, capsys):
 
 @pytest.mark.parametrize("tab, source, flags", [
     ("retarget", "blank_photo", []),
+    ("retarget", "not_an_image", []),  # a text file named .jpg: the job's one line, not the widget's failure
     ("edit", "junk_motion", []),
     ("retarget", "photo", ["--relative", "--neutral-frame", "40"]),
 ])
 def test_bad_input_shows_the_cli_line(client, media, cli_models, tmp_path, capsys, tab, source, flags):
     changes = {"relative": True, "neutral_frame": "40"} if flags else {}
+    media = dict(media, not_an_image=tmp_path / "notes.jpg")
+    media["not_an_image"].write_text("not a photo")
     endpoint = "/retarget" if tab == "retarget" else "/edit"
     source_file = handle_file(str(media[source]))
     video, download, warnings, status = client.predict(handle_file(str(media["clip"])), source_file,
