@@ -1,5 +1,5 @@
-"""``retarget plot``: a motion file's raw and smoothed curves to a PNG (the smoothed ones as a render uses them:
-clamped to the published ranges)."""
+"""``retarget plot``: a motion file's raw and smoothed curves to a PNG (the smoothed ones as ``run`` renders them:
+every gap filled, clamped to the published ranges)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from retarget.errors import InputError
-from retarget.jobs.common import check_output
+from retarget.jobs.common import check_output, prepared_motion
 from retarget.motion.motion_file import load_motion
 from retarget.motion.plot import DEFAULT_CHANNELS, plot_curves
-from retarget.motion.smoothing import smooth
 from retarget.motion.track import channel_index, clamp_published
 
 
 def plot_job(motion, output, smooth_method: str = "kalman", channels: Sequence[str] | None = None) -> Path:
     """Plot ``channels`` (names like ``exp00``, ``eyelid0``, ``jaw0`` or numbers 0-54; default
-    :data:`~retarget.motion.plot.DEFAULT_CHANNELS`) of ``motion``, raw and smoothed with ``smooth_method`` (then
-    clamped to the published ranges, as every render clamps them: a smoother's overshoot, say the jaw below 0, is
-    not drawn as if it were rendered)."""
+    :data:`~retarget.motion.plot.DEFAULT_CHANNELS`) of ``motion``, raw and smoothed with ``smooth_method`` as
+    ``run`` renders them (:func:`~retarget.jobs.common.prepared_motion`: every gap filled; then clamped to the
+    published ranges, as every render clamps them: a smoother's overshoot, say the jaw below 0, is not drawn as if
+    it were rendered). The title names the file and the smoothing."""
     output = check_output(output, inputs=(motion,), suffixes=(".png",))
     track = load_motion(motion)
     if len(track) == 0:
@@ -33,6 +33,7 @@ def plot_job(motion, output, smooth_method: str = "kalman", channels: Sequence[s
             raise InputError(f"unknown channel {channel!r} (use names like exp00, eyelid0, jaw0 or 0-54)") from error
     smoothed = None
     if smooth_method != "none":
-        smoothed = smooth(track, smooth_method)
+        smoothed = prepared_motion(track, smooth_method)
         smoothed = smoothed.with_values(clamp_published(smoothed.values))
-    return plot_curves(track, output, smoothed, channels=parsed)
+    title = f"{Path(motion).name}: raw" + (f" and smoothed ({smooth_method}, as rendered)" if smoothed else "")
+    return plot_curves(track, output, smoothed, channels=parsed, title=title)

@@ -23,11 +23,12 @@ def plot_curves(
     smoothed: MotionTrack | None = None,
     channels: Sequence[str | int] = DEFAULT_CHANNELS,
     dpi: int = 100,
+    title: str | None = None,
 ) -> Path:
     """Draw one panel per channel (x: seconds) with the raw curve, the smoothed one if given, and shaded spans
-    where frames are invalid; write a PNG to ``output`` atomically. Channels by name or index (see
-    :func:`retarget.motion.track.channel_names`)."""
-    figure = curves_figure(raw, smoothed, channels, dpi)
+    where frames are invalid, under ``title`` if given; write a PNG to ``output`` atomically. Channels by name or
+    index (see :func:`retarget.motion.track.channel_names`)."""
+    figure = curves_figure(raw, smoothed, channels, dpi, title=title)
     output = Path(output)
     with atomic_output(output) as temporary:
         figure.savefig(temporary, format="png")
@@ -40,6 +41,7 @@ def curves_figure(
     channels: Sequence[str | int] = DEFAULT_CHANNELS,
     dpi: int = 100,
     labels: tuple[str, str] = ("raw", "smoothed"),
+    title: str | None = None,
 ) -> Figure:
     """The figure of :func:`plot_curves` (an Agg ``Figure``): ``raw`` drawn thin and grey, ``smoothed`` (any
     second track of the same frames) thick, named by ``labels``; shaded where ``raw`` is invalid."""
@@ -66,5 +68,7 @@ def curves_figure(
         ax.grid(alpha=0.3)
     axes[0].legend(loc="upper right", fontsize="small", ncols=3)
     axes[-1].set_xlabel("time (s)")
+    if title:
+        axes[0].set_title(title, fontsize="medium", loc="left")
     figure.tight_layout()
     return figure

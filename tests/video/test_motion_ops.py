@@ -169,11 +169,24 @@ def test_plot_job_draws_the_smoothed_curves_clamped_as_rendered(tmp_path, monkey
     values[:, 52] = np.r_[np.zeros(20), np.full(20, 0.2)]
     motion = save_motion(MotionTrack.constant_rate(values, None, 30), tmp_path / "m.npz")
     drawn = {}
-    monkeypatch.setattr(plot_module, "plot_curves",
-                        lambda raw, output, smoothed, channels: drawn.update(raw=raw, smoothed=smoothed) or output)
+    monkeypatch.setattr(plot_module, "plot_curves", lambda raw, output, smoothed, channels, title:
+                        drawn.update(raw=raw, smoothed=smoothed, title=title) or output)
     plot_module.plot_job(motion, tmp_path / "c.png", "savgol", ["jaw0"])
+    assert drawn["title"] == "m.npz: raw and smoothed (savgol, as rendered)"
     assert smooth(MotionTrack.constant_rate(values, None, 30), "savgol").values[:, 52].min() < 0  # the overshoot
     np.testing.assert_array_equal(drawn["smoothed"].values,
                                   clamp_published(smooth(MotionTrack.constant_rate(values, None, 30), "savgol").values))
     assert drawn["smoothed"].values[:, 52].min() == 0.0
     np.testing.assert_array_equal(drawn["raw"].values, values)
+    # frames without a face: the smoothed curve goes through them as a render fills them (the raw one does not)
+    valid = np.ones(40, bool)
+    valid[10:15] = False
+    gapped = save_motion(MotionTrack.constant_rate(values, valid, 30), tmp_path / "g.npz")
+    plot_module.plot_job(gapped, tmp_path / "g.png", "kalman", ["jaw0"])
+    from retarget.jobs.common import prepared_motion
+
+    expected = prepared_motion(MotionTrack.constant_rate(values, valid, 30), "kalman")
+    assert drawn["smoothed"].valid.all() and not drawn["raw"].valid[10:15].any()
+    np.testing.assert_array_equal(drawn["smoothed"].values, clamp_published(expected.values))
+    plot_module.plot_job(gapped, tmp_path / "n.png", "none", ["jaw0"])
+    assert drawn["smoothed"] is None and drawn["title"] == "g.npz: raw"
