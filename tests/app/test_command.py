@@ -71,6 +71,9 @@ def test_the_app_keeps_gradios_files_in_its_own_folder_and_removes_it(monkeypatc
     import os
     from pathlib import Path
 
+    import pytest
+
+    pytest.importorskip("gradio", reason="the app extra (gradio) is not installed")
     import retarget.app as app
 
     seen = []
