@@ -79,6 +79,8 @@ class Outcome:
 
 
 def _number(value, cast, name: str):
+    if isinstance(value, str):
+        value = value.strip()
     if value is None or value == "":
         return None
     try:
@@ -111,11 +113,7 @@ def job_options(settings: AppSettings, controls: Controls) -> JobOptions:
 
 def time_range(controls: Controls) -> tuple[float | None, float | None]:
     """``(start, end)`` in seconds from the page's fields (empty: None)."""
-    return (_number(_stripped(controls.start), float, "--start"), _number(_stripped(controls.end), float, "--end"))
-
-
-def _stripped(value):
-    return value.strip() if isinstance(value, str) else value
+    return _number(controls.start, float, "--start"), _number(controls.end, float, "--end")
 
 
 def _required(path, what: str) -> Path:
