@@ -217,7 +217,7 @@ def _part(scan: ClipScan, first: int, stop: int) -> ClipScan:
     the clip's clock)."""
     return ClipScan(scan.keypoints[first:stop], scan.valid[first:stop], scan.times[first:stop], scan.rate,
                     None if scan.expressions is None else scan.expressions[first:stop],
-                    detected=scan.detected[first:stop])
+                    detected=scan.detected[first:stop], cuts=None if scan.cuts is None else scan.cuts[first:stop])
 
 
 @dataclass
@@ -266,7 +266,8 @@ def _track(scan: ClipScan, filled: bool) -> MotionTrack:
     """The scan's expressions, times on the clip's clock: ``filled`` as ``run`` (and ``edit`` with a video SOURCE)
     takes them before smoothing, a short gap's interpolated values counted as measured; else as measured, valid
     where detected only."""
-    return MotionTrack(scan.expressions, (scan.valid if filled else scan.detected).copy(), scan.times, scan.rate)
+    return MotionTrack(scan.expressions, (scan.valid if filled else scan.detected).copy(), scan.times, scan.rate,
+                       cuts=scan.cuts)
 
 
 def _targets(inputs: EvalInputs, motion: MotionTrack | None, driving: ClipScan | None,

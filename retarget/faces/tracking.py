@@ -10,9 +10,12 @@ are at hand (a reference photo's, or the track's own, taken from its first face 
 given a way to compute them), they decide whenever position alone could pick the wrong person: a candidate must
 resemble the person followed (cosine >= ``min_similarity``) when several faces are in the frame or the face was
 missing in the frame before, and after a miss a face that resembles the person is taken wherever it comes back,
-while another person's face near the last position is not. A frame without an acceptable face is marked missing.
-:meth:`FaceTracker.finish` fills gaps of at most ``max_gap`` frames by interpolating keypoints linearly between the
-neighbouring detections; longer gaps and the clip's ends stay missing.
+while another person's face near the last position is not. A frame that starts a new shot (a cut, see
+:mod:`retarget.video.shots`) is treated like a face after a miss: position says nothing across a cut, so the person
+is taken wherever they are in the new shot and another person where ours was is not. A frame without an acceptable
+face is marked missing. :meth:`FaceTracker.finish` fills gaps of at most ``max_gap`` frames by interpolating
+keypoints linearly between the neighbouring detections of the same shot; longer gaps, gaps across a cut and the
+clip's ends stay missing.
 """
 
 from __future__ import annotations
@@ -86,13 +89,16 @@ class FaceTrack:
         return len(self.detected)
 
 
-def fill_keypoint_gaps(values: np.ndarray, known: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
-    """Linearly interpolate runs of at most ``max_gap`` unknown frames between two known frames.
+def fill_keypoint_gaps(values: np.ndarray, known: np.ndarray, max_gap: int,
+                       cuts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Linearly interpolate runs of at most ``max_gap`` unknown frames between two known frames of the same shot.
 
     Args:
         values: float [T, ...] per-frame values (keypoints [T, 5, 2], boxes [T, 4]).
         known: bool [T].
         max_gap: longest run of unknown frames that is filled.
+        cuts: optional bool [T], True where a frame starts a new shot; a gap with a cut between its two known
+            frames (the later one included) is not filled.
 
     Returns:
         ``(filled_values, filled_mask)``: a float32 copy with the short gaps interpolated (other unknown frames
@@ -102,9 +108,10 @@ def fill_keypoint_gaps(values: np.ndarray, known: np.ndarray, max_gap: int) -> t
     known = np.asarray(known, dtype=bool)
     filled = np.zeros(len(known), dtype=bool)
     indices = np.flatnonzero(known)
+    shot = np.cumsum(np.asarray(cuts, dtype=bool)) if cuts is not None else np.zeros(len(known), np.int64)
     for before, after in zip(indices[:-1], indices[1:]):
         gap = after - before - 1
-        if 0 < gap <= max_gap:
+        if 0 < gap <= max_gap and shot[before] == shot[after]:
             for frame in range(before + 1, after):
                 weight = (frame - before) / (after - before)
                 values[frame] = (1.0 - weight) * values[before] + weight * values[after]
@@ -143,6 +150,7 @@ class FaceTracker:
         self._keypoints: list[np.ndarray] = []
         self._boxes: list[np.ndarray] = []
         self._scores: list[float] = []
+        self._cuts: list[bool] = []
         self._last: Face | None = None
         self._missing_for = 0
         self._identity: np.ndarray | None = None
@@ -150,7 +158,8 @@ class FaceTracker:
     def _identity_target(self) -> np.ndarray | None:
         return self.reference if self.reference is not None else self._identity
 
-    def _choose(self, faces: Sequence[Face], embeddings: Callable[[], np.ndarray | None], given: bool) -> int | None:
+    def _choose(self, faces: Sequence[Face], embeddings: Callable[[], np.ndarray | None], given: bool,
+                cut: bool) -> int | None:
         target = self._identity_target()
         if self._last is None or self._missing_for >= self.lost_after:
             found = embeddings() if target is not None else None
@@ -159,9 +168,10 @@ class FaceTracker:
             return select_face(faces, face_index=self.face_index)
         distances = np.array([np.linalg.norm(face.center - self._last.center) / self._last.size for face in faces])
         # Identity is computed only where position could pick the wrong person (used whenever it was given):
-        # several faces, or a face that comes back after a miss (maybe another person where ours was, or ours
-        # somewhere else).
-        asked = given or len(faces) > 1 or self._missing_for > 0
+        # several faces, or a face that comes back after a miss or after a cut (maybe another person where ours
+        # was, or ours somewhere else).
+        broken = self._missing_for > 0 or cut
+        asked = given or len(faces) > 1 or broken
         found = embeddings() if target is not None and asked else None
         if found is None:
             acceptable = distances <= self.max_jump * (1.0 + 0.5 * self._missing_for)
@@ -169,10 +179,10 @@ class FaceTracker:
         else:
             similarity = np.asarray(found, dtype=np.float32) @ target
             acceptable = similarity >= self.min_similarity
-            if self._missing_for == 0:  # followed without a break: near its last position too
+            if not broken:  # followed without a break: near its last position too
                 acceptable &= distances <= self.max_jump
                 cost = distances - similarity
-            else:  # after a miss, wherever it comes back: the most similar face
+            else:  # after a miss or a cut, wherever it is: the most similar face
                 cost = -similarity
         if not acceptable.any():
             return None
@@ -180,7 +190,7 @@ class FaceTracker:
         return int(np.argmin(cost))
 
     def update(self, faces: Sequence[Face], embeddings: np.ndarray | None = None,
-               embed: Callable[[], np.ndarray] | None = None) -> Face | None:
+               embed: Callable[[], np.ndarray] | None = None, cut: bool = False) -> Face | None:
         """Assign this frame's face.
 
         Args:
@@ -188,7 +198,10 @@ class FaceTracker:
             embeddings: optional float [len(faces), 512] unit-norm identity embeddings of ``faces``.
             embed: optional, instead of ``embeddings``: a function that computes them, called at most once and
                 only when identity decides (the first face of the track, to know its person; several faces; a
-                face after a miss), so that a clip with one face pays for one embedding.
+                face after a miss or a cut), so that a clip with one face and no cut pays for one embedding.
+            cut: this frame starts a new shot (see :class:`retarget.video.shots.ShotChanges`): with identity at
+                hand, the person is taken by identity wherever they are, not by position; gaps are not filled
+                across it. Without identity, position still decides.
 
         Returns:
             The tracked face in this frame, or ``None`` (frame marked missing).
@@ -200,7 +213,8 @@ class FaceTracker:
                 computed[0] = np.asarray(embed(), dtype=np.float32)
             return computed[0]
 
-        index = self._choose(faces, lazy, embeddings is not None) if len(faces) else None
+        self._cuts.append(bool(cut))
+        index = self._choose(faces, lazy, embeddings is not None, bool(cut)) if len(faces) else None
         if index is None:
             self._missing_for += 1
             self._keypoints.append(np.full((5, 2), np.nan, np.float32))
@@ -225,6 +239,7 @@ class FaceTracker:
         detected = np.array([not np.isnan(points).any() for points in self._keypoints], dtype=bool)
         keypoints = np.stack(self._keypoints) if self._keypoints else np.zeros((0, 5, 2), np.float32)
         boxes = np.stack(self._boxes) if self._boxes else np.zeros((0, 4), np.float32)
-        keypoints, filled = fill_keypoint_gaps(keypoints, detected, self.max_gap)
-        boxes, _ = fill_keypoint_gaps(boxes, detected, self.max_gap)
+        cuts = np.asarray(self._cuts, dtype=bool)
+        keypoints, filled = fill_keypoint_gaps(keypoints, detected, self.max_gap, cuts)
+        boxes, _ = fill_keypoint_gaps(boxes, detected, self.max_gap, cuts)
         return FaceTrack(keypoints, boxes, np.asarray(self._scores, np.float32), detected, filled)

@@ -26,6 +26,7 @@ from retarget.jobs.stages import CHUNKS_IN_FLIGHT, run_stages
 from retarget.motion.smoothing import kalman_rts
 from retarget.motion.track import DIM, MotionTrack
 from retarget.video.reader import VideoReader
+from retarget.video.shots import ShotChanges
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,9 @@ class ClipScan:
     float32 ``[N, 55]`` or None (SMIRK values of the detected frames, linearly interpolated between the
     neighbouring detections in filled frames, zeros elsewhere), ``identity`` float32 ``[512]`` (robust mean over
     sampled detected frames) or None. ``frames``: the decoded frames ``[first, first + len(frames))`` kept by a scan
-    with ``keep_frames`` (uint8 ``[M, H, W, 3]``), else None; see :meth:`frames_of_span`.
+    with ``keep_frames`` (uint8 ``[M, H, W, 3]``), else None; see :meth:`frames_of_span`. ``cuts`` bool ``[N]``:
+    the frame starts a new shot (see :mod:`retarget.video.shots`; no gap is filled and no keypoint smoothed across
+    one), or None (no cut known).
     """
 
     keypoints: np.ndarray
@@ -61,6 +64,7 @@ class ClipScan:
     detected: np.ndarray | None = None
     frames: np.ndarray | None = None
     first: int = 0
+    cuts: np.ndarray | None = None
 
     def __post_init__(self):
         if self.detected is None:
@@ -93,7 +97,8 @@ class ClipScan:
         lo, hi = frames if frames is not None else (0, len(self.valid))
         valid = self.valid if filled else self.detected
         return MotionTrack(self.expressions[lo:hi], valid[lo:hi], self.times[lo:hi] - self.times[lo],
-                           self.rate, metadata=metadata or {}, filled=None if filled else self.filled[lo:hi])
+                           self.rate, metadata=metadata or {}, filled=None if filled else self.filled[lo:hi],
+                           cuts=None if self.cuts is None else self.cuts[lo:hi])
 
     def missing_face_note(self, name: str, frames: tuple[int, int] | None = None, filled: bool = True) -> str | None:
         """One line naming the frames of ``[first, stop)`` (default: all) that do not have the followed face
@@ -101,14 +106,23 @@ class ClipScan:
         ``"clip.mp4: no face in 38 of 90 frames (0.87-2.10 s)"`` (see :func:`missing_face_note`)."""
         return missing_face_note(name, ~(self.valid if filled else self.detected), self.times, self.rate, frames)
 
+    def shots(self) -> list[tuple[int, int]]:
+        """``[start, stop)`` frame ranges of the shots, in order (one range for the whole clip without cuts)."""
+        starts = [0] + ([int(i) for i in np.flatnonzero(self.cuts) if i > 0] if self.cuts is not None else [])
+        return list(zip(starts, starts[1:] + [len(self.valid)]))
+
     def smoothed_keypoints(self, cutoff_hz: float = 3.0) -> np.ndarray:
-        """Keypoints with zero-lag Kalman/RTS smoothing over time (steadier paste-back): the detected frames are
-        the measurements, every valid frame (filled ones included) gets the smoothed estimate, frames that are not
-        valid are unchanged."""
-        if self.detected.sum() < 2:
-            return self.keypoints
-        flat = self.keypoints.reshape(len(self.keypoints), 10)
-        smoothed = kalman_rts(flat, self.detected, self.times, cutoff_hz=cutoff_hz).reshape(-1, 5, 2)
+        """Keypoints with zero-lag Kalman/RTS smoothing over time (steadier paste-back), each shot on its own (a
+        face does not glide across a cut): the detected frames are the measurements, every valid frame (filled
+        ones included) of a shot with two detections or more gets the smoothed estimate, other frames are
+        unchanged."""
+        smoothed = self.keypoints.copy()
+        for start, stop in self.shots():
+            if self.detected[start:stop].sum() < 2:
+                continue
+            flat = self.keypoints[start:stop].reshape(stop - start, 10)
+            smoothed[start:stop] = kalman_rts(flat, self.detected[start:stop], self.times[start:stop],
+                                              cutoff_hz=cutoff_hz).reshape(-1, 5, 2)
         return np.where(self.valid[:, None, None], smoothed, self.keypoints).astype(np.float32)
 
 
@@ -124,7 +138,8 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
     face is followed with :class:`~retarget.faces.tracking.FaceTracker`: ``reference`` (a photo's embedding) picks
     the person by ArcFace similarity, else ``face_index`` picks among several by size and the person of the face
     picked first is followed by ArcFace similarity wherever position alone could mistake another person for them
-    (several faces in a frame, a face after a miss). ``frames``
+    (several faces in a frame, a face after a miss or a cut: frames that start a new shot are found with
+    :class:`~retarget.video.shots.ShotChanges` and returned in :attr:`ClipScan.cuts`). ``frames``
     (``[first, stop)``) limits the scan to part of the clip; the arrays still cover the whole clip, invalid outside
     the part.
 
@@ -138,7 +153,8 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
     decides by :func:`~retarget.jobs.common.keep_scanned_frames`, and the kept bytes are then taken from the
     budget of the scan's chunks).
 
-    Gaps of at most :data:`MAX_FILLED_GAP` frames between two detections are filled (see :class:`ClipScan`):
+    Gaps of at most :data:`MAX_FILLED_GAP` frames between two detections of the same shot are filled (see
+    :class:`ClipScan`):
     keypoints and expressions are interpolated linearly between the neighbouring detections. The expressions are
     interpolated rather than read by SMIRK from crops at the interpolated keypoints: the detector missed the face
     in those frames (occlusion, blur, a frame without the face), so such a crop need not show the face and SMIRK's
@@ -159,6 +175,8 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
     clip_times = info.frame_times()
     keypoints = np.zeros((n, 5, 2), np.float32)
     detected = np.zeros(n, bool)
+    cuts = np.zeros(n, bool)
+    shots = ShotChanges()
     values = np.zeros((n, DIM), np.float32) if expressions else None
     embeddings: list[np.ndarray] = []
     step = max(1, (hi - lo) // IDENTITY_SAMPLES)
@@ -181,6 +199,8 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
                 found = detector.detect_many(chunk.frames)
             else:  # any object with ``detect`` (one frame) will do
                 found = [detector.detect(frame) for frame in chunk.frames]
+            for frame, index in zip(chunk.frames, chunk.indices):
+                cuts[index] = shots.is_cut(frame)
         rows, crops = [], []
         for frame, index, detections in zip(chunk.frames, chunk.indices, found):
             def embed(frame=frame, detections=detections) -> np.ndarray:
@@ -188,7 +208,7 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
                     return models.identity.embed(frame, np.stack([d.keypoints for d in detections]))
 
             candidates = embed() if reference is not None and detections else None  # every frame: the photo's person
-            face = follower.update(detections, candidates, embed=embed)
+            face = follower.update(detections, candidates, embed=embed, cut=bool(cuts[index]))
             if face is None:
                 continue
             keypoints[index], detected[index] = face.keypoints, True
@@ -226,14 +246,14 @@ def scan_clip(reader: VideoReader, models: FaceModels, face_index: int = 0, *, e
         for frame, _, index in reader.iter_frames(*_time_window(info, first)):
             embeddings.append(models.identity.embed(frame, keypoints[index]))
     mean_identity = robust_mean_embedding(np.stack(embeddings)) if identity else None
-    keypoints, filled = fill_keypoint_gaps(keypoints, detected, MAX_FILLED_GAP)
+    keypoints, filled = fill_keypoint_gaps(keypoints, detected, MAX_FILLED_GAP, cuts)
     if expressions:
-        values, _ = fill_keypoint_gaps(values, detected, MAX_FILLED_GAP)
+        values, _ = fill_keypoint_gaps(values, detected, MAX_FILLED_GAP, cuts)
     if filled.any():
         log.info("%s: the face was missed in %d frame(s) of short gaps; filled by interpolation",
                  info.path.name, int(filled.sum()))
     return ClipScan(keypoints, detected | filled, info.frame_times(), info.frame_rate, values, mean_identity,
-                    detected, frames=kept, first=lo)
+                    detected, frames=kept, first=lo, cuts=cuts)
 
 
 def _timed(iterable: Iterable, times: StageTimes, stage: str) -> Iterator:

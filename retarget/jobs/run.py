@@ -207,7 +207,8 @@ def is_motion_file(path) -> bool:
 def motion_slice(track: MotionTrack, lo: int, hi: int) -> MotionTrack:
     """Frames ``[lo, hi)`` of ``track``, their times from the first of them."""
     return MotionTrack(track.values[lo:hi], track.valid[lo:hi], track.times[lo:hi] - track.times[lo], track.rate,
-                       metadata=track.metadata, filled=None if track.filled is None else track.filled[lo:hi])
+                       metadata=track.metadata, filled=None if track.filled is None else track.filled[lo:hi],
+                       cuts=None if track.cuts is None else track.cuts[lo:hi])
 
 
 #: The time base of the output of a variable-rate motion file (its times are float seconds): 1/90000 s, MPEG's.

@@ -11,6 +11,8 @@ Arrays (all plain, loadable with ``numpy.load(..., allow_pickle=False)``):
 - ``filled`` (optional; written by ``retarget extract``): bool ``[N]``, frames that are not valid because the detector
   missed the face across a short gap, whose values were read at keypoints interpolated between detections (see
   :class:`~retarget.motion.track.MotionTrack`)
+- ``cuts`` (optional; written by ``retarget extract``): bool ``[N]``, frames that start a new shot (smoothing does not
+  cross them)
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def save_motion(track: MotionTrack, path: str | os.PathLike) -> Path:
                 metadata_keys=np.array(keys, dtype=str),
                 metadata_values=np.array([track.metadata[k] for k in keys], dtype=str),
                 **({} if track.filled is None else {"filled": track.filled.astype(bool)}),
+                **({} if track.cuts is None else {"cuts": track.cuts.astype(bool)}),
             )
     return path
 
@@ -109,14 +112,16 @@ def _validate(path: Path, arrays: dict[str, np.ndarray]) -> MotionTrack:
     text_arrays = keys.dtype.kind == "U" and items.dtype.kind == "U"
     if keys.shape != items.shape or keys.ndim != 1 or (keys.size and not text_arrays):
         raise InputError(f"{path}: motion metadata is malformed")
-    filled = arrays.get("filled")  # optional: files of earlier versions do not have it
-    if filled is not None and (filled.dtype != bool or filled.shape != (n,)):
-        raise InputError(f"{path}: 'filled' must be bool [{n}], found {filled.dtype} {filled.shape}")
+    optional = {name: arrays.get(name) for name in ("filled", "cuts")}  # files of earlier versions lack them
+    for name, array in optional.items():
+        if array is not None and (array.dtype != bool or array.shape != (n,)):
+            raise InputError(f"{path}: '{name}' must be bool [{n}], found {array.dtype} {array.shape}")
     return MotionTrack(
         values=values,
         valid=valid,
         times=times,
         rate=Fraction(int(rate[0]), int(rate[1])),
         metadata=dict(zip(keys.tolist(), items.tolist())),
-        filled=filled,
+        filled=optional["filled"],
+        cuts=optional["cuts"],
     )

@@ -44,7 +44,8 @@ def curves_figure(
     title: str | None = None,
 ) -> Figure:
     """The figure of :func:`plot_curves` (an Agg ``Figure``): ``raw`` drawn thin and grey, ``smoothed`` (any
-    second track of the same frames) thick, named by ``labels``; shaded where ``raw`` is invalid."""
+    second track of the same frames) thick, named by ``labels``; shaded where ``raw`` is invalid; a dashed
+    vertical line at each cut of ``raw`` (a frame that starts a new shot)."""
     indices = [channel_index(c) for c in channels]
     if not indices:
         raise ValueError("no channels to plot")
@@ -64,6 +65,8 @@ def curves_figure(
         if invalid.any():
             ax.fill_between(times, 0, 1, where=invalid, transform=ax.get_xaxis_transform(), color="C3",
                             alpha=0.15, step="mid", label="no face")
+        for number, cut in enumerate(times[raw.cuts] if raw.cuts is not None else ()):
+            ax.axvline(cut, color="0.3", lw=0.8, ls="--", label="cut" if number == 0 else None)
         ax.set_ylabel(names[index])
         ax.grid(alpha=0.3)
     axes[0].legend(loc="upper right", fontsize="small", ncols=3)

@@ -183,13 +183,17 @@ def kalman_rts(
 
 
 def smooth(track: MotionTrack, method: Method = "kalman", **params) -> MotionTrack:
-    """``track`` with its values smoothed by ``method`` (``kalman``, ``savgol``, ``one_euro`` or ``none``);
-    ``params`` go to the filter (e.g. ``cutoff_hz=4.0``)."""
+    """``track`` with its values smoothed by ``method`` (``kalman``, ``savgol``, ``one_euro`` or ``none``), each
+    shot on its own (see :attr:`MotionTrack.cuts`); ``params`` go to the filter (e.g. ``cutoff_hz=4.0``)."""
     filters = {"kalman": kalman_rts, "savgol": savitzky_golay, "one_euro": one_euro}
     if method == "none":
         return track
     if method not in filters:
         raise ValueError(f"unknown smoothing method {method!r}; choose one of kalman, savgol, one_euro, none")
     extra = {"rate": float(track.rate)} if method == "savgol" else {}
-    values = filters[method](track.values, track.valid, track.times, **extra, **params)
+    values = track.values.copy()
+    for start, stop in track.shots():
+        if track.valid[start:stop].any():
+            values[start:stop] = filters[method](track.values[start:stop], track.valid[start:stop],
+                                                 track.times[start:stop], **extra, **params)
     return track.with_values(values)

@@ -58,7 +58,8 @@ class MotionTrack:
     ``[N]`` or None: frames that are not ``valid`` because the detector missed the face, but whose values were read
     on the face where a short gap was bridged (keypoints interpolated between detections, see
     :attr:`retarget.jobs.frames.ClipScan.filled`); a ``run`` driven by the track takes them as valid, as one driven
-    by its clip does.
+    by its clip does. ``cuts``: bool ``[N]`` or None: frames that start a new shot (see :mod:`retarget.video.shots`);
+    smoothing does not cross them.
     """
 
     values: np.ndarray
@@ -67,6 +68,7 @@ class MotionTrack:
     rate: Fraction
     metadata: dict[str, str] = field(default_factory=dict)
     filled: np.ndarray | None = None
+    cuts: np.ndarray | None = None
 
     def __post_init__(self):
         values = np.asarray(self.values, dtype=np.float32)
@@ -92,9 +94,19 @@ class MotionTrack:
             if filled.shape != (n,):
                 raise ValueError(f"filled must be [{n}], got {filled.shape}")
             object.__setattr__(self, "filled", filled)
+        if self.cuts is not None:
+            cuts = np.asarray(self.cuts, dtype=bool)
+            if cuts.shape != (n,):
+                raise ValueError(f"cuts must be [{n}], got {cuts.shape}")
+            object.__setattr__(self, "cuts", cuts)
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
+
+    def shots(self) -> list[tuple[int, int]]:
+        """``[start, stop)`` frame ranges of the shots, in order (one range without ``cuts``)."""
+        starts = [0] + ([int(i) for i in np.flatnonzero(self.cuts) if i > 0] if self.cuts is not None else [])
+        return list(zip(starts, starts[1:] + [len(self)]))
 
     @classmethod
     def constant_rate(cls, values: np.ndarray, valid: np.ndarray | None, rate: Fraction | int, **kw) -> MotionTrack:

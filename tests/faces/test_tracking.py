@@ -138,3 +138,48 @@ def test_one_face_followed_without_a_break_costs_one_embedding():
     two = [make_face((150, 100), 60), make_face((400, 100), 60)]
     assert tracker.update(two, embed=embedder([0, 1])) is two[0]
     assert embedder.calls == 2
+
+
+def test_a_cut_to_another_person_where_ours_was_is_not_followed():
+    """Shot 1: person 0 on the left; shot 2 (a cut): person 0 on the right; shot 3 (a cut): person 1 where person 0
+    stood. Position alone would miss the first cut and follow person 1 after the second; with the cuts known,
+    identity decides there."""
+    embedder = CountingEmbedder()
+    tracker = FaceTracker()
+    chosen = []
+    for t in range(30):
+        center, person = ((100 + t, 100), 0) if t < 10 else ((500 + t, 100), 0) if t < 20 else ((519, 100), 1)
+        faces = [make_face(center, 60)]
+        chosen.append(tracker.update(faces, embed=embedder([person]), cut=t in (10, 20)))
+    assert [face is not None for face in chosen] == [t < 20 for t in range(30)]
+    assert chosen[10].center[0] == 510  # taken at once in the new shot, no missed frame
+    assert embedder.calls == 1 + 1 + 10  # the first face, the first cut, every frame after the second cut
+    track = tracker.finish()
+    assert track.detected.tolist() == [t < 20 for t in range(30)] and not track.filled.any()
+
+    # without the cuts: a missed frame at the first cut, filled across the cut, and person 1 taken after the second
+    blind = FaceTracker()
+    for t in range(30):
+        center, person = ((100 + t, 100), 0) if t < 10 else ((500 + t, 100), 0) if t < 20 else ((519, 100), 1)
+        blind.update([make_face(center, 60)], embed=embedder([person]))
+    track = blind.finish()
+    assert track.filled.tolist() == [t == 10 for t in range(30)] and track.present[20:].all()
+
+
+def test_a_cut_without_identity_leaves_position_to_decide():
+    tracker = FaceTracker()
+    tracker.update([make_face((100, 100), 60)])
+    assert tracker.update([make_face((110, 100), 60)], cut=True) is not None
+    assert tracker.update([make_face((400, 100), 60)], cut=True) is None
+
+
+def test_gaps_are_not_filled_across_a_cut():
+    values = np.arange(12, dtype=np.float32)[:, None]
+    known = np.array([1, 0, 1, 0, 0, 1, 1, 0, 1, 1, 0, 1], bool)
+    cuts = np.zeros(12, bool)
+    cuts[[4, 8]] = True  # the gap 3-4 has its cut inside, the gap 7 right after it (the later detection's frame)
+    filled_values, filled = fill_keypoint_gaps(values, known, max_gap=2, cuts=cuts)
+    assert np.flatnonzero(filled).tolist() == [1, 10]
+    assert np.allclose(filled_values[[1, 10], 0], [1, 10])
+    assert np.array_equal(fill_keypoint_gaps(values, known, max_gap=2)[1],
+                          ~known & (np.arange(12) > 0) & (np.arange(12) < 11))

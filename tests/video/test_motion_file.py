@@ -1,6 +1,7 @@
 """Motion file round trip and strict rejection of anything else."""
 
 import zipfile
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
@@ -100,3 +101,16 @@ def test_corrupt_member_is_rejected(tmp_path):
             target.writestr(item.filename, data[: len(data) // 3] if item.filename == "values.npy" else data)
     with pytest.raises(InputError, match="broken.npz"):
         load_motion(broken)
+
+
+def test_cuts_round_trip_and_a_malformed_cuts_array_is_one_line(tmp_path):
+    track = sample_track()
+    cuts = np.zeros(len(track), bool)
+    cuts[[12, 30]] = True
+    path = save_motion(replace(track, cuts=cuts), tmp_path / "m.npz")
+    np.testing.assert_array_equal(load_motion(path).cuts, cuts)
+    assert load_motion(save_motion(track, tmp_path / "plain.npz")).cuts is None
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **valid_arrays(track), cuts=np.zeros(len(track), np.int64))
+    with pytest.raises(InputError, match=r"'cuts' must be bool \[40\]"):
+        load_motion(bad)

@@ -190,3 +190,21 @@ def test_plot_job_draws_the_smoothed_curves_clamped_as_rendered(tmp_path, monkey
     np.testing.assert_array_equal(drawn["smoothed"].values, clamp_published(expected.values))
     plot_module.plot_job(gapped, tmp_path / "n.png", "none", ["jaw0"])
     assert drawn["smoothed"] is None and drawn["title"] == "g.npz: raw"
+
+
+def test_plot_draws_a_line_at_each_cut():
+    from dataclasses import replace
+
+    from retarget.motion.plot import curves_figure
+
+    track = ramp_track(60, Fraction(30), np.ones(60, bool))
+    cuts = np.zeros(60, bool)
+    cuts[[20, 45]] = True
+    figure = curves_figure(replace(track, cuts=cuts), channels=["jaw0", "exp00"])
+    for ax in figure.axes:
+        lines = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert sorted(float(line.get_xdata()[0]) for line in lines) == [20 / 30, 45 / 30]
+    labels = figure.axes[0].get_legend_handles_labels()[1]
+    assert labels.count("cut") == 1
+    assert not [line for line in curves_figure(track, channels=["jaw0"]).axes[0].get_lines()
+                if line.get_linestyle() == "--"]

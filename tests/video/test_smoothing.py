@@ -1,6 +1,7 @@
 """Smoothing filters against independent computations, and their defaults on a noisy synthetic track."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -152,3 +153,21 @@ def test_smooth_keeps_invalid_frames_and_rejects_unknown_method():
     assert smooth(track, "none") is track
     with pytest.raises(ValueError, match="unknown smoothing"):
         smooth(track, "median")
+
+
+@pytest.mark.parametrize("method", ["kalman", "savgol", "one_euro"])
+def test_smooth_treats_each_shot_on_its_own(method):
+    """A jump at a cut stays a jump (each shot is constant, so smoothing leaves it as it is), and each shot is
+    smoothed as the track of that shot alone would be."""
+    t, _, noisy = speechlike(60)
+    steps = np.where(np.arange(60) < 25, 0.0, 1.0)[:, None] * np.ones((1, 55))
+    cuts = np.arange(60) == 25
+    step_track = MotionTrack(steps, np.ones(60, bool), t, rate=30000 / 1001, cuts=cuts)
+    np.testing.assert_allclose(smooth(step_track, method).values, steps, atol=1e-5)
+    assert np.abs(smooth(replace(step_track, cuts=None), method).values - steps).max() > 0.05  # without the cut
+
+    track = MotionTrack(np.pad(noisy, ((0, 0), (0, 51))) + steps, np.ones(60, bool), t, rate=30000 / 1001, cuts=cuts)
+    smoothed = smooth(track, method).values
+    for lo, hi in ((0, 25), (25, 60)):
+        alone = MotionTrack(track.values[lo:hi], track.valid[lo:hi], t[lo:hi], rate=30000 / 1001)
+        np.testing.assert_allclose(smoothed[lo:hi], smooth(alone, method).values, atol=1e-6)
