@@ -29,9 +29,11 @@ def second_face_photo() -> np.ndarray:
 
 
 def moving_face_frames(count: int, width: int = 160, height: int = 120, blank: tuple[int, ...] = (),
-                       photo: np.ndarray | None = None) -> np.ndarray:
+                       photo: np.ndarray | None = None, covered: tuple[int, ...] = ()) -> np.ndarray:
     """``count`` frames [count, height, width, 3]: the photo scaled to the frame height, shifted and scaled a
-    little per frame on a grey background; frames listed in ``blank`` are plain grey (no face)."""
+    little per frame on a grey background; frames listed in ``blank`` are plain grey (no face: a cut to an empty
+    shot and back), frames listed in ``covered`` have a grey band across the eyes, nose and mouth (rows a quarter
+    to half of the height: the detector misses the face within the same shot)."""
     photo = face_photo() if photo is None else photo
     frames = np.full((count, height, width, 3), 96, np.uint8)
     for k in range(count):
@@ -45,6 +47,8 @@ def moving_face_frames(count: int, width: int = 160, height: int = 120, blank: t
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + side, width), min(y + side, height)
         frames[k, y0:y1, x0:x1] = face[y0 - y : y1 - y, x0 - x : x1 - x]
+        if k in covered:
+            frames[k, height // 4:height // 2] = 96
     return frames
 
 

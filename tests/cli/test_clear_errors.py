@@ -286,20 +286,26 @@ def test_edit_says_which_frames_a_short_source_leaves_unedited(media, fast_args,
 
 def test_run_names_driving_frames_whose_expressions_were_interpolated(cli_models, fast_args, media, tmp_path,
                                                                      caplog):
-    """A short gap between two detections is bridged (interpolated keypoints and expressions): ``edit`` renders and
-    pastes back those frames, so it says nothing, while ``run`` names the driving frames that had no face."""
+    """A short gap between two detections of one shot (the face covered) is bridged (interpolated keypoints and
+    expressions): ``edit`` renders and pastes back those frames, so it says nothing, while ``run`` names the
+    driving frames that had no face. A cut-away of the same length (a cut to an empty shot and back) is not
+    bridged: ``edit`` passes it through and says so."""
     from retarget.testing.media import moving_face_frames, write_clip
 
-    clip = write_clip(tmp_path / "gap.mp4", moving_face_frames(FRAMES, blank=(4, 5)))
-    notes = {}
-    for command, target in (("run", "--identity"), ("edit", "--expression")):
-        caplog.clear()
-        with caplog.at_level("WARNING", logger="retarget.jobs"):
-            assert main([command, str(clip), target, str(media["photo"]), "-o", str(tmp_path / f"{command}.mp4"),
-                         *fast_args]) == 0
-        notes[command] = [r.getMessage() for r in caplog.records if "no face in" in r.getMessage()]
-    assert notes == {"run": ["gap.mp4: no face in 2 of 12 frames (0.13-0.20 s); those frames take the expressions "
-                             "of the neighbouring frames with a face"], "edit": []}
+    run_note = "gap.mp4: no face in 2 of 12 frames (0.13-0.20 s); those frames take the expressions of the " \
+               "neighbouring frames with a face"
+    for gap, expected in (({"covered": (4, 5)}, {"run": [run_note], "edit": []}),
+                          ({"blank": (4, 5)}, {"run": [run_note], "edit": [
+                              "gap.mp4: no face in 2 of 12 frames (0.13-0.20 s); those frames pass through unedited"]})):
+        clip = write_clip(tmp_path / "gap.mp4", moving_face_frames(FRAMES, **gap))
+        notes = {}
+        for command, target in (("run", "--identity"), ("edit", "--expression")):
+            caplog.clear()
+            with caplog.at_level("WARNING", logger="retarget.jobs"):
+                assert main([command, str(clip), target, str(media["photo"]), "-o",
+                             str(tmp_path / f"{command}-{next(iter(gap))}.mp4"), *fast_args]) == 0
+            notes[command] = [r.getMessage() for r in caplog.records if "no face in" in r.getMessage()]
+        assert notes == expected, gap
 
 
 def test_a_photo_with_several_faces_names_the_one_used(media, fast_args, tmp_path, caplog):

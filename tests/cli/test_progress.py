@@ -156,8 +156,9 @@ def test_slow_batches_show_their_denoising_steps(media, cli_models, tmp_path, mo
     quick batches (a GPU, the tiny model here) show none."""
     from retarget.pipeline import STEP_BAR_DELAY_S
 
-    if slow:  # every clock reading of the bars moves the delay on: each step looks slow
-        monkeypatch.setattr(tqdm.std, "time", FakeClock(STEP_BAR_DELAY_S))
+    # slow: every clock reading of the bars moves the delay on, so each step looks slow; quick: the bars' clock
+    # stands still, so no step looks slow however busy the machine is
+    monkeypatch.setattr(tqdm.std, "time", FakeClock(STEP_BAR_DELAY_S if slow else 0.0))
     terminal = Terminal()
     monkeypatch.setattr("sys.stderr", terminal)
     models, base = cli_models

@@ -115,7 +115,7 @@ def test_a_short_gap_reads_as_in_the_clip(renders, media, fast_args, tmp_path):
     """Frames 5-6 have no detection: the scan bridges the gap and reads SMIRK there; the motion file keeps those
     readings (marked ``filled``, not valid), and a run driven by it takes them as the clip's run does, so the
     expressions after smoothing are the same."""
-    clip = write_clip(tmp_path / "gap.mp4", moving_face_frames(12, blank=(5, 6)), Fraction(25))
+    clip = write_clip(tmp_path / "gap.mp4", moving_face_frames(12, covered=(5, 6)), Fraction(25))
     motion = tmp_path / "gap.npz"
     assert main([str(a) for a in ["extract", clip, "-o", motion, *fast_args]]) == 0
     track = load_motion(motion)
@@ -189,7 +189,7 @@ def test_the_neutral_frame_must_show_a_face(command, media, fast_args, tmp_path,
 def test_a_neutral_frame_in_a_bridged_gap_is_refused(command, media, fast_args, tmp_path, capsys):
     """Frames 5 and 6 have no face, a gap short enough to bridge: they render with interpolated expressions, but
     the neutral frame must be one where the face was found, in a clip and in its motion file alike."""
-    clip = write_clip(tmp_path / "gap.mp4", moving_face_frames(FRAMES, blank=(5, 6)), Fraction(25))
+    clip = write_clip(tmp_path / "gap.mp4", moving_face_frames(FRAMES, covered=(5, 6)), Fraction(25))
     motion = tmp_path / "gap.npz"
     assert main([str(a) for a in ["extract", clip, "-o", motion, *fast_args]]) == 0
     assert load_motion(motion).filled[5:7].all()  # bridged, not merely filled afterwards
@@ -215,7 +215,7 @@ def test_face_scan_options_are_named_unused_with_a_motion_file(media, tmp_path, 
 def test_edit_takes_a_motion_file_as_its_clip(renders, media, fast_args, tmp_path):
     """``edit`` with SOURCE a motion file renders the expressions it renders with SOURCE the clip the motion came
     from, the short gap's readings included."""
-    source = write_clip(tmp_path / "gap.mp4", moving_face_frames(FRAMES, blank=(5, 6)), Fraction(30000, 1001))
+    source = write_clip(tmp_path / "gap.mp4", moving_face_frames(FRAMES, covered=(5, 6)), Fraction(30000, 1001))
     motion = tmp_path / "gap.npz"
     assert main([str(a) for a in ["extract", source, "-o", motion, *fast_args]]) == 0
     for expression in (source, motion):
