@@ -289,12 +289,15 @@ def _check_complete(path: Path, container: av.container.InputContainer, streams:
     records (a file cut short: a download or copy that stopped, which a Matroska demuxer reads to its cut without
     an error; an MP4 cut short loses its index or fails when its frames are decoded). ``video_end``/``audio_end``:
     where the packets read end, in seconds. Checked only where the header's duration is the muxer's own record and
-    every stream was read (another track may legitimately run longer)."""
+    every stream was read (another track may legitimately run longer). The header's duration is compared with where
+    the packets end as it is: FFmpeg's Matroska muxer records the last timestamp there, so a file whose timestamps
+    start late (a stream recording, a cut copied without re-encoding) has a duration that already includes its
+    start."""
     if not container.format.name.startswith("matroska") or container.duration is None:
         return
     if any(s not in streams and not s.disposition & av.stream.Disposition.attached_pic for s in container.streams):
         return
-    declared = (container.duration + (container.start_time or 0)) / 1e6  # AV_TIME_BASE
+    declared = container.duration / 1e6  # AV_TIME_BASE
     end = max(video_end, audio_end or 0.0)
     if end < declared - 0.05 * declared - 2 / float(frame_rate):
         raise InputError(f"{path}: truncated video: the file says it runs to {declared:.2f} s, but its data ends at "

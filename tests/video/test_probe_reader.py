@@ -3,6 +3,7 @@ files."""
 
 from fractions import Fraction
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -306,6 +307,30 @@ def test_a_matroska_file_cut_short_is_an_input_error(tmp_path, audio):
     with pytest.raises(InputError, match=r"cut.mkv: truncated video: the file says it runs to 1\.9\d s, but its "
                                          r"data ends at 1\.\d\d s"):
         probe_video(cut)
+
+
+def test_a_matroska_file_whose_timestamps_start_late_is_whole(tmp_path):
+    """Packets copied into Matroska with their timestamps 2 s late (a stream recording, a cut copied without
+    re-encoding): the header's duration runs to the last timestamp, so the file is complete."""
+    from retarget.testing.media import moving_face_frames, write_clip
+
+    source = write_clip(tmp_path / "source.mkv", moving_face_frames(48), Fraction(25), audio=True)
+    late = tmp_path / "late.mkv"
+    with av.open(str(source)) as original, av.open(str(late), "w") as copy:
+        streams = {s.index: copy.add_stream_from_template(s) for s in original.streams}
+        for packet in original.demux():
+            if packet.dts is None:
+                continue
+            shift = int(2 / Fraction(packet.stream.time_base))
+            packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
+            packet.stream = streams[packet.stream.index]
+            copy.mux(packet)
+    info = probe_video(late)
+    assert info.frame_count == 48 and float(info.start_pts * info.time_base) == pytest.approx(2.0)
+    data = late.read_bytes()
+    (tmp_path / "late_cut.mkv").write_bytes(data[: len(data) * 6 // 10])
+    with pytest.raises(InputError, match="late_cut.mkv: truncated video"):
+        probe_video(tmp_path / "late_cut.mkv")
 
 
 def test_a_frames_own_time_selects_that_frame(ntsc):
