@@ -1,7 +1,8 @@
 """Carrying a source file's audio into an output container, in step with the video being written.
 
 Every audio stream is carried (:func:`audio_muxers`), each copied packet for packet (bytes unchanged) when the
-output container accepts its codec, and re-encoded otherwise (AAC when the container takes it, else the
+output container accepts its codec in a form players read (not Vorbis in MP4 or MOV, see :data:`NOT_COPIED`), and
+re-encoded otherwise (AAC when the container takes it, else the
 container's default audio codec, e.g. Opus for WebM). A time range selects the packets that overlap it; copied
 packets keep their size, so a range is exact to one audio packet (1024 samples, about 23 ms, for AAC at 44.1 kHz),
 while re-encoded audio is cut to the sample.
@@ -22,6 +23,17 @@ import numpy as np
 
 from retarget.errors import InputError
 from retarget.video.probe import VideoInfo, _reason, open_input, probe_video
+
+
+#: Codecs the muxer of an output format (FFmpeg's name) accepts but players do not read there, so they are
+#: re-encoded: Vorbis in MP4/MOV has only a private object type (FFmpeg reads it; browsers and QuickTime do not).
+NOT_COPIED = {"mp4": {"vorbis"}, "mov": {"vorbis"}}
+
+
+def copyable(output: av.container.OutputContainer, codec: str) -> bool:
+    """Whether audio in ``codec`` can be copied into ``output`` as it is (see :data:`NOT_COPIED`)."""
+    names = output.format.name.split(",")
+    return codec in output.supported_codecs and not any(codec in NOT_COPIED.get(name, ()) for name in names)
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,7 @@ class AudioMuxer:
         self._origin = video_start + Fraction(source.start or 0)  # source time that becomes output time 0
         self._stop = None if source.end is None else video_start + Fraction(source.end)
         codec = in_stream.codec_context.name
-        self.copied = (not source.reencode) and codec in output.supported_codecs
+        self.copied = (not source.reencode) and copyable(output, codec)
         if self.copied:
             self.stream = output.add_stream_from_template(in_stream)
             layout = _named_layout(in_stream.codec_context)

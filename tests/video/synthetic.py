@@ -76,7 +76,7 @@ def make_video(
         stream.codec_context.sample_aspect_ratio = pixel_aspect
     a_stream = None
     if audio:
-        a_stream = container.add_stream(audio, rate=44100)
+        a_stream = container.add_stream(audio, rate=44100, options={"strict": "-2"} if audio == "vorbis" else None)
         a_stream.layout = "stereo"
     for i in range(frames):
         picture = av.VideoFrame.from_ndarray(code_frame(i, width, height), format="rgb24")
@@ -92,7 +92,7 @@ def make_video(
         total = int(round(seconds * 44100))
         t = np.arange(total) / 44100
         tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-        fmt = "fltp" if audio == "aac" else "s16"
+        fmt = "fltp" if audio in ("aac", "vorbis") else "s16"
         for start in range(0, total, 1024):
             block = tone[start : start + 1024]
             if fmt == "fltp":

@@ -69,6 +69,20 @@ def test_audio_reencoded_when_container_cannot_hold_it(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv"])
+def test_vorbis_is_copied_only_where_players_read_it(suffix, tmp_path):
+    """The MP4 muxer accepts Vorbis under a private object type that browsers and QuickTime do not play: into
+    MP4 and MOV it is re-encoded to AAC; Matroska, its own container, gets the packets as they are."""
+    source = make_video(tmp_path / "vorbis.mkv", 30, audio="vorbis")
+    assert probe_video(source).audio.codec == "vorbis"
+    out = transcode(source, tmp_path / f"out{suffix}")
+    info = probe_video(out)
+    assert info.audio.codec == ("vorbis" if suffix == ".mkv" else "aac")
+    assert info.audio.duration == pytest.approx(30 * 1001 / 30000, abs=0.05)
+    if suffix == ".mkv":
+        assert b"".join(audio_packets(out)) == b"".join(audio_packets(source))
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv"])
 def test_pcm_without_channel_names_is_copied(suffix, tmp_path):
     # AVI stores PCM without a channel mask: it reads back as "2 channels", which the MP4 muxer refused when the
     # file was closed (EINVAL). The output stream is named stereo; the samples are copied byte for byte.
