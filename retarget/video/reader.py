@@ -18,6 +18,7 @@ import av
 import numpy as np
 
 from retarget.errors import InputError
+from retarget.video.colour import swscale_flags
 from retarget.video.orientation import square_pixel_width
 from retarget.video.probe import VideoInfo, _reason, open_input, probe_video
 
@@ -96,13 +97,12 @@ class VideoReader:
         lo, hi = self.frame_range(start, end)
         if lo >= hi:
             return
-        # The stream's matrix (see retarget.video.colour); anamorphic pixels: swscale resamples the width while it
-        # converts to RGB (one pass, Lanczos).
-        convert = {"src_colorspace": info.colour.matrix}
+        # The stream's matrix, with exact arithmetic (see retarget.video.colour); anamorphic pixels: swscale
+        # resamples the width while it converts to RGB (one pass, Lanczos).
+        convert = {"src_colorspace": info.colour.matrix, "interpolation": swscale_flags()}
         if info.pixel_aspect != 1:
             convert.update(width=square_pixel_width(info.coded_width, info.pixel_aspect), height=info.coded_height,
-                           interpolation="LANCZOS")
-        deep = _bits_per_component(info.pix_fmt) > 8
+                           interpolation=swscale_flags("LANCZOS"))
         first_pts, last_pts = int(info.frame_pts[lo]), int(info.frame_pts[hi - 1])
         decode_from = max(0, lo - 1) if info.interlaced else lo  # the deinterlacer reads the frame before
         from_pts = int(info.frame_pts[decode_from])
@@ -133,10 +133,7 @@ class VideoReader:
                     if pts > last_pts:
                         break
                     index = lo + produced
-                    if deep:  # swscale's 10/12-bit to rgb24 path reads ~2 levels dark; via 16 bits within 1
-                        rgb = _round_to_8_bits(frame.to_ndarray(format="rgb48le", **convert))
-                    else:
-                        rgb = frame.to_ndarray(format="rgb24", **convert)
+                    rgb = frame.to_ndarray(format="rgb24", **convert)
                     rgb = info.orientation.apply(rgb)
                     produced += 1
                     yield rgb, int(pts), index
@@ -222,19 +219,6 @@ def deinterlaced(frames: Iterable[av.VideoFrame], stream) -> Iterator[av.VideoFr
         yield from ready()
     graph.push(None)
     yield from ready()
-
-
-def _bits_per_component(pix_fmt: str | None) -> int:
-    """Bits of a pixel format's first component (8 when unknown)."""
-    try:
-        return int(av.VideoFormat(pix_fmt).components[0].bits) if pix_fmt else 8
-    except (ValueError, TypeError, IndexError):
-        return 8
-
-
-def _round_to_8_bits(rgb16: np.ndarray) -> np.ndarray:
-    """uint16 ``[..., 3]`` (0..65535) to uint8 (0..255), rounded to the nearest level (65535 / 255 = 257)."""
-    return ((rgb16.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
 def _chunk(frames: np.ndarray, pts: list[int], indices: list[int], start_pts: int, scale: float) -> FrameChunk:

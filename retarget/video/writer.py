@@ -24,7 +24,7 @@ import numpy as np
 
 from retarget.video.atomic import commit, discard, partial_path
 from retarget.video.audio import AudioMuxer, AudioSource, audio_muxers
-from retarget.video.colour import SDR_BT709, is_yuv, output_range
+from retarget.video.colour import SDR_BT709, is_yuv, output_range, swscale_flags
 from retarget.video.encoding import EncoderSettings, apple_codec_tag, encoded_size, fit_frame
 
 
@@ -94,7 +94,7 @@ class VideoWriter:
             context.colorspace, context.color_primaries = colour.matrix, colour.primaries
             context.color_trc, context.color_range = colour.transfer, colour_range
             self._convert = {"format": self.settings.pix_fmt, "dst_colorspace": colour.matrix,
-                             "dst_color_range": colour_range}
+                             "dst_color_range": colour_range, "interpolation": swscale_flags()}
         self._stream = stream
         if self.audio_source is not None:
             self._audio = audio_muxers(self._container, self.audio_source)
