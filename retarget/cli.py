@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from retarget import __version__
@@ -508,19 +511,57 @@ def _error_line(error: BaseException) -> str:
 
 
 def _kept_note(args: argparse.Namespace) -> str:
-    """For an interrupted ``run`` or ``edit``: what its work folder keeps for a resume (empty when nothing)."""
-    if args.command not in ("run", "edit"):
+    """For an interrupted ``run``, ``edit`` or ``batch``: what the work folders keep for a resume (empty when
+    nothing)."""
+    if args.command not in ("run", "edit", "batch"):
         return ""
-    from retarget.video.resume import kept_frames, work_folder
+    from retarget.video.resume import WORK_SUFFIX, kept_frames, work_folder
 
+    if args.command == "batch":
+        out_dir = Path(args.output)
+        folders = [p for p in out_dir.rglob("*" + WORK_SUFFIX) if p.is_dir()] if out_dir.is_dir() else []
+        counts = [kept_frames(p.with_name(p.name[:-len(WORK_SUFFIX)])) for p in folders]
+        clips, frames = sum(1 for count in counts if count), sum(counts)
+        if not frames:
+            return ""
+        return (f"; {frames} rendered frame(s) of {clips} clip(s) kept in their work folders in {out_dir} (the same "
+                f"command resumes from them)")
     frames = kept_frames(args.output)
     if not frames:
         return ""
     return f"; {frames} rendered frame(s) kept in {work_folder(args.output)} (the same command resumes from them)"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``timeout``, ``docker stop``, systemd and cluster schedulers send), raised on the main thread as
+    Ctrl-C raises ``KeyboardInterrupt``, so that a job stops the same way: the chunks rendered so far are saved and
+    the same command resumes from them."""
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """While the block runs on the main thread, the first SIGTERM raises :class:`Terminated`; a second one acts as
+    before (by default it ends the process at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame):
+        signal.signal(signal.SIGTERM, previous)
+        raise Terminated()
+
+    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.SIG_DFL if previous is None else previous
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``retarget`` script; returns the exit status (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    """Entry point of the ``retarget`` script; returns the exit status (0 ok, 1 error, 2 usage, 130 interrupted,
+    143 terminated by SIGTERM)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
@@ -537,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("retarget.faces").setLevel(logging.DEBUG if debug else logging.INFO)  # names the face models
     logging.getLogger("retarget.pipeline.compile").setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.getLogger("retarget.video.resume").setLevel(logging.DEBUG if debug else logging.INFO)  # resuming
     if not debug:  # inductor's CPU compile warns "No CUDA runtime is found, using CUDA_HOME=..." without CUDA
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     if not debug:
@@ -546,15 +588,16 @@ def main(argv: list[str] | None = None) -> int:
     from retarget.progress import bars_for
 
     try:
-        with bars_for(sys.stderr):  # whole lines, no redraws, in a log
+        with _terminate_as_interrupt(), bars_for(sys.stderr):  # bars: whole lines, no redraws, in a log
             return _dispatch(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if debug:
             raise
         if notes is not None:
             notes.drop()  # a job stopped before any output: its line alone
-        print(f"{PROG}: interrupted{_kept_note(args)}", file=sys.stderr)
-        return 130
+        terminated = isinstance(stop, Terminated)
+        print(f"{PROG}: {'terminated' if terminated else 'interrupted'}{_kept_note(args)}", file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as error:  # every failure becomes one line unless --debug
         if debug:
             raise

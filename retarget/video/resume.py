@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,8 @@ from retarget.video.audio import AudioSource, audio_muxers
 from retarget.video.encoding import EncoderSettings, apple_codec_tag
 from retarget.video.work_lock import FolderLock
 from retarget.video.writer import VideoWriter
+
+log = logging.getLogger(__name__)
 
 WORK_SUFFIX = ".retarget-work"
 MANIFEST = "manifest.json"
@@ -232,6 +235,10 @@ class ChunkedRender:
             and isinstance(manifest.get("chunks"), dict)
         )
         if not usable:
+            kept = sorted(self.work_dir.glob("chunk_*")) if self.work_dir.is_dir() else []
+            if kept:  # said, so that a changed option does not silently cost the frames rendered before
+                log.warning("%s: the %d rendered chunk(s) kept in %s were made with other settings or inputs; "
+                            "rendering from the start", self.out_path.name, len(kept), self.work_dir)
             self._clear_work_dir()
             return self._fresh_manifest()
         chunks = {}
@@ -242,6 +249,10 @@ class ChunkedRender:
         manifest["chunks"] = chunks
         for stray in self.work_dir.glob(".*.partial-*"):
             discard(stray)
+        if chunks:
+            done = sum(len(self.span(int(name))) for name in chunks if int(name) < self.chunk_count)
+            log.info("%s: resuming: %d of %d frame(s) already rendered (kept in %s)", self.out_path.name, done,
+                     self.total_frames, self.work_dir)
         return manifest
 
     def _clear_work_dir(self) -> None:

@@ -456,3 +456,68 @@ def test_an_interrupted_run_says_what_it_kept_and_the_same_command_resumes(media
     out.unlink()
     assert main(argv) == 130
     assert capsys.readouterr().err.splitlines()[-1] == "retarget: interrupted"  # nothing kept: nothing to say
+
+
+def test_sigterm_stops_like_ctrl_c_and_a_rerun_says_it_resumes_or_starts_over(media, fast_args, tmp_path, capsys,
+                                                                              monkeypatch, caplog):
+    """SIGTERM (``timeout``, ``docker stop``, a scheduler) keeps the rendered chunks as Ctrl-C does; the same command
+    says it resumes, a command with another seed says it drops them."""
+    import os
+    import signal
+
+    from retarget.video.resume import ChunkedRender
+
+    out = tmp_path / "out.mp4"
+    argv = ["run", str(media["clip"]), "--identity", str(media["photo"]), "-o", str(out), "--no-overlap",
+            *fast_args]  # chunks of 4 frames
+    real_save, saved = ChunkedRender.save_chunk, []
+
+    def save_then_terminate(self, index, frames, **kwargs):
+        if len(saved) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_save(self, index, frames, **kwargs)
+        saved.append(index)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(ChunkedRender, "save_chunk", save_then_terminate)
+    assert main(argv) == 143
+    work = tmp_path / "out.mp4.retarget-work"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"retarget: terminated; 8 rendered frame(s) kept in {work} (the same command resumes from them)")
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler lives only while a command runs
+    monkeypatch.setattr(ChunkedRender, "save_chunk", real_save)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="retarget.video.resume"):
+        assert main([*argv, "--seed", "5"]) == 0
+    assert [r.getMessage() for r in caplog.records if r.name == "retarget.video.resume"] == [
+        f"out.mp4: the 2 rendered chunk(s) kept in {work} were made with other settings or inputs; rendering from "
+        "the start"]
+
+    out.unlink()
+    monkeypatch.setattr(ChunkedRender, "save_chunk", save_then_terminate)
+    saved.clear()
+    assert main(argv) == 143
+    monkeypatch.setattr(ChunkedRender, "save_chunk", real_save)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="retarget.video.resume"):
+        assert main(argv) == 0
+    assert [r.getMessage() for r in caplog.records if r.name == "retarget.video.resume"] == [
+        f"out.mp4: resuming: 8 of {FRAMES} frame(s) already rendered (kept in {work})"]
+
+
+def test_an_interrupted_batch_says_what_its_work_folders_keep(tmp_path):
+    import argparse
+    import json
+
+    from retarget.cli import _kept_note
+
+    out_dir = tmp_path / "out"
+    assert _kept_note(argparse.Namespace(command="batch", output=str(out_dir))) == ""  # no folder yet
+    for name, frames in (("a.mp4", [16, 16]), ("sub/b.mp4", [16]), ("c.mp4", [])):
+        work = out_dir / f"{name}.retarget-work"
+        work.mkdir(parents=True)
+        chunks = {str(i): {"frames": count, "bytes": 1} for i, count in enumerate(frames)}
+        (work / "manifest.json").write_text(json.dumps({"chunks": chunks}))
+    assert _kept_note(argparse.Namespace(command="batch", output=str(out_dir))) == (
+        f"; 48 rendered frame(s) of 2 clip(s) kept in their work folders in {out_dir} (the same command resumes "
+        "from them)")
