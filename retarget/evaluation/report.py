@@ -128,9 +128,21 @@ def identity_png(evaluation: ClipEvaluation) -> bytes:
     axis.set_ylabel("cosine to identity")
     axis.set_xlabel("time (s)")
     axis.grid(alpha=0.3)
-    axis.legend(loc="lower right", fontsize="small")
+    _finish_axis(axis, evaluation.times)
     figure.tight_layout()
     return _png(figure)
+
+
+def _finish_axis(axis, times: np.ndarray) -> None:
+    """The clip's whole time range on the x axis; a legend where it covers the fewest points, or, when no line has
+    a finite value (no frame with a face), a note saying so instead of an empty plot."""
+    if len(times) > 1:
+        axis.set_xlim(float(times[0]), float(times[-1]))
+    if any(np.isfinite(line.get_ydata()).any() for line in axis.get_lines()):
+        axis.legend(loc="best", fontsize="small")
+    else:
+        axis.text(0.5, 0.5, "no frame to plot (no face in the output, or too few in a row)", ha="center",
+                  va="center", transform=axis.transAxes, color="0.4")
 
 
 def _frame_jitter(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -159,7 +171,7 @@ def jitter_png(evaluation: ClipEvaluation) -> bytes:
     axes[1].set_xlabel("time (s)")
     for axis in axes:
         axis.grid(alpha=0.3)
-        axis.legend(loc="upper right", fontsize="small")
+        _finish_axis(axis, e.times)
     figure.tight_layout()
     return _png(figure)
 

@@ -200,3 +200,17 @@ def test_targets_are_the_values_run_renders_around_a_filled_gap():
     rendered = rendered_expressions(prepared_motion(scan.motion(), "kalman"), JobOptions(models="m", device="cpu"))
     np.testing.assert_allclose(targets.values, rendered, atol=1e-6)
     assert targets.values[:, 52].min() >= 0.0
+
+
+def test_report_plots_span_the_clip_and_say_when_there_is_nothing_to_plot():
+    from retarget.evaluation.report import _figure, _finish_axis
+
+    times = np.arange(30) / 30.0
+    figure, (with_data, empty) = _figure(2)
+    with_data.plot(times, np.where(np.arange(30) > 10, 0.5, np.nan), label="output")
+    empty.plot(times, np.full(30, np.nan), label="output")
+    for axis in (with_data, empty):
+        _finish_axis(axis, times)
+    assert with_data.get_xlim() == empty.get_xlim() == (0.0, 29 / 30)
+    assert with_data.get_legend() is not None and not with_data.texts
+    assert empty.get_legend() is None and empty.texts[0].get_text().startswith("no frame to plot")
