@@ -63,6 +63,8 @@ class BatchTarget:
             raise InputError("batch needs exactly one of --identity PHOTO or --expression SOURCE")
         if self.paste_back and self.identity is None:
             raise InputError("--paste-back is for --identity (run); edit always pastes back")
+        if not self.reference and self.identity is None:
+            raise InputError("--no-reference is for --identity (run); edit always uses the Reference Adapter")
 
 
 @dataclass
@@ -212,12 +214,13 @@ def append_failure(out_dir: Path, video: Path, error: BaseException) -> None:
         os.close(fd)
 
 
-def rendered_by_another_job(video: Path, output: Path, target: BatchTarget, options: JobOptions) -> bool:
+def rendered_by_another_job(video: Path, output: Path, target: BatchTarget, options: JobOptions,
+                            quiet: bool = False) -> bool:
     """Whether the existing ``output`` of ``video`` records another job than this batch's for it (other inputs or
     settings that change pixels: its provenance record's ``job_digest`` differs), so that it must be rendered again.
     An output without a digest (written by an older version, or not by retarget) or an input that cannot be read
     counts as finished, as before: nothing is replaced that cannot be told apart. Logs one line when it returns
-    True."""
+    True (unless ``quiet``: see :func:`say_rendered_again`)."""
     from retarget.jobs.common import clip_range
     from retarget.jobs.edit import edit_job_key
     from retarget.jobs.run import run_job_key
@@ -242,8 +245,14 @@ def rendered_by_another_job(video: Path, output: Path, target: BatchTarget, opti
                            reader.info.interlaced)
     if recorded == job_digest(key):
         return False
-    log.warning("%s: rendered by another job (other inputs or settings); rendering it again", output)
+    if not quiet:
+        say_rendered_again(output)
     return True
+
+
+def say_rendered_again(output: Path) -> None:
+    """The line for an output :func:`rendered_by_another_job` found made by another job."""
+    log.warning("%s: rendered by another job (other inputs or settings); rendering it again", output)
 
 
 def prepare_clip_job(session, target: BatchTarget,
@@ -362,7 +371,9 @@ def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
     with output_folder(out_dir):
         outputs = {video: out_dir / name for video, name in output_names(videos).items()}
         mine = shard(videos, index, count)
-        todo = [v for v in mine if not outputs[v].exists() or rendered_by_another_job(v, outputs[v], target, options)]
+        again = [v for v in mine if outputs[v].exists() and rendered_by_another_job(v, outputs[v], target, options,
+                                                                                      quiet=True)]
+        todo = [v for v in mine if not outputs[v].exists() or v in again]
         report = BatchReport(skipped=len(mine) - len(todo))
         if not todo:
             return report
@@ -371,7 +382,9 @@ def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
             options = replace(options, memory_budget=options.memory_budget / 2)  # clip keeps its chunk length)
         times = StageTimes("batch")
         session = RenderSession(options)
-        scan = prepare_clip_job(session, target, times)
+        scan = prepare_clip_job(session, target, times)  # a bad shared input stops the batch here, before the
+        for video in again:                               # lines announcing work on any clip
+            say_rendered_again(outputs[video])
         bar = tqdm(total=len(todo), desc=f"batch {index + 1}/{count}" if count > 1 else "batch", unit="clip",
                    disable=not options.progress)
         clips = scanned_clips(todo, lambda video, check: scan(video, outputs[video], check), ahead, session.device)

@@ -181,6 +181,13 @@ def test_a_finished_output_of_another_job_is_rendered_again(command, media, fast
     assert (outputs / "b.mp4").read_bytes() == media["clip"].read_bytes()
     assert probe_video(outputs / "a.mp4").frame_count == FRAMES
 
+    # a batch stopped by its shared input says only that, not that it would render a.mp4 again
+    caplog.clear()
+    code, err = run_cli([*argv[:4], "--identity" if command == "run" else "--expression", media["blank_photo"],
+                         *fast_args, "--seed", "2"], capsys)
+    assert code == 1 and "no face" in err.strip().splitlines()[-1]
+    assert not [r for r in caplog.records if "another job" in r.getMessage()]
+
 
 def test_an_anamorphic_clip_has_its_pixel_aspect_in_the_job_key(media, fast_args, tmp_path, capsys):
     """Square-pixel keys are those of earlier versions; a clip with another pixel aspect (read resampled since)

@@ -102,6 +102,11 @@ def test_batch_pastes_back_with_identity_only(own_face, media, fast_args, tmp_pa
                                   "--paste-back", *fast_args]]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         "retarget: error: --paste-back is for --identity (run); edit always pastes back"]
+    assert main([str(a) for a in ["batch", clips, "-o", tmp_path / "edits", "--expression", media["photo"],
+                                  "--no-reference", *fast_args]]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "retarget: error: --no-reference is for --identity (run); edit always uses the Reference Adapter"]
+    assert not (tmp_path / "edits").exists()
 
 
 @pytest.mark.parametrize("paste", [False, True])
