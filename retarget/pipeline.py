@@ -339,7 +339,9 @@ class ExpressionPipeline:
 
     def upcast_vae(self) -> None:
         """Run the VAE in fp32 (avoids fp16 artefacts on older GPUs at a small cost)."""
-        self.vae.to(torch.float32)
+        # torch's own cast: diffusers' ``to`` warns about modules "that should be kept in float32" on any dtype
+        # change, a line that means nothing when the cast is to float32 itself
+        torch.nn.Module.to(self.vae, dtype=torch.float32)
         self.vae_dtype = torch.float32
 
     def optimize(self, fold_lora: bool = True, fuse_qkv: bool = True, channels_last: bool = False) -> None:

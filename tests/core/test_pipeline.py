@@ -267,3 +267,26 @@ def test_a_call_stopped_between_steps_leaves_the_pipeline_as_fresh(tiny_checkpoi
             stopped(ids[1], expressions[:2], reference_image=255 - ref, reference_scale=0.3, num_inference_steps=3,
                     latents=latents[:2], progress=True)
     np.testing.assert_array_equal(stopped(ids[0], expressions, **job).images, fresh)
+
+
+def test_upcast_vae_casts_to_fp32_without_diffusers_warning(tiny_checkpoint):
+    """``--vae-fp32``: the VAE runs in fp32, and diffusers' warning about modules to keep in float32 (which its own
+    ``to`` prints on any dtype change) is not shown for a cast to float32 itself."""
+    from retarget import ExpressionPipeline
+
+    import logging
+
+    half = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu",
+                                              dtype=torch.bfloat16)
+    assert {p.dtype for p in half.vae.parameters()} == {torch.bfloat16}
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    source = logging.getLogger("diffusers.models.modeling_utils")  # diffusers' loggers do not propagate
+    source.addHandler(handler)
+    try:
+        half.upcast_vae()
+    finally:
+        source.removeHandler(handler)
+    assert {p.dtype for p in half.vae.parameters()} == {torch.float32} and half.vae_dtype == torch.float32
+    assert [r.getMessage() for r in records] == []
