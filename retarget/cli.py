@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -532,6 +533,15 @@ def _kept_note(args: argparse.Namespace) -> str:
     return f"; {frames} rendered frame(s) kept in {work_folder(args.output)} (the same command resumes from them)"
 
 
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that flushing it at exit does not raise BrokenPipeError again."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor (tests, embedding)
+        pass
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what ``timeout``, ``docker stop``, systemd and cluster schedulers send), raised on the main thread as
     Ctrl-C raises ``KeyboardInterrupt``, so that a job stops the same way: the chunks rendered so far are saved and
@@ -598,6 +608,9 @@ def main(argv: list[str] | None = None) -> int:
         terminated = isinstance(stop, Terminated)
         print(f"{PROG}: {'terminated' if terminated else 'interrupted'}{_kept_note(args)}", file=sys.stderr)
         return 143 if terminated else 130
+    except BrokenPipeError:  # stdout read by a program that stopped reading (``| head``): quiet, as Unix tools are
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE
     except Exception as error:  # every failure becomes one line unless --debug
         if debug:
             raise

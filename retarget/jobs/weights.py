@@ -224,6 +224,7 @@ def download_weights(models: Path, base_model: str | None = "", out=None) -> Pat
     hub_logging.disable_propagation()  # its retry warnings have their own handler: printed once, not twice
     out = out or sys.stdout
     models = Path(models)
+    created = not models.exists()
     models.mkdir(parents=True, exist_ok=True)
     staging = models / STAGING_FOLDER
     listings: dict[str, list[str] | _Unavailable] = {}
@@ -275,6 +276,12 @@ def download_weights(models: Path, base_model: str | None = "", out=None) -> Pat
         print("files that could not be downloaded (get them by hand):", file=out)
         for item, _ in failed:
             print(f"  {item.path}: {manual_step(item, models)}", file=out)
+    if created:  # nothing fetched (no network): leave no empty folder behind
+        for folder in (staging, models):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or not there): it holds something worth keeping
+                pass
     lacking = [(item, reason) for item, reason in failed if item.required]
     if lacking:
         item, reason = lacking[0]
@@ -479,5 +486,11 @@ def doctor(models: Path, base_model: str | None = None, load: bool = False, out=
     for check in checks:
         print(check.line(), file=out)
     failed = sum(check.ok is False for check in checks)
-    print(f"{failed} problem(s) found" if failed else "everything needed is in place", file=out)
+    if failed:
+        print(f"{failed} problem(s) found", file=out)
+    elif load:
+        print("everything needed is in place (every model loaded)", file=out)
+    else:  # headers only: a file of another model's layout passes until it is loaded
+        print("everything needed is in place, as far as the files' headers tell (retarget doctor --load loads each "
+              "model and checks its tensors' names and shapes)", file=out)
     return 1 if failed else 0

@@ -217,7 +217,11 @@ def test_sharding_gives_every_file_exactly_one_process(tmp_path, monkeypatch):
 def test_doctor_passes_on_complete_folder(cli_models, capsys):
     models, base = cli_models
     assert main(["doctor", "--models", str(models), "--base-model", str(base)]) == 0
-    assert "everything needed is in place" in capsys.readouterr().out
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        "everything needed is in place, as far as the files' headers tell (retarget doctor --load loads each model "
+        "and checks its tensors' names and shapes)")
+    assert main(["doctor", "--models", str(models), "--base-model", str(base), "--load"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "everything needed is in place (every model loaded)"
 
 
 def test_doctor_fails_on_files_that_cannot_be_weights(cli_models, tmp_path, capsys):
@@ -351,3 +355,20 @@ def test_a_missing_photo_or_source_stops_before_any_work(command, media, fast_ar
     assert_one_line_error(code, err, f"{absent}: no such file")
     assert not out.exists()
     assert not any("face detector" in record.getMessage() for record in caplog.records)  # no model was loaded
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(cli_models, monkeypatch, capsys):
+    """``retarget doctor | head -1``: stdout's reader goes away; no error line, exit status 141 (128 + SIGPIPE), as
+    Unix tools end."""
+    import sys
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["doctor", "--models", str(cli_models[0]), "--base-model", str(cli_models[1])]) == 141
+    assert "error" not in capsys.readouterr().err

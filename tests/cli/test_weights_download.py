@@ -191,6 +191,11 @@ def test_unreachable_hub_is_one_line_and_tried_once(error, tmp_path, monkeypatch
     assert err == [f"retarget: error: could not download arc2face/config.json and 7 other required file(s): cannot "
                    f"list FoivosPar/Arc2Face ({reason}) (the files and their manual steps are listed above)"]
     assert f"  not downloaded: the model hub cannot be reached ({reason})" in captured.out.splitlines()
+    assert not (tmp_path / "models").exists()  # nothing fetched: no empty folder left behind
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    assert main(["weights", "download", "--models", str(kept), "--skip-base-model"]) == 1
+    assert kept.is_dir() and not any(kept.iterdir())  # a folder the user made stays
 
 
 def test_an_answer_from_the_hub_does_not_stop_the_other_repositories(tmp_path, monkeypatch, capsys):
@@ -238,7 +243,8 @@ def test_offline_every_file_gets_its_hub_address_and_place_by_hand(tmp_path, mon
     assert steps[6] == (f"  antelopev2/arcface.onnx: download {constants.ENDPOINT}/FoivosPar/Arc2Face/resolve/main/"
                         f"arcface.onnx and save it as {models / 'antelopev2' / 'arcface.onnx'}")
     assert "cannot list" not in "\n".join(steps)  # the reason is said above, with each file; here only what to do
-    assert [p.name for p in models.iterdir()] == []  # nothing half-fetched
+    assert not models.exists()  # nothing half-fetched, and no empty folder made by the download left behind
+    models.mkdir()
     checks = {check.name: check for check in weights_module.weight_checks(models, None)}
     assert checks["arc2face/config.json"].ok is False
     assert checks["arc2face/config.json"].detail == "missing; run `retarget weights download` or " + (
