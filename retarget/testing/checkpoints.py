@@ -130,7 +130,9 @@ def _save_diffusers_model(model, folder: Path, dtype: torch.dtype) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     config = dict(model.config)
     config["_class_name"] = type(model).__name__
-    (folder / "config.json").write_text(json.dumps(config, indent=2, default=list))
+    if "_use_default_values" in config:  # names diffusers collects in a set: sorted, so the same seed writes
+        config["_use_default_values"] = sorted(config["_use_default_values"])  # the same bytes in every process
+    (folder / "config.json").write_text(json.dumps(config, indent=2, default=sorted))
     state = {k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
 

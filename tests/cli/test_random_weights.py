@@ -47,6 +47,14 @@ def test_the_same_seed_writes_the_same_files(tmp_path):
     unet = "arc2face/diffusion_pytorch_model.safetensors"
     assert (first.models_dir / unet).read_bytes() == (again.models_dir / unet).read_bytes()
     assert (first.models_dir / unet).read_bytes() != (other.models_dir / unet).read_bytes()
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files and all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    # lists written from sets (diffusers' _use_default_values) are sorted, not in the process's hash order
+    import json
+
+    for config in (tmp_path / "a").rglob("config.json"):
+        listed = json.loads(config.read_text()).get("_use_default_values")
+        assert listed is None or listed == sorted(listed), config
 
 
 def test_a_folder_with_files_is_refused(tmp_path, capsys):
