@@ -537,9 +537,14 @@ def _silence_stdout() -> None:
     """Point stdout at the null device, so that flushing it at exit does not raise BrokenPipeError again."""
     try:
         null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
         os.dup2(null, sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor (tests, embedding)
         pass
+    finally:
+        os.close(null)
 
 
 class Terminated(KeyboardInterrupt):

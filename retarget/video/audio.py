@@ -2,10 +2,9 @@
 
 Every audio stream is carried (:func:`audio_muxers`), each copied packet for packet (bytes unchanged) when the
 output container accepts its codec in a form players read (not Vorbis in MP4 or MOV, see :data:`NOT_COPIED`), and
-re-encoded otherwise (AAC when the container takes it, else the
-container's default audio codec, e.g. Opus for WebM). A time range selects the packets that overlap it; copied
-packets keep their size, so a range is exact to one audio packet (1024 samples, about 23 ms, for AAC at 44.1 kHz),
-while re-encoded audio is cut to the sample.
+re-encoded otherwise (AAC when the container takes it, else the container's default audio codec, e.g. Opus for
+WebM). A time range selects the packets that overlap it; copied packets keep their size, so a range is exact to one
+audio packet (1024 samples, about 23 ms, for AAC at 44.1 kHz), while re-encoded audio is cut to the sample.
 
 Timing contract: output time 0 is the source video's first frame plus ``start``; audio keeps its offset to the
 video, so lip sync is preserved.

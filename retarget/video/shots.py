@@ -7,8 +7,9 @@ A frame whose score reaches ``threshold`` (27, that detector's default) starts a
 four real talking-head clips scored at most 16, the first frame of one after the last of another 47 to 70.
 
 A tracker uses this to know when position says nothing about who a face is (see
-:meth:`retarget.faces.tracking.FaceTracker.update`): a miss is cheap (the frame's identity is checked), so the
-threshold errs towards finding cuts. A gradual transition (a dissolve, a fade) is not a cut here.
+:meth:`retarget.faces.tracking.FaceTracker.update`). A false cut costs little (that frame's identity is checked, and
+no gap is bridged across it); a missed one leaves position to decide, as without cuts. A gradual transition (a
+dissolve, a fade) is not a cut here.
 """
 
 from __future__ import annotations
