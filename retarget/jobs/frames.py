@@ -26,7 +26,7 @@ from retarget.jobs.stages import CHUNKS_IN_FLIGHT, run_stages
 from retarget.motion.smoothing import kalman_rts
 from retarget.motion.track import DIM, MotionTrack
 from retarget.video.reader import VideoReader
-from retarget.video.shots import ShotChanges
+from retarget.video.shots import ShotChanges, shot_ranges
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,8 @@ class ClipScan:
         return missing_face_note(name, ~(self.valid if filled else self.detected), self.times, self.rate, frames)
 
     def shots(self) -> list[tuple[int, int]]:
-        """``[start, stop)`` frame ranges of the shots, in order (one range for the whole clip without cuts)."""
-        starts = [0] + ([int(i) for i in np.flatnonzero(self.cuts) if i > 0] if self.cuts is not None else [])
-        return list(zip(starts, starts[1:] + [len(self.valid)]))
+        """``[start, stop)`` frame ranges of the shots, in order (see :func:`~retarget.video.shots.shot_ranges`)."""
+        return shot_ranges(self.cuts, len(self.valid))
 
     def smoothed_keypoints(self, cutoff_hz: float = 3.0) -> np.ndarray:
         """Keypoints with zero-lag Kalman/RTS smoothing over time (steadier paste-back), each shot on its own (a

@@ -104,9 +104,10 @@ class MotionTrack:
         return int(self.values.shape[0])
 
     def shots(self) -> list[tuple[int, int]]:
-        """``[start, stop)`` frame ranges of the shots, in order (one range without ``cuts``)."""
-        starts = [0] + ([int(i) for i in np.flatnonzero(self.cuts) if i > 0] if self.cuts is not None else [])
-        return list(zip(starts, starts[1:] + [len(self)]))
+        """``[start, stop)`` frame ranges of the shots, in order (see :func:`~retarget.video.shots.shot_ranges`)."""
+        from retarget.video.shots import shot_ranges
+
+        return shot_ranges(self.cuts, len(self))
 
     @classmethod
     def constant_rate(cls, values: np.ndarray, valid: np.ndarray | None, rate: Fraction | int, **kw) -> MotionTrack:

@@ -63,3 +63,10 @@ class ShotChanges:
         """Whether ``frame`` starts a new shot (False for the first frame)."""
         score = self.score(frame)
         return score is not None and score >= self.threshold
+
+
+def shot_ranges(cuts: np.ndarray | None, count: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` frame ranges of the shots of ``count`` frames, in order: a new one at every frame where
+    ``cuts`` (bool ``[count]``, or None for no cut) is True (one range for the whole clip without cuts)."""
+    starts = [0] + ([int(i) for i in np.flatnonzero(cuts) if i > 0] if cuts is not None else [])
+    return list(zip(starts, starts[1:] + [count]))
