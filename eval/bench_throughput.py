@@ -12,7 +12,10 @@ self-attention Q/K/V). (c') ``channels-last`` (only with ``--paths``): (c) with 
 (c'') ``cudnn-benchmark`` (only with ``--paths``): (c) with ``torch.backends.cudnn.benchmark`` on (cuDNN times its
 convolution algorithms for each new shape and keeps the fastest; on the CPU the same as (c)).
 (d) ``compiled`` (``--compile``): (c) with ``torch.compile`` (inductor; the UNet in channels-last); in ``--paths``
-``compiled:MODE`` picks a compile mode (``reduce-overhead``: CUDA graphs; ``max-autotune``...). (e) ``lcm``
+``compiled:MODE`` picks a compile mode (``reduce-overhead``: CUDA graphs; ``max-autotune``...). (d')
+``compiled-tuned`` (only with ``--paths``): (d) with the inductor options of :data:`INDUCTOR_TUNING` (1x1
+convolutions as matmuls, coordinate-descent tuning of the generated kernels, no epilogue fusion), the settings
+PyTorch's and diffusers' guides to fast diffusion use; a longer first compile. (e) ``lcm``
 (``--lcm-steps N``): (c) with a random LCM-LoRA of the published layout, N steps, guidance 1.5. Each path runs in
 its own process so its peak memory is its own. Also prints the FLOPs of one frame (torch FlopCounterMode) and, on
 CUDA, the share of the measured bf16 matmul peak that the batched and compiled paths reach. ``--compare`` prints how
@@ -54,13 +57,19 @@ import torch
 
 from retarget.jobs.options import COMPILE_MODES  # the modes the compiled path can be timed with (compiled:MODE)
 
-PATHS = ("official", "unoptimised", "batched", "channels-last", "cudnn-benchmark", "compiled", "lcm")
+PATHS = ("official", "unoptimised", "batched", "channels-last", "cudnn-benchmark", "compiled", "compiled-tuned",
+         "lcm")
+#: Inductor options of the ``compiled-tuned`` path (``torch.compile(options=...)``): the same math, other kernels.
+INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True,
+                   "coordinate_descent_check_all_directions": True, "epilogue_fusion": False}
 E2E_ORDERS = ("staged", "sequential", "overlapped", "compiled", "compiled-sequential")
 #: The commands ``--e2e`` times (``batch``: ``run`` on a folder of copies of the clip).
 E2E_COMMANDS = ("run", "edit", "batch")
 #: The command-line flags of each end-to-end order ("overlapped" is "staged" with the model's work overlapping the
-#: scans forced on, as on CUDA: see e2e_child).
-E2E_FLAGS = {"staged": [], "sequential": ["--no-overlap"], "overlapped": [], "compiled": ["--compile"],
+#: scans forced on, as on CUDA: see e2e_child). The orders without ``--compile`` say ``--no-compile``: on CUDA a
+#: long clip would else be compiled by default (see :func:`retarget.jobs.session.compile_chosen`).
+E2E_FLAGS = {"staged": ["--no-compile"], "sequential": ["--no-overlap", "--no-compile"],
+             "overlapped": ["--no-compile"], "compiled": ["--compile"],
              "compiled-sequential": ["--compile", "--no-overlap"]}
 
 
@@ -201,6 +210,8 @@ def run_path(args) -> dict:
             torch.backends.cudnn.benchmark = True  # the warm-up batch pays the algorithm search
         if args.path == "compiled":
             pipe.compile(mode=None if args.compile_mode in (None, "default") else args.compile_mode)
+        if args.path == "compiled-tuned":
+            pipe.compile(options=dict(INDUCTOR_TUNING))
         if args.path == "lcm":
             pipe.load_lcm_lora(args.lcm_lora)
             args.steps, args.guidance = args.lcm_steps, 1.5
@@ -230,7 +241,7 @@ def run_path(args) -> dict:
         _sync(device)
         rounds.append(time.perf_counter() - start)
     seconds = min(rounds)
-    if args.path == "compiled" and pipe.compile_failure is not None:  # it rendered eagerly: not a compiled figure
+    if args.path.startswith("compiled") and pipe.compile_failure is not None:  # rendered eagerly: no compiled figure
         raise SystemExit(f"torch.compile failed ({pipe.compile_failure}): no compiled figure")
     peak_memory_mb = _peak_memory_mb(device)
     if args.save_output:  # the first batch as 8-bit images, for comparing the paths' results
@@ -525,7 +536,7 @@ def main(argv=None) -> int:
             if args.compare:
                 outputs[tag or path] = f"{tmp}/{tag or path}.npy"
                 cmd += ["--save-output", outputs[tag or path]]
-            if args.profile_dir and base in ("batched", "compiled") and tag is None:
+            if args.profile_dir and base in ("batched", "compiled", "compiled-tuned") and tag is None:
                 cmd += ["--profile", f"{args.profile_dir}/profile_{path.replace(':', '-')}.txt"]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:  # report it and go on with the other paths
@@ -589,7 +600,7 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda"):
         peak = matmul_peak_tflops(torch.device(args.device))
         for path in [p for p in paths if p.partition(":")[0] in ("batched", "channels-last", "cudnn-benchmark",
-                                                                 "compiled")]:
+                                                                 "compiled", "compiled-tuned")]:
             achieved = flops * results[path]["frames_per_s"] / 1e12
             print(f"bf16 matmul peak {peak:.0f} TFLOP/s; {path} path {achieved:.0f} TFLOP/s = "
                   f"{100 * achieved / peak:.1f}% of peak")

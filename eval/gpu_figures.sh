@@ -5,7 +5,8 @@
 # 0. the weights, written once (random, published sizes, with the face models) into WORK, then the environment
 #    lines of `retarget doctor` (the GPU, onnxruntime's providers, whether --compile can build its kernels);
 # 1. the pipeline paths at batch BATCH (PATHS; default batched, channels-last, cudnn-benchmark, unoptimised,
-#    compiled, LCM at 6 steps; compiled:MODE adds a torch.compile mode, e.g. compiled:reduce-overhead for CUDA graphs),
+#    compiled, LCM at 6 steps; compiled:MODE adds a torch.compile mode, e.g. compiled:reduce-overhead for CUDA graphs,
+#    and compiled-tuned the inductor options of fast-diffusion guides, see eval/bench_throughput.py),
 #    with FLOPs, the share of the measured matmul peak, how far each path's first batch is from the batched path's
 #    and from an fp32 render, and torch.profiler tables of one batched and one compiled batch (PROFILE_DIR);
 # 2. the same compiled path again in a new process (the persistent compile cache: the second run's first batch
@@ -19,10 +20,14 @@
 # 5. face detection on the machine's CPU cores: one frame at a time against several at once (DETECT_THREADS,
 #    default 1,4,8), on a synthetic 512x512 clip with the bundled MTCNN, with its onnxruntime sessions as the jobs
 #    open them and with onnxruntime's default threads.
-# Each step prints its own table; the JSON lines can be collected with `grep '^{'`. TIMEOUT1..5 (seconds) bound
-# steps 1-5, so one slow step still leaves the others' figures; STEPS picks steps (default "1 2 3 4 5"). A run with the
-# same WORK reuses the weights (and the compile cache stays on the machine), so the steps can be split over two runs
-# on one machine, e.g. STEPS="1 2" then STEPS=3.
+# 6. the UNet's attention calls under each SDPA kernel (flash, memory-efficient, cuDNN) at the shapes of one
+#    denoising step at batch BATCH (eval.bench_attention; no weights needed).
+# Each step prints its own table; the JSON lines can be collected with `grep '^{'`. TIMEOUT1..6 (seconds) bound
+# steps 1-6, so one slow step still leaves the others' figures; STEPS picks steps (default "1 2 3 4 5 6"). A run
+# with the same WORK reuses the weights (and the compile cache stays on the machine), so the steps can be split over
+# two runs on one machine, e.g. STEPS="1 2" then STEPS=3; the environment lines are printed by the run that writes
+# the weights.
+# FP32_REFERENCE=0 leaves out step 1's fp32 render (the --compare figures between the paths remain).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 size=${SIZE:-full}
@@ -33,7 +38,7 @@ paths=${PATHS:-batched,channels-last,cudnn-benchmark,unoptimised,compiled,lcm}
 orders=${ORDERS:-staged,sequential,compiled}
 work=${WORK:-$(mktemp -d)}
 profile_dir=${PROFILE_DIR:-$work}
-steps=${STEPS:-1 2 3 4 5}
+steps=${STEPS:-1 2 3 4 5 6}
 python=${PYTHON:-$(command -v python || command -v python3)}  # images with only python3 have no `python`
 step() {  # step SECONDS COMMAND...
     local seconds=$1; shift
@@ -42,6 +47,7 @@ step() {  # step SECONDS COMMAND...
 
 if [ -f "$work/weights.json" ]; then  # written by an earlier run with the same WORK
     echo "== 0. weights: reusing $work/weights"
+    reused=1
 else
     echo "== 0. weights ($size) in $work"
     mkdir -p "$work"
@@ -55,14 +61,17 @@ folders=$(cat "$work/weights.json")
 models=$("$python" -c 'import json, sys; print(json.loads(sys.argv[1])["models"])' "$folders")
 base=$("$python" -c 'import json, sys; print(json.loads(sys.argv[1])["base_model"])' "$folders")
 common=(--size "$size" --dtype "$dtype" --batch-size "$batch" --models "$models" --base-model "$base")
-echo "== environment (retarget doctor)"  # the GPU, onnxruntime's providers, whether --compile can build kernels
-"$python" -m retarget doctor --models "$models" --base-model "$base" \
-    | grep -E "^\[.*\] (python|torch|diffusers|onnxruntime|cuda|face models on the GPU|--compile):"
+if [ -z "${reused:-}" ]; then
+    echo "== environment (retarget doctor)"  # the GPU, onnxruntime's providers, whether --compile can build kernels
+    "$python" -m retarget doctor --models "$models" --base-model "$base" \
+        | grep -E "^\[.*\] (python|torch|diffusers|onnxruntime|cuda|face models on the GPU|--compile):"
+fi
 
 if [[ " $steps " == *" 1 "* ]]; then
     echo "== 1. pipeline paths, batch $batch, $size, $dtype: $paths"
     step "${TIMEOUT1:-1800}" "$python" -m eval.bench_throughput "${common[@]}" --frames "$batch" --repeats 1 \
-        --warmup "$batch" --paths "$paths" --compare --fp32-reference --profile-dir "$profile_dir"
+        --warmup "$batch" --paths "$paths" --compare $([ "${FP32_REFERENCE:-1}" = 0 ] || echo --fp32-reference) \
+        --profile-dir "$profile_dir"
 fi
 if [[ " $steps " == *" 2 "* && ",$paths," == *",compiled,"* ]]; then
     echo "== 2. compiled path again (persistent compile cache)"
@@ -84,4 +93,8 @@ if [[ " $steps " == *" 5 "* ]]; then
     echo "== 5. face detection, threads ${DETECT_THREADS:-1,4,8}"
     step "${TIMEOUT5:-300}" "$python" -m eval.bench_detection --frames 96 --threads "${DETECT_THREADS:-1,4,8}" \
         --sessions ours,onnxruntime
+fi
+if [[ " $steps " == *" 6 "* ]]; then
+    echo "== 6. attention kernels at the UNet's shapes, batch $batch, $size, $dtype"
+    step "${TIMEOUT6:-300}" "$python" -m eval.bench_attention --batch "$batch" --dtype "$dtype" --size "$size"
 fi

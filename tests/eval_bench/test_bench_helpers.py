@@ -87,6 +87,9 @@ def test_compile_modes_are_parsed_and_checked():
         parse_paths("batched:max-autotune")
     with pytest.raises(ValueError, match="unknown path"):
         parse_paths("warp:max-autotune")
+    assert parse_paths("compiled,compiled-tuned") == ["compiled", "compiled-tuned"]
+    with pytest.raises(ValueError, match="unknown mode in compiled-tuned:reduce-overhead"):
+        parse_paths("compiled-tuned:reduce-overhead")  # its options and a mode cannot go together in torch.compile
 
 
 def test_the_device_is_named(monkeypatch):
