@@ -124,7 +124,10 @@ def test_motion_with_a_known_offset(tmp_path, capsys, media, face_models_dir):
     metrics, rows = _read(tmp_path / "rep")
     assert metrics["expression"]["exp_mse"] == pytest.approx(a * a / 55, rel=1e-4)
     assert metrics["expression"]["expression"] == pytest.approx(a * a / 50, rel=1e-4)
-    assert metrics["expression"]["eyelid"] == 0.0 and metrics["expression"]["jaw"] == 0.0
+    # untouched parts: zero up to float32 rounding (torch's CPU convolutions in SMIRK round differently with the
+    # batch's size on some CPUs, and the report's scan need not batch the frames as extract did: about 1e-7 here)
+    assert metrics["expression"]["eyelid"] == pytest.approx(0.0, abs=1e-12)
+    assert metrics["expression"]["jaw"] == pytest.approx(0.0, abs=1e-12)
     assert float(rows[3]["target_exp00"]) - float(rows[3]["achieved_exp00"]) == pytest.approx(-a, abs=1e-4)
     # The output's values are the driving clip's own: their jitter ratio stays 1.
     assert metrics["stability"]["expression_jitter_ratio"] == pytest.approx(1.0)
