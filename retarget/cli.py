@@ -69,10 +69,14 @@ def _common_parser() -> argparse.ArgumentParser:
                        help="weights precision (default: bf16/fp16 on GPUs, fp32 on the CPU)")
     model.add_argument("--vae-fp32", action="store_true",
                        help="decode with the VAE in fp32 (avoids fp16 artefacts on older GPUs)")
-    model.add_argument("--compile", action="store_true",
-                       help="torch.compile the UNet once per batch size: faster rendering on GPUs (1.45x on an "
-                            "H200) after a first compile of about 80 s, cached for later runs (about 10 s) and, on a GPU "
-                            "with overlapped stages, done while the face scan runs; worth it for long clips")
+    compiling = model.add_mutually_exclusive_group()
+    compiling.add_argument("--compile", action="store_true", default=None,
+                           help="torch.compile the UNet once per batch size: faster rendering on GPUs (1.33x on an "
+                                "H200) after a first compile of about 50 s, cached for later runs (about 10 s) and, "
+                                "on a GPU with overlapped stages, done while the face scan runs (default: on a GPU "
+                                "for jobs of 1800 frames or more, where Triton is installed)")
+    compiling.add_argument("--no-compile", dest="compile", action="store_false", default=None,
+                           help="never compile, also for long jobs on a GPU")
     model.add_argument("--compile-mode", default=None,
                        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
                        help="torch.compile mode, implies --compile (default: inductor's default; reduce-overhead adds "
@@ -317,6 +321,8 @@ def options_from_args(args: argparse.Namespace):
 
     if args.face_index is not None and args.face_reference is not None:  # --face-index 0 given is refused too
         raise InputError("use either --face-index or --face-reference")
+    if args.compile is False and args.compile_mode is not None:
+        raise InputError("--compile-mode compiles the UNet: use either it or --no-compile")
     try:
         encoder = EncoderSettings(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt)
     except ValueError as error:
@@ -343,7 +349,7 @@ def options_from_args(args: argparse.Namespace):
         face_index=args.face_index or 0,
         face_reference=Path(args.face_reference) if args.face_reference else None,
         smirk_channels=args.smirk_channels,
-        compile=args.compile or args.compile_mode is not None,
+        compile=True if args.compile_mode is not None and args.compile is None else args.compile,
         compile_mode=args.compile_mode or "default",
         lcm_lora=Path(args.lcm_lora) if args.lcm_lora else None,
         vae_fp32=args.vae_fp32,
@@ -394,8 +400,9 @@ def _note_unused_options(args: argparse.Namespace) -> None:
                        {"face_index", "face_reference", "smirk_channels"}))
     actions = _common_parser()._actions
     for purpose, unused in groups:
-        flags = [action.option_strings[0] for action in actions
-                 if action.dest in unused and getattr(args, action.dest, action.default) != action.default]
+        flags = [action.option_strings[0] for action in actions  # of two flags for one value, the one given
+                 if action.dest in unused and getattr(args, action.dest, action.default) != action.default
+                 and (action.const is None or getattr(args, action.dest) == action.const)]
         if flags:
             verb = "does" if len(flags) == 1 else "do"
             print(f"{PROG} {args.command}: {', '.join(flags)} {verb} nothing here ({purpose})", file=sys.stderr)

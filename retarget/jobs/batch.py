@@ -255,8 +255,24 @@ def say_rendered_again(output: Path) -> None:
     log.warning("%s: rendered by another job (other inputs or settings); rendering it again", output)
 
 
-def prepare_clip_job(session, target: BatchTarget,
-                     times: StageTimes | None = None) -> Callable[[Path, Path, Callable[[], None] | None], ScannedClip]:
+def frames_in(videos: list[Path], enough: int) -> int:
+    """The frames of ``videos`` (their probes) added up until the sum reaches ``enough`` (the other files are not
+    opened then); a file that cannot be probed counts none here (it fails in its turn)."""
+    from retarget.video.probe import probe_video
+
+    total = 0
+    for video in videos:
+        if total >= enough:
+            break
+        try:
+            total += probe_video(video).frame_count
+        except (InputError, OSError):
+            continue
+    return total
+
+
+def prepare_clip_job(session, target: BatchTarget, times: StageTimes | None = None,
+                     frames: int | None = None) -> Callable[[Path, Path, Callable[[], None] | None], ScannedClip]:
     """A function ``(video, output, check) -> ScannedClip`` that runs the scan phase of one clip of a batch with
     ``session`` (:class:`~retarget.jobs.session.RenderSession`); the clip's ``render()`` does the rest (see
     :mod:`retarget.jobs.scanned`). ``check``: as for :func:`~retarget.jobs.run.scan_run`; ``times``: the batch's
@@ -265,23 +281,25 @@ def prepare_clip_job(session, target: BatchTarget,
     The model files (see :meth:`RenderSession.load`: the face models now, the diffusion pipeline's headers now and
     the pipeline itself on its own thread with ``options.overlap``, during the first clip's scan) and the shared
     input (identity photo or expression source, read while the pipeline loads) are checked now, so bad ones stop the
-    batch once, before any clip is tried. The batch module sits above
+    batch once, before any clip is tried. ``frames``: the frames of the whole batch (an estimate; it decides an
+    automatic compile, see :func:`~retarget.jobs.session.compile_chosen`). The batch module sits above
     ``run`` and ``edit``, which sit above the session: imports run one way.
     """
     from retarget.jobs.edit import check_expression_source, needs_expressions, read_expression_source, scan_edit
     from retarget.jobs.run import identity_from_photo, scan_run
 
     options = session.options
-    frames = max(1, min(options.batch_size, options.chunk_size))  # the first batch of a clip of at least that many
+    first = max(1, min(options.batch_size, options.chunk_size))  # the first batch of a clip of at least that many
     if target.identity is not None:
-        session.load(background=options.overlap, warm_up=(frames, "shared" if target.reference else None))
+        session.load(background=options.overlap, warm_up=(first, "shared" if target.reference else None),
+                     frames=frames)
         identity = identity_from_photo(target.identity, session)
         return lambda video, output, check=None: scan_run(
             video, target.identity, output, options, reference=target.reference, side_by_side=target.side_by_side,
             session=session, photo=identity, times=times, check=check, paste_back=target.paste_back)
     check_expression_source(target.expression, options)
     session.load(expressions=needs_expressions(target.expression, options), background=options.overlap,
-                 warm_up=(frames, "per_frame"))
+                 warm_up=(first, "per_frame"), frames=frames)
     source = read_expression_source(target.expression, session)
     return lambda video, output, check=None: scan_edit(
         video, target.expression, output, options, session=session, source=source,
@@ -360,7 +378,7 @@ def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
     from tqdm.auto import tqdm
 
     from retarget.devices import resolve_device
-    from retarget.jobs.session import DeviceMemoryError, RenderSession, overlaps_scan
+    from retarget.jobs.session import AUTO_COMPILE_FRAMES, DeviceMemoryError, RenderSession, overlaps_scan
 
     input_dir, out_dir = Path(input_dir), Path(output_dir)
     videos = list_videos(input_dir)
@@ -382,8 +400,10 @@ def batch_job(input_dir, output_dir, target: BatchTarget, options: JobOptions,
             options = replace(options, memory_budget=options.memory_budget / 2)  # clip keeps its chunk length)
         times = StageTimes("batch")
         session = RenderSession(options)
-        scan = prepare_clip_job(session, target, times)  # a bad shared input stops the batch here, before the
-        for video in again:                               # lines announcing work on any clip
+        # the whole batch's frames decide an automatic compile (probes: milliseconds per thousand frames)
+        frames = frames_in(todo, AUTO_COMPILE_FRAMES) if options.compile is None else None
+        scan = prepare_clip_job(session, target, times, frames)  # a bad shared input stops the batch here, before
+        for video in again:                                      # the lines announcing work on any clip
             say_rendered_again(outputs[video])
         bar = tqdm(total=len(todo), desc=f"batch {index + 1}/{count}" if count > 1 else "batch", unit="clip",
                    disable=not options.progress)

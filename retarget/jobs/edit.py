@@ -148,7 +148,8 @@ def _scan_edit(video, expression, output: Path, options: JobOptions, start: floa
     own_session = session is None
     first_batch = (max(1, min(options.batch_size, options.chunk_size, hi - lo)), "per_frame")  # a guess: faces vary
     session = (session or RenderSession(options)).load(expressions=needs_expressions(expression, options),
-                                                       background=options.overlap, warm_up=first_batch)
+                                                       background=options.overlap, warm_up=first_batch,
+                                                       frames=hi - lo)
     source = source if source is not None else read_expression_source(expression, session)  # --relative with
     # a photo was refused by check_expression_source in scan_edit
     keep = keep_scanned_frames(hi - lo, info.width, info.height, options.memory_budget)

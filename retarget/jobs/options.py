@@ -59,8 +59,9 @@ class JobOptions:
     the clip) or ``face_reference`` (a photo of the person to follow, matched by ArcFace similarity);
     ``smirk_channels`` (:data:`SMIRK_CHANNELS`: the channel order of SMIRK's input crop, "rgb" as SMIRK expects or
     "bgr" as the published demo feeds it; it changes the expressions read, so it is part of the render key).
-    Pipeline: ``compile`` (``torch.compile`` the UNet, in ``compile_mode``, one of :data:`COMPILE_MODES`; timing
-    only, not part of the render key), ``vae_fp32`` (VAE in fp32), ``lcm_lora`` (an SD1.5
+    Pipeline: ``compile`` (``torch.compile`` the UNet, in ``compile_mode``, one of :data:`COMPILE_MODES`; None,
+    the default: on CUDA for jobs of many frames, see :func:`retarget.jobs.session.compile_chosen`; timing only,
+    not part of the render key), ``vae_fp32`` (VAE in fp32), ``lcm_lora`` (an SD1.5
     LCM-LoRA file: few-step sampling with the LCM scheduler). Paste-back (``edit``):
     ``color_match`` (match the generated face's colour statistics to the original face). Output: ``encoder``;
     ``watermark`` (embed the invisible provenance mark in every output frame, see :mod:`retarget.provenance`).
@@ -87,7 +88,7 @@ class JobOptions:
     face_index: int = 0
     face_reference: Path | None = None
     smirk_channels: str = "rgb"
-    compile: bool = False
+    compile: bool | None = None
     compile_mode: str = "default"
     lcm_lora: Path | None = None
     vae_fp32: bool = False

@@ -170,7 +170,8 @@ def _scan_run(driving, identity, output: Path, options: JobOptions, reference: b
         check_neutral_in_range(options.neutral_frame, hi - lo, "--neutral-frame", lo)
     own_session = session is None
     first_batch = (max(1, min(options.batch_size, options.chunk_size, hi - lo)), "shared" if reference else None)
-    session = (session or RenderSession(options)).load(background=options.overlap, warm_up=first_batch)
+    session = (session or RenderSession(options)).load(background=options.overlap, warm_up=first_batch,
+                                                       frames=hi - lo)
     photo = photo if photo is not None else identity_from_photo(identity, session)
     if from_motion:
         scan = None
