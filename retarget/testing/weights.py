@@ -33,7 +33,8 @@ def write_random_weights(folder: str | os.PathLike, size: str = "tiny", seed: in
 
     ``folder`` must not exist or be empty; its contents appear only once everything is written (the files go into
     a hidden sibling folder first, which is removed if writing fails; one a killed process left is removed by a
-    later write). Raises :class:`~retarget.errors.InputError` for a non-empty ``folder`` or a negative ``seed``.
+    later write). Raises :class:`~retarget.errors.InputError` for a non-empty ``folder``, a negative ``seed``, or a
+    place that cannot be written (the operating system's reason in the message).
     The returned paths are absolute.
     """
     if size not in SIZES:
@@ -43,22 +44,28 @@ def write_random_weights(folder: str | os.PathLike, size: str = "tiny", seed: in
     folder = Path(folder).absolute()  # "." has a name then, and the printed paths work from anywhere
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise InputError(f"{folder} exists and is not an empty folder: give a new folder for the random weights")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(folder)
-    partial = partial_path(folder)  # a write that fails names ``folder`` (see retarget.video.atomic.partial_target)
+    above = next(p for p in folder.parents if p.exists())  # the root exists
+    if not above.is_dir():
+        raise InputError(f"{folder}: {above} is a file, not a folder")
     try:
-        written = write_random_checkpoint(partial, size=size, seed=seed,
-                                          dtype=torch.float16 if size == "full" else torch.float32)
-        write_random_face_models(written.models_dir, seed=seed)
-        if folder.exists():  # an empty folder (perhaps the working directory): move the two folders into it
-            for child in (written.base_dir, written.models_dir):
-                child.rename(folder / child.name)
-            partial.rmdir()
-        else:
-            partial.rename(folder)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(folder)
+        partial = partial_path(folder)  # a write that fails names ``folder`` (see video.atomic.partial_target)
+        try:
+            written = write_random_checkpoint(partial, size=size, seed=seed,
+                                              dtype=torch.float16 if size == "full" else torch.float32)
+            write_random_face_models(written.models_dir, seed=seed)
+            if folder.exists():  # an empty folder (perhaps the working directory): move the two folders into it
+                for child in (written.base_dir, written.models_dir):
+                    child.rename(folder / child.name)
+                partial.rmdir()
+            else:
+                partial.rename(folder)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    except OSError as error:  # e.g. a read-only place, a file where a folder should be, a full disk
+        raise InputError(f"{folder}: cannot write the random weights there ({error.strerror or error})") from error
     return RandomCheckpoint(models_dir=folder / "models", base_dir=folder / "base")
 
 

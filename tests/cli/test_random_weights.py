@@ -6,6 +6,7 @@ import av
 import pytest
 
 from retarget.cli import main
+from retarget.errors import InputError
 from retarget.models.loading import ModelFiles
 from retarget.testing import weights as weights_module
 
@@ -80,9 +81,29 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(weights_module, "write_random_face_models", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(InputError, match=r"weights: cannot write the random weights there \(No space left on device\)"):
         weights_module.write_random_weights(tmp_path / "weights")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_place_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    """A file where a folder should be, and a folder this process may not write into: one line each, with the
+    reason, and nothing left behind."""
+    import os
+
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine\n")
+    assert main(["weights", "random", str(blocker / "w" / "v")]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"retarget: error: {blocker / 'w' / 'v'}: {blocker} is a file, not a folder"]
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert main(["weights", "random", str(locked / "w")]) == 1
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"retarget: error: {locked / 'w'}: cannot write the random weights there (Permission denied)"]
+        locked.chmod(0o700)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["notes.txt"] + ["locked"] * (os.geteuid() != 0))
 
 
 def test_the_working_directory_when_empty(tmp_path, monkeypatch, capsys):
