@@ -386,7 +386,7 @@ class ExpressionPipeline:
         channels-last (the reference pass, which stays eager, reads the same weights).
 
         A compile that fails (the backend raises: no C/C++ compiler, no working Triton, e.g. on Windows without
-        ``triton-windows``) does not fail the render: the pipeline logs one warning (logger
+        ``triton-windows``; or dynamo's own tracing raises) does not fail the render: the pipeline logs one warning (logger
         ``retarget.pipeline.compile``), keeps the reason in :attr:`compile_failure` and renders eagerly from then
         on, in the eager layout (the step that failed is computed eagerly, so results are the eager ones up to float
         rounding).
@@ -671,8 +671,8 @@ class ExpressionPipeline:
             failure = None
             try:
                 return self._denoiser(sample, timestep, encoder_hidden_states=prompts, return_dict=False)[0]
-            except torch._dynamo.exc.BackendCompilerFailed as error:
-                failure = _compile_failure_line(error)
+            except torch._dynamo.exc.TorchDynamoException as error:  # the backend (BackendCompilerFailed) or
+                failure = _compile_failure_line(error)  # dynamo's own tracing failed: eager repeats a real error
             self._give_up_compiling(failure)  # outside the handler: the failed attempt's frames are let go
         return self.unet(sample, timestep, encoder_hidden_states=prompts, return_dict=False)[0]
 

@@ -202,3 +202,29 @@ def test_a_compile_that_fails_renders_eagerly_and_says_why_once(tiny_checkpoint,
     # up to float rounding: the first batch's reference features were computed in compile()'s channels-last layout
     assert np.abs(frames - _render(eager, clip, 0.8, 1.0)).max() < 1e-5
     torch._dynamo.reset()
+
+
+def test_a_failure_of_dynamo_itself_also_renders_eagerly(tiny_checkpoint, caplog):
+    """Not only the backend: an error of dynamo's own tracing (here raised by a stand-in for the compiled UNet) is
+    one warning, then eager rendering, whose frames equal an eager pipeline's; a default compile of a long job must
+    not fail a render that runs eagerly."""
+    from retarget import ExpressionPipeline
+
+    compiled = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+    compiled.compile()
+    calls = []
+
+    def failing_denoiser(*args, **kwargs):
+        calls.append(1)
+        raise torch._dynamo.exc.InternalTorchDynamoError("a dynamo bug (a stand-in)")
+
+    compiled._denoiser = failing_denoiser
+    clip = _clip(6, 7)
+    with caplog.at_level("INFO", logger="retarget.pipeline.compile"):
+        frames = _render(compiled, clip, 0.8, 1.0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["torch.compile failed (a dynamo bug (a stand-in)); rendering without it"]
+    assert len(calls) == 1 and compiled._denoiser is None
+    eager = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+    assert np.abs(frames - _render(eager, clip, 0.8, 1.0)).max() < 1e-5
+
