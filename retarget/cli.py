@@ -69,14 +69,12 @@ def _common_parser() -> argparse.ArgumentParser:
                        help="weights precision (default: bf16/fp16 on GPUs, fp32 on the CPU)")
     model.add_argument("--vae-fp32", action="store_true",
                        help="decode with the VAE in fp32 (avoids fp16 artefacts on older GPUs)")
-    compiling = model.add_mutually_exclusive_group()
-    compiling.add_argument("--compile", action="store_true", default=None,
-                           help="torch.compile the UNet once per batch size: faster rendering on GPUs (1.33x on an "
-                                "H200) after a first compile of about 50 s, cached for later runs (about 10 s) and, "
-                                "on a GPU with overlapped stages, done while the face scan runs (default: on a GPU "
-                                "for jobs of 1800 frames or more, where Triton is installed)")
-    compiling.add_argument("--no-compile", dest="compile", action="store_false", default=None,
-                           help="never compile, also for long jobs on a GPU")
+    model.add_argument("--compile", action="store_true",
+                       help="torch.compile the UNet once per batch size: faster rendering on GPUs (1.33x on an "
+                            "H200) after a first compile of about 50 s, cached for later runs (about 10 s) and, on a "
+                            "GPU with overlapped stages, done while the face scan runs (default: on a GPU for jobs of "
+                            "1800 frames or more, where Triton is installed)")
+    model.add_argument("--no-compile", action="store_true", help="never compile, also for long jobs on a GPU")
     model.add_argument("--compile-mode", default=None,
                        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
                        help="torch.compile mode, implies --compile (default: inductor's default; reduce-overhead adds "
@@ -321,8 +319,8 @@ def options_from_args(args: argparse.Namespace):
 
     if args.face_index is not None and args.face_reference is not None:  # --face-index 0 given is refused too
         raise InputError("use either --face-index or --face-reference")
-    if args.compile is False and args.compile_mode is not None:
-        raise InputError("--compile-mode compiles the UNet: use either it or --no-compile")
+    if args.no_compile and (args.compile or args.compile_mode is not None):
+        raise InputError(f"use either {'--compile' if args.compile else '--compile-mode'} or --no-compile")
     try:
         encoder = EncoderSettings(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt)
     except ValueError as error:
@@ -349,7 +347,7 @@ def options_from_args(args: argparse.Namespace):
         face_index=args.face_index or 0,
         face_reference=Path(args.face_reference) if args.face_reference else None,
         smirk_channels=args.smirk_channels,
-        compile=True if args.compile_mode is not None and args.compile is None else args.compile,
+        compile=True if args.compile or args.compile_mode is not None else False if args.no_compile else None,
         compile_mode=args.compile_mode or "default",
         lcm_lora=Path(args.lcm_lora) if args.lcm_lora else None,
         vae_fp32=args.vae_fp32,
@@ -379,7 +377,7 @@ def _require_inputs(*paths, photos=()) -> None:
 #: not use, with what they are for: giving one of them a value prints a line that says so.
 _UNUSED_OPTIONS = {
     "extract": ("rendering options of run, edit and batch", {
-        "base_model", "dtype", "vae_fp32", "compile", "compile_mode", "lcm_lora", "steps", "guidance",
+        "base_model", "dtype", "vae_fp32", "compile", "no_compile", "compile_mode", "lcm_lora", "steps", "guidance",
         "expression_scale", "reference_scale", "seed", "per_frame_noise", "smooth", "relative", "neutral_frame",
         "expression_gain", "eyelid_gain", "jaw_gain", "color_match", "codec", "crf", "preset", "pix_fmt",
         "no_watermark"}),
@@ -400,9 +398,8 @@ def _note_unused_options(args: argparse.Namespace) -> None:
                        {"face_index", "face_reference", "smirk_channels"}))
     actions = _common_parser()._actions
     for purpose, unused in groups:
-        flags = [action.option_strings[0] for action in actions  # of two flags for one value, the one given
-                 if action.dest in unused and getattr(args, action.dest, action.default) != action.default
-                 and (action.const is None or getattr(args, action.dest) == action.const)]
+        flags = [action.option_strings[0] for action in actions
+                 if action.dest in unused and getattr(args, action.dest, action.default) != action.default]
         if flags:
             verb = "does" if len(flags) == 1 else "do"
             print(f"{PROG} {args.command}: {', '.join(flags)} {verb} nothing here ({purpose})", file=sys.stderr)

@@ -93,7 +93,10 @@ def test_frames_in_adds_up_probes_until_enough(media, tmp_path):
 def test_no_compile_with_a_compile_mode_is_one_line(media, fast_args, tmp_path, capsys):
     code, err = run_cli(["run", media["clip"], "--identity", media["photo"], "-o", tmp_path / "x.mp4",
                          "--compile-mode", "reduce-overhead", "--no-compile", *fast_args], capsys)
-    assert_one_line_error(code, err, "--compile-mode compiles the UNet: use either it or --no-compile")
+    assert_one_line_error(code, err, "use either --compile-mode or --no-compile")
+    code, err = run_cli(["run", media["clip"], "--identity", media["photo"], "-o", tmp_path / "x.mp4",
+                         "--no-compile", "--compile", *fast_args], capsys)
+    assert_one_line_error(code, err, "use either --compile or --no-compile")
     assert not (tmp_path / "x.mp4").exists()
     code = main(["extract", str(media["clip"]), "-o", str(tmp_path / "m.npz"), "--no-compile", *fast_args[:2],
                  "--no-progress", "--device", "cpu"])
