@@ -386,10 +386,10 @@ class ExpressionPipeline:
         channels-last (the reference pass, which stays eager, reads the same weights).
 
         A compile that fails (the backend raises: no C/C++ compiler, no working Triton, e.g. on Windows without
-        ``triton-windows``; or dynamo's own tracing raises) does not fail the render: the pipeline logs one warning (logger
-        ``retarget.pipeline.compile``), keeps the reason in :attr:`compile_failure` and renders eagerly from then
-        on, in the eager layout (the step that failed is computed eagerly, so results are the eager ones up to float
-        rounding).
+        ``triton-windows``; or dynamo's own tracing raises) does not fail the render: the pipeline logs one warning
+        (logger ``retarget.pipeline.compile``), keeps the reason in :attr:`compile_failure` and renders eagerly from
+        then on, in the eager layout (the step that failed is computed eagerly, so results are the eager ones up to
+        float rounding).
         """
         if backend == "inductor":
             use_persistent_inductor_cache(cache_dir)
