@@ -12,7 +12,9 @@ self-attention Q/K/V). (c') ``channels-last`` (only with ``--paths``): (c) with 
 (c'') ``cudnn-benchmark`` (only with ``--paths``): (c) with ``torch.backends.cudnn.benchmark`` on (cuDNN times its
 convolution algorithms for each new shape and keeps the fastest; on the CPU the same as (c)).
 (d) ``compiled`` (``--compile``): (c) with ``torch.compile`` (inductor; the UNet in channels-last); in ``--paths``
-``compiled:MODE`` picks a compile mode (``reduce-overhead``: CUDA graphs; ``max-autotune``...). (d')
+``compiled:MODE`` picks a compile mode (``reduce-overhead``: CUDA graphs; ``max-autotune``...). (d'')
+``compiled-vae`` (only with ``--paths``; also ``compiled-vae:MODE``): (d) with the VAE decode compiled too
+(``ExpressionPipeline.compile(decoder=True)``). (d')
 ``compiled-tuned`` (only with ``--paths``): (d) with the inductor options of :data:`INDUCTOR_TUNING` (1x1
 convolutions as matmuls, coordinate-descent tuning of the generated kernels, no epilogue fusion), the settings
 PyTorch's and diffusers' guides to fast diffusion use; a longer first compile. (e) ``lcm``
@@ -57,8 +59,11 @@ import torch
 
 from retarget.jobs.options import COMPILE_MODES  # the modes the compiled path can be timed with (compiled:MODE)
 
-PATHS = ("official", "unoptimised", "batched", "channels-last", "cudnn-benchmark", "compiled", "compiled-tuned",
-         "lcm")
+PATHS = ("official", "unoptimised", "batched", "channels-last", "cudnn-benchmark", "compiled", "compiled-vae",
+         "compiled-tuned", "lcm")
+#: The paths that compile, and the ones of them that take a compile mode (``compiled:MODE``).
+COMPILED_PATHS = ("compiled", "compiled-vae", "compiled-tuned")
+MODE_PATHS = ("compiled", "compiled-vae")
 #: Inductor options of the ``compiled-tuned`` path (``torch.compile(options=...)``): the same math, other kernels.
 INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True,
                    "coordinate_descent_check_all_directions": True, "epilogue_fusion": False}
@@ -89,16 +94,16 @@ def _write_random_lcm_lora(models: str, folder: str) -> str:
 
 
 def parse_paths(text: str) -> list[str]:
-    """``--paths``: comma-separated names of :data:`PATHS`, the compiled one optionally as ``compiled:MODE``
+    """``--paths``: comma-separated names of :data:`PATHS`, those of :data:`MODE_PATHS` optionally with a mode
     (one of :data:`COMPILE_MODES`, e.g. ``compiled:reduce-overhead`` for CUDA graphs). Raises ValueError."""
     wanted = [p.strip() for p in text.split(",") if p.strip()]
     unknown = [p for p in wanted if p.partition(":")[0] not in PATHS]
     if unknown:
         raise ValueError(f"unknown path(s) {', '.join(unknown)} (choose from {', '.join(PATHS)})")
-    modes = [p for p in wanted if ":" in p and (p.partition(":")[0] != "compiled"
+    modes = [p for p in wanted if ":" in p and (p.partition(":")[0] not in MODE_PATHS
                                                 or p.partition(":")[2] not in COMPILE_MODES)]
     if modes:
-        raise ValueError(f"unknown mode in {', '.join(modes)} (only the compiled path takes one: "
+        raise ValueError(f"unknown mode in {', '.join(modes)} (only {' and '.join(MODE_PATHS)} take one: "
                          f"compiled:{{{','.join(COMPILE_MODES)}}})")
     return wanted
 
@@ -161,15 +166,21 @@ def compare_outputs(candidate: np.ndarray, reference: np.ndarray) -> dict:
 
 def _write_profile(render_batch, device, path: str, rows: int = 30) -> None:
     """Profile one batch (torch.profiler) and write the operators and kernels by their own device time (CPU time
-    on the CPU)."""
+    on the CPU), headed on CUDA by how busy the device was and its time by operator (:mod:`eval.device_profile`)."""
     from torch.profiler import ProfilerActivity, profile
+
+    from eval.device_profile import format_summary, summarise
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
+        start = time.perf_counter()
         render_batch()
         _sync(device)
+        wall = time.perf_counter() - start
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     with open(path, "w") as handle:
+        if device.type == "cuda":
+            handle.write(format_summary(summarise(prof.events(), wall)) + "\n")
         handle.write(prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=70))
 
 
@@ -208,8 +219,9 @@ def run_path(args) -> dict:
             pipe.optimize(channels_last=True)
         if args.path == "cudnn-benchmark":
             torch.backends.cudnn.benchmark = True  # the warm-up batch pays the algorithm search
-        if args.path == "compiled":
-            pipe.compile(mode=None if args.compile_mode in (None, "default") else args.compile_mode)
+        if args.path in ("compiled", "compiled-vae"):
+            pipe.compile(mode=None if args.compile_mode in (None, "default") else args.compile_mode,
+                         decoder=args.path == "compiled-vae")
         if args.path == "compiled-tuned":
             pipe.compile(options=dict(INDUCTOR_TUNING))
         if args.path == "lcm":
@@ -457,8 +469,9 @@ def main(argv=None) -> int:
                         help="default: the jobs' (bf16 on GPUs of compute capability 8.0 and newer, fp16 on older "
                              "GPUs, fp32 on the CPU)")
     parser.add_argument("--compile", action="store_true", help="also time the batched path with torch.compile")
-    parser.add_argument("--paths", help=f"only these paths, comma-separated ({', '.join(PATHS)}; the compiled one "
-                                        f"also as compiled:MODE, MODE one of {', '.join(COMPILE_MODES)}); default: "
+    parser.add_argument("--paths", help=f"only these paths, comma-separated ({', '.join(PATHS)}; "
+                                        f"{' and '.join(MODE_PATHS)} also as PATH:MODE, MODE one of "
+                                        f"{', '.join(COMPILE_MODES)}); default: "
                                         "official, unoptimised, batched, plus compiled/lcm when asked for")
     parser.add_argument("--lcm-steps", type=int, default=0,
                         help="also time few-step sampling with a random LCM-LoRA at this many steps")
@@ -536,7 +549,7 @@ def main(argv=None) -> int:
             if args.compare:
                 outputs[tag or path] = f"{tmp}/{tag or path}.npy"
                 cmd += ["--save-output", outputs[tag or path]]
-            if args.profile_dir and base in ("batched", "compiled", "compiled-tuned") and tag is None:
+            if args.profile_dir and base in ("batched",) + COMPILED_PATHS and tag is None:
                 cmd += ["--profile", f"{args.profile_dir}/profile_{path.replace(':', '-')}.txt"]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:  # report it and go on with the other paths
@@ -599,8 +612,8 @@ def main(argv=None) -> int:
         print(json.dumps({"bench": "difference", "pair": name, **difference}))
     if args.device.startswith("cuda"):
         peak = matmul_peak_tflops(torch.device(args.device))
-        for path in [p for p in paths if p.partition(":")[0] in ("batched", "channels-last", "cudnn-benchmark",
-                                                                 "compiled", "compiled-tuned")]:
+        for path in [p for p in paths if p.partition(":")[0] in ("batched", "channels-last", "cudnn-benchmark")
+                     + COMPILED_PATHS]:
             achieved = flops * results[path]["frames_per_s"] / 1e12
             print(f"bf16 matmul peak {peak:.0f} TFLOP/s; {path} path {achieved:.0f} TFLOP/s = "
                   f"{100 * achieved / peak:.1f}% of peak")

@@ -6,9 +6,10 @@
 #    lines of `retarget doctor` (the GPU, onnxruntime's providers, whether --compile can build its kernels);
 # 1. the pipeline paths at batch BATCH (PATHS; default batched, channels-last, cudnn-benchmark, unoptimised,
 #    compiled, LCM at 6 steps; compiled:MODE adds a torch.compile mode, e.g. compiled:reduce-overhead for CUDA graphs,
-#    and compiled-tuned the inductor options of fast-diffusion guides, see eval/bench_throughput.py),
-#    with FLOPs, the share of the measured matmul peak, how far each path's first batch is from the batched path's
-#    and from an fp32 render, and torch.profiler tables of one batched and one compiled batch (PROFILE_DIR);
+#    compiled-vae the VAE decode compiled too, and compiled-tuned the inductor options of fast-diffusion guides, see
+#    eval/bench_throughput.py), with FLOPs, the share of the measured matmul peak, how far each path's first batch
+#    is from the batched path's and from an fp32 render, and torch.profiler tables of one batch of the batched and
+#    each compiled path (PROFILE_DIR), headed by the device's busy share and its time by operator;
 # 2. the same compiled path again in a new process (the persistent compile cache: the second run's first batch
 #    shows the compile cost left);
 # 3. `retarget run` end to end on a synthetic clip (FRAMES frames at 30 fps, default 300 = 10 s): overlapped stages,

@@ -106,6 +106,16 @@ def _mode_uses_cuda_graphs(mode: str | None, options: dict | None) -> bool:
     return mode in ("reduce-overhead", "max-autotune")
 
 
+def _without_cuda_graphs(mode: str | None, kwargs: dict) -> dict:
+    """``torch.compile`` keyword arguments of ``mode`` and ``kwargs`` with CUDA graphs taken out (the same mode's
+    other settings): for a function whose outputs must outlive its next call, as CUDA graphs reuse output buffers."""
+    kwargs = dict(kwargs)
+    if kwargs.get("options") is not None:
+        kwargs["options"] = {**kwargs["options"], "triton.cudagraphs": False}
+        return kwargs
+    return {"mode": {"reduce-overhead": None, "max-autotune": "max-autotune-no-cudagraphs"}.get(mode, mode), **kwargs}
+
+
 class _LoadClock:
     """Seconds per part of :meth:`ExpressionPipeline.from_pretrained` (``parts``, in order), for load profiles;
     ``check`` (optional) is called after each part, and may raise to stop the load there."""
@@ -235,6 +245,7 @@ class ExpressionPipeline:
         self.static_batch_size = 0
         self._grow_static_batch = False
         self._denoiser = None
+        self._compiled_decode = None  # the compiled VAE decode (see compile), if any
         self.uses_cuda_graphs = False  # whether the compiled UNet replays CUDA graphs (see compile)
         self.compile_failure: str | None = None  # why torch.compile was given up (see compile), if it was
         self._compiled_inputs: set[tuple] = set()  # (rows, guidance on, reference on) the compiled UNet has seen
@@ -374,7 +385,7 @@ class ExpressionPipeline:
             torch.nn.Module.to(module, memory_format=memory_format)
 
     def compile(self, mode: str | None = None, backend="inductor", fullgraph: bool = False, cache_dir=None,
-                **kwargs) -> None:
+                decoder: bool = False, **kwargs) -> None:
         """``torch.compile`` the UNet of the denoising loop (the first call is slow; later calls are faster on GPUs).
 
         Shapes are static (``dynamic=False``) and each call is padded to the largest batch seen, so one graph
@@ -390,6 +401,10 @@ class ExpressionPipeline:
         (logger ``retarget.pipeline.compile``), keeps the reason in :attr:`compile_failure` and renders eagerly from
         then on, in the eager layout (the step that failed is computed eagerly, so results are the eager ones up to
         float rounding).
+
+        ``decoder``: also compile the VAE decode (the same math; off by default until measured on a GPU), with the
+        same backend and options but without CUDA graphs (its images must outlive the next VAE batch); each VAE
+        batch is padded to :attr:`vae_batch_size` rows, so one graph serves a whole clip.
         """
         if backend == "inductor":
             use_persistent_inductor_cache(cache_dir)
@@ -398,6 +413,10 @@ class ExpressionPipeline:
                                        **kwargs)
         self.uses_cuda_graphs = backend == "inductor" and _mode_uses_cuda_graphs(mode, kwargs.get("options"))
         self._grow_static_batch = True
+        self._compiled_decode = None
+        if decoder:
+            self._compiled_decode = torch.compile(self._decode_scaled, backend=backend, fullgraph=fullgraph,
+                                                  dynamic=False, **_without_cuda_graphs(mode, kwargs))
 
     def scheduler(self):
         """A fresh scheduler built from the base scheduler config: DPM-Solver++ multistep, or ``LCMScheduler``
@@ -539,12 +558,27 @@ class ExpressionPipeline:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents ``[B, C, h, w]`` -> images ``[B, 3, H, W]`` in [0, 1], float32, decoded in VAE batches."""
-        images = []
-        for chunk in latents.split(self.vae_batch_size):
-            chunk = chunk.to(self.vae_dtype) / self.vae.config.scaling_factor
-            images.append(self.vae.decode(chunk, return_dict=False)[0].float())
-        return (torch.cat(images) / 2 + 0.5).clamp(0, 1)
+        """Latents ``[B, C, h, w]`` -> images ``[B, 3, H, W]`` in [0, 1], float32, decoded in VAE batches of
+        :attr:`vae_batch_size` (compiled after ``compile(decoder=True)``, each batch padded to that size)."""
+        return torch.cat([self._decode_batch(chunk) for chunk in latents.split(self.vae_batch_size)])
+
+    def _decode_batch(self, latents: torch.Tensor) -> torch.Tensor:
+        """One VAE batch: compiled after ``compile(decoder=True)`` (padded to :attr:`vae_batch_size` rows, so one
+        graph serves every batch), else eager. A compile that fails gives compiling up, as in :meth:`_predict_noise`."""
+        if self._compiled_decode is not None:
+            rows, failure = latents.shape[0], None
+            try:
+                return self._compiled_decode(_pad_rows(latents, self.vae_batch_size))[:rows]
+            except torch._dynamo.exc.TorchDynamoException as error:
+                failure = _compile_failure_line(error)
+            self._give_up_compiling(failure)
+        return self._decode_scaled(latents)
+
+    def _decode_scaled(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents ``[B, C, h, w]`` -> images ``[B, 3, H, W]`` in [0, 1], float32 (the VAE in
+        :attr:`vae_dtype`)."""
+        images = self.vae.decode(latents.to(self.vae_dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+        return (images.float() / 2 + 0.5).clamp(0, 1)
 
     @torch.no_grad()
     def __call__(self, id_embeds, expressions, reference_image=None, reference_scale: float = 0.8,
@@ -681,6 +715,7 @@ class ExpressionPipeline:
         compile_log.warning("torch.compile failed (%s); rendering without it", reason)
         self.compile_failure = reason
         self._denoiser = None
+        self._compiled_decode = None
         self.uses_cuda_graphs = False
         self._grow_static_batch = False
         self.static_batch_size = 0

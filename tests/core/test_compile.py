@@ -228,3 +228,76 @@ def test_a_failure_of_dynamo_itself_also_renders_eagerly(tiny_checkpoint, caplog
     eager = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
     assert np.abs(frames - _render(eager, clip, 0.8, 1.0)).max() < 1e-5
 
+
+
+def test_a_compiled_decoder_traces_once_and_equals_the_eager_decode(tiny_checkpoint):
+    """``compile(decoder=True)``: the VAE decode is one more graph, traced at the first batch and reused for every
+    VAE batch (each padded to ``vae_batch_size`` rows, the padding dropped) of every clip; the images equal an
+    eager decode of the same latents up to float rounding (the padded batch is another convolution batch size)."""
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+
+    from retarget import ExpressionPipeline
+
+    torch._dynamo.reset()
+    counters.clear()
+    counter = CompileCounter()
+    pipe = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+    pipe.vae_batch_size = 2  # batches of 3 frames decode as 2 + 1 (padded to 2)
+    pipe.compile(backend=counter, decoder=True)
+    graphs = []
+    frames = _render(pipe, _clip(1, 7), 0.8, 1.0, after_batch=lambda: graphs.append(counter.frame_count))
+    _render(pipe, _clip(2, 2), 0.5, 0.6)
+    assert graphs == [2, 2, 2] and counter.frame_count == 2  # the UNet and the decode, each traced once
+    assert sum(counters["graph_break"].values()) == 0
+    assert frames.shape == (7, 32, 32, 3)
+
+    latents = torch.randn(5, *pipe.latent_shape, generator=torch.Generator().manual_seed(3))
+    compiled = pipe.decode(latents)
+    assert counter.frame_count == 2 and compiled.shape == (5, 3, 32, 32) and compiled.dtype == torch.float32
+    reference = torch.cat([((pipe.vae.decode(chunk / pipe.vae.config.scaling_factor).sample / 2) + 0.5).clamp(0, 1)
+                           for chunk in latents.split(2)])
+    assert torch.allclose(compiled, reference, atol=1e-5, rtol=0)
+    assert 0 <= compiled.min() and compiled.max() <= 1
+    torch._dynamo.reset()
+
+
+def test_a_compiled_decoder_that_fails_decodes_eagerly(tiny_checkpoint, caplog):
+    """A failure of the compiled decode is the compile's one warning: eager from then on (the UNet too), and the
+    frames equal an eager pipeline's."""
+    from retarget import ExpressionPipeline
+
+    pipe = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+    pipe.compile(decoder=True)
+    pipe._denoiser = None  # the UNet eager: only the decode is compiled here
+    calls = []
+
+    def failing_decode(latents):
+        calls.append(latents.shape[0])
+        raise torch._dynamo.exc.InternalTorchDynamoError("a dynamo bug (a stand-in)")
+
+    pipe._compiled_decode = failing_decode
+    clip = _clip(6, 5)
+    with caplog.at_level("INFO", logger="retarget.pipeline.compile"):
+        frames = _render(pipe, clip, 0.8, 1.0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["torch.compile failed (a dynamo bug (a stand-in)); rendering without it"]
+    assert calls == [pipe.vae_batch_size] and pipe._compiled_decode is None  # padded to the VAE batch, tried once
+    eager = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+    assert np.abs(frames - _render(eager, clip, 0.8, 1.0)).max() < 1e-5
+
+
+def test_the_decoder_compiles_without_cuda_graphs():
+    """The decode's images are kept while the next VAE batch runs, so CUDA graphs (which reuse output buffers)
+    are taken out of the UNet's mode or options for it, and nothing else changes."""
+    from retarget.pipeline import _without_cuda_graphs
+
+    assert _without_cuda_graphs(None, {}) == {"mode": None}
+    assert _without_cuda_graphs("default", {}) == {"mode": "default"}
+    assert _without_cuda_graphs("reduce-overhead", {}) == {"mode": None}
+    assert _without_cuda_graphs("max-autotune", {}) == {"mode": "max-autotune-no-cudagraphs"}
+    assert _without_cuda_graphs("max-autotune-no-cudagraphs", {}) == {"mode": "max-autotune-no-cudagraphs"}
+    options = {"epilogue_fusion": False, "triton.cudagraphs": True}
+    assert _without_cuda_graphs(None, {"options": options}) == {
+        "options": {"epilogue_fusion": False, "triton.cudagraphs": False}}
+    assert options["triton.cudagraphs"] is True  # the caller's dict is left alone

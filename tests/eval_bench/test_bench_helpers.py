@@ -88,6 +88,8 @@ def test_compile_modes_are_parsed_and_checked():
     with pytest.raises(ValueError, match="unknown path"):
         parse_paths("warp:max-autotune")
     assert parse_paths("compiled,compiled-tuned") == ["compiled", "compiled-tuned"]
+    assert parse_paths("compiled-vae,compiled-vae:max-autotune-no-cudagraphs") == [
+        "compiled-vae", "compiled-vae:max-autotune-no-cudagraphs"]
     with pytest.raises(ValueError, match="unknown mode in compiled-tuned:reduce-overhead"):
         parse_paths("compiled-tuned:reduce-overhead")  # its options and a mode cannot go together in torch.compile
 
