@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,9 @@ from .models.loading import (
 
 log = logging.getLogger(__name__)
 compile_log = logging.getLogger(__name__ + ".compile")  # the notice of a (slow) first compile; the CLI shows it
+
+#: The ``torch.compile`` backends whose compiled artefacts persist in :func:`use_persistent_inductor_cache`'s folder.
+PERSISTENT_BACKENDS = ("inductor",)
 
 #: Seconds a batch's denoising runs before its bar over the steps appears (``progress=True``): a batch on a GPU
 #: (seconds) shows none, a batch of the full model on a CPU (a minute per step) shows its steps.
@@ -176,12 +180,11 @@ def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([x, x[-1:].expand(rows - x.shape[0], *x.shape[1:])])
 
 
-def use_persistent_inductor_cache(cache_dir=None) -> Path:
-    """Point inductor's on-disk cache (compiled graphs, kernels) at a persistent folder and return it.
+def persistent_inductor_cache_dir(cache_dir=None) -> Path:
+    """The folder :func:`use_persistent_inductor_cache` points inductor's cache at (nothing is made or set here).
 
     ``cache_dir`` wins; else ``$TORCHINDUCTOR_CACHE_DIR`` when the user set it; else
-    ``$XDG_CACHE_HOME/retarget/inductor`` (``~/.cache/retarget/inductor``), so a second run reuses the compiled
-    artefacts of the first instead of recompiling in a temporary folder. Importing ``torch._inductor`` (diffusers
+    ``$XDG_CACHE_HOME/retarget/inductor`` (``~/.cache/retarget/inductor``). Importing ``torch._inductor`` (diffusers
     does) writes inductor's default temporary folder (``/tmp/torchinductor_<user>``) into the variable, so that
     value counts as unset.
     """
@@ -193,10 +196,39 @@ def use_persistent_inductor_cache(cache_dir=None) -> Path:
     if cache_dir is None:
         root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         cache_dir = Path(root) / "retarget" / "inductor"
-    path = Path(cache_dir).expanduser()
+    return Path(cache_dir).expanduser()
+
+
+def use_persistent_inductor_cache(cache_dir=None) -> Path:
+    """Point inductor's on-disk cache (compiled graphs, kernels) at a persistent folder (see
+    :func:`persistent_inductor_cache_dir`) and return it, so a second run reuses the compiled artefacts of the first
+    instead of recompiling in a temporary folder."""
+    path = persistent_inductor_cache_dir(cache_dir)
     path.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
     return path
+
+
+def _compile_settings(mode: str | None, fullgraph: bool, decoder: bool, kwargs: dict) -> dict:
+    """The ``torch.compile`` settings of :meth:`ExpressionPipeline.compile`, as recorded with a compiled graph."""
+    return {"mode": mode, "fullgraph": bool(fullgraph), "decoder": bool(decoder), **{k: kwargs[k] for k in sorted(kwargs)}}
+
+
+def _package_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _device_label(device: torch.device) -> str:
+    """The device as a compiled graph depends on it: the GPU's name and compute capability, else its type."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"{torch.cuda.get_device_name(index)} sm{''.join(map(str, torch.cuda.get_device_capability(index)))}"
+    return device.type
 
 
 
@@ -246,6 +278,8 @@ class ExpressionPipeline:
         self._grow_static_batch = False
         self._denoiser = None
         self._compiled_decode = None  # the compiled VAE decode (see compile), if any
+        self._compile_records: tuple[Path, dict] | None = None  # (inductor cache folder, compile settings)
+        self._recorded_inputs: set[tuple] = set()  # the compiled inputs recorded there by this process
         self.uses_cuda_graphs = False  # whether the compiled UNet replays CUDA graphs (see compile)
         self.compile_failure: str | None = None  # why torch.compile was given up (see compile), if it was
         self._compiled_inputs: set[tuple] = set()  # (rows, guidance on, reference on) the compiled UNet has seen
@@ -405,9 +439,14 @@ class ExpressionPipeline:
         ``decoder``: also compile the VAE decode (the same math; off by default until measured on a GPU), with the
         same backend and options but without CUDA graphs (its images must outlive the next VAE batch); each VAE
         batch is padded to :attr:`vae_batch_size` rows, so one graph serves a whole clip.
+
+        With inductor, each denoising loop of a new shape that finishes compiled leaves a record in the cache folder
+        (:mod:`retarget.models.compile_records`), which :meth:`compiled_before` reads.
         """
-        if backend == "inductor":
-            use_persistent_inductor_cache(cache_dir)
+        self._compile_records = None
+        if backend in PERSISTENT_BACKENDS:  # its compiled graphs are recorded in its cache
+            self._compile_records = (use_persistent_inductor_cache(cache_dir),
+                                     _compile_settings(mode, fullgraph, decoder, kwargs))
         self._set_memory_format(True, self.unet)  # inductor's fused kernels gain from it (the measured setting)
         self._denoiser = torch.compile(self.unet, mode=mode, backend=backend, fullgraph=fullgraph, dynamic=False,
                                        **kwargs)
@@ -681,6 +720,8 @@ class ExpressionPipeline:
                 latents = scheduler.step(noise, t, latents, generator=step_generators, return_dict=False)[0]
         finally:
             self._prepare_attention(None, None, 1.0, None, None)
+        if self._denoiser is not None and self._compile_records is not None:
+            self._record_compiled(rows, do_cfg, bank is not None)
 
         latents = latents[:batch]
         if output_type == "latent":
@@ -710,12 +751,52 @@ class ExpressionPipeline:
             self._give_up_compiling(failure)  # outside the handler: the failed attempt's frames are let go
         return self.unet(sample, timestep, encoder_hidden_states=prompts, return_dict=False)[0]
 
+    def compiled_graph(self, rows: int, guidance: bool, reference: bool, settings: dict) -> dict:
+        """What decides the compiled UNet graph of a denoising loop (and inductor's key for it): the releases, the
+        device, dtype, model shapes and attention code, the loop's ``rows`` (after padding), guidance and reference
+        on or off, and the compile ``settings``. The description a record is kept under (see :meth:`compile`)."""
+        from .models import attention
+        from .models.compile_records import source_digest
+
+        fused = any(p.qkv_weight is not None for p in self.unet.attn_processors.values()
+                    if isinstance(p, ReferenceSelfAttnProcessor))
+        return {"torch": torch.__version__, "triton": _package_version("triton"), "device": _device_label(self.device),
+                "dtype": str(self.dtype), "unet": dict(self.unet.config),
+                "expression_tokens": list(self._neutral_tokens.shape[1:]), "fused_qkv": fused,
+                "code": source_digest(attention, sys.modules[__name__]),
+                "rows": int(rows), "guidance": bool(guidance), "reference": bool(reference), "compile": settings}
+
+    def compiled_before(self, rows: int, guidance_scale: float, reference: bool, mode: str | None = None,
+                        fullgraph: bool = False, decoder: bool = False, cache_dir=None, **kwargs) -> bool:
+        """Whether ``compile(mode, ...)`` (inductor) then a loop of ``rows`` rows (the batch, or the padded batch
+        size), with ``guidance_scale`` and with or without a reference, was recorded as compiled into the persistent
+        cache on this machine: its compile would be a load from the cache (seconds), not a first compile."""
+        from .models.compile_records import has_record
+
+        settings = _compile_settings(mode, fullgraph, decoder, kwargs)
+        return has_record(persistent_inductor_cache_dir(cache_dir),
+                          self.compiled_graph(rows, guidance_scale > 1.0, reference, settings))
+
+    def _record_compiled(self, rows: int, guidance: bool, reference: bool) -> None:
+        """Record a finished compiled loop's graph in the inductor cache folder (once per shape and process)."""
+        from .models.compile_records import write_record
+
+        if (rows, guidance, reference) in self._recorded_inputs:
+            return
+        self._recorded_inputs.add((rows, guidance, reference))
+        cache, settings = self._compile_records
+        try:
+            write_record(cache, self.compiled_graph(rows, guidance, reference, settings))
+        except OSError as error:  # a record only saves a later job's choice: never fail a render for it
+            log.debug("could not record the compiled graph in %s: %s", cache, error)
+
     def _give_up_compiling(self, reason: str) -> None:
         """Render eagerly from now on (eager layout, no padding to a static batch), saying why once."""
         compile_log.warning("torch.compile failed (%s); rendering without it", reason)
         self.compile_failure = reason
         self._denoiser = None
         self._compiled_decode = None
+        self._compile_records = None
         self.uses_cuda_graphs = False
         self._grow_static_batch = False
         self.static_batch_size = 0

@@ -46,16 +46,22 @@ def _stop_when_exiting() -> None:
 #: (the persistent cache), so compiling pays from about 250 frames with the cache and about 1,100 without; at 1,800
 #: it still pays where the first compile takes twice as long.
 AUTO_COMPILE_FRAMES = 1800
+#: The same when this machine's compile cache holds the job's graph (see
+#: :meth:`~retarget.pipeline.ExpressionPipeline.compiled_before`): the compile is then a load of about 11 s, which
+#: the 0.044 s saved per frame repay from about 250 frames.
+AUTO_COMPILE_FRAMES_CACHED = 300
 
 
-def compile_chosen(option: bool | None, device, frames: int | None) -> bool:
+def compile_chosen(option: bool | None, device, frames: int | None, cached: bool = False) -> bool:
     """Whether a job compiles the UNet: ``option`` True or False says so (``--compile``, ``--no-compile``);
     None (the default) compiles on a CUDA device when the job renders at least :data:`AUTO_COMPILE_FRAMES`
-    frames (``frames``: the job's estimate, None when unknown) and ``torch.compile`` can build its kernels here
-    (Triton and a C compiler, see :func:`~retarget.jobs.weights.compile_check`)."""
+    frames, or :data:`AUTO_COMPILE_FRAMES_CACHED` when the compile cache holds its graph (``cached``), and
+    ``torch.compile`` can build its kernels here (Triton and a C compiler, see
+    :func:`~retarget.jobs.weights.compile_check`). ``frames``: the job's estimate, None when unknown."""
     if option is not None:
         return bool(option)
-    if str(device).split(":")[0] != "cuda" or frames is None or frames < AUTO_COMPILE_FRAMES:
+    least = AUTO_COMPILE_FRAMES_CACHED if cached else AUTO_COMPILE_FRAMES
+    if str(device).split(":")[0] != "cuda" or frames is None or frames < least:
         return False
     from retarget.jobs.weights import compile_check
 
@@ -102,6 +108,7 @@ class RenderSession:
         self.load_seconds = 0.0
         self.load_parts: dict[str, float] = {}  # seconds of each part of load_seconds (face models, then the pipeline's)
         self.frames: int | None = None  # the frames the loading job renders (an estimate): see compile_chosen
+        self.first_batch: tuple[int, str | None] | None = None  # the loading job's first batch (see load)
 
     def load(self, expressions: bool = True, background: bool = False,
              warm_up: tuple[int, str | None] | None = None, frames: int | None = None) -> "RenderSession":
@@ -114,7 +121,8 @@ class RenderSession:
         CUDA), the loading thread renders a one-step stand-in batch of that shape after the load (and after the
         compile set-up with ``options.compile``). A wrong guess costs time only: results never depend on it.
         ``frames``: how many frames the job renders (an estimate), which decides whether ``options.compile`` None
-        compiles (see :func:`compile_chosen`; the pipeline is built once, so the job that loads it decides).
+        compiles (see :func:`compile_chosen`, where ``warm_up`` tells whether the compile cache holds the job's
+        graph; the pipeline is built once, so the job that loads it decides).
 
         Raises :class:`~retarget.errors.WeightsError` (one line) for a missing models folder or a missing or
         broken file, among them the Reference Adapter when ``warm_up`` names a reference kind (the job renders with
@@ -122,8 +130,11 @@ class RenderSession:
         """
         if not self.options.models.is_dir():
             raise WeightsError(f"models folder not found: {self.options.models}")
-        if frames is not None and self._pipeline is None and self._loader is None:
-            self.frames = frames
+        if self._pipeline is None and self._loader is None:
+            if frames is not None:
+                self.frames = frames
+            if warm_up is not None:
+                self.first_batch = warm_up
         if warm_up is not None and warm_up[1] is not None:
             require_reference_adapter(self.options.models)
         begin = time.perf_counter()
@@ -200,11 +211,14 @@ class RenderSession:
             pipe.load_lcm_lora(o.lcm_lora)
         if o.vae_fp32:
             pipe.upcast_vae()
-        if compile_chosen(o.compile, self.device, self.frames):
+        mode = None if o.compile_mode == "default" else o.compile_mode
+        cached = o.compile is None and self.first_batch is not None and pipe.compiled_before(
+            self.first_batch[0], o.guidance, self.first_batch[1] is not None, mode=mode)
+        if compile_chosen(o.compile, self.device, self.frames, cached=cached):
             if o.compile is None:
-                compile_log.info("compiling the UNet: %d frames to render (--no-compile renders without)",
-                                 self.frames)
-            pipe.compile(mode=None if o.compile_mode == "default" else o.compile_mode)
+                compile_log.info("compiling the UNet: %d frames to render%s (--no-compile renders without)",
+                                 self.frames, ", its graph in this machine's compile cache" if cached else "")
+            pipe.compile(mode=mode)
         options_done = time.perf_counter()
         check()
         # Not with CUDA graphs: torch records them per thread, so graphs recorded here would be recorded again by

@@ -301,3 +301,60 @@ def test_the_decoder_compiles_without_cuda_graphs():
     assert _without_cuda_graphs(None, {"options": options}) == {
         "options": {"epilogue_fusion": False, "triton.cudagraphs": False}}
     assert options["triton.cudagraphs"] is True  # the caller's dict is left alone
+
+
+def test_finished_compiled_loops_are_recorded_in_the_compile_cache(tiny_checkpoint, tmp_path, monkeypatch):
+    """A compiled denoising loop that finishes leaves a record of its graph (rows, guidance, reference, compile
+    settings, releases, device, model) in the persistent cache's folder; ``compiled_before`` finds it from any
+    pipeline of the same model, and nothing else. A compile that failed records nothing. (A counting backend
+    stands in for inductor, whose artefacts persist.)"""
+    import json
+
+    from torch._dynamo.testing import CompileCounter
+
+    from retarget import ExpressionPipeline
+    from retarget import pipeline as pipeline_module
+    from retarget.models.compile_records import RECORDS_FOLDER
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    monkeypatch.setattr(pipeline_module, "PERSISTENT_BACKENDS", ("inductor", counter))
+    cache = tmp_path / "cache"
+    pipe = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+    assert not pipe.compiled_before(BATCH, 3.0, True, cache_dir=cache)
+    pipe.compile(backend=counter, cache_dir=cache)
+    _render(pipe, _clip(1, 7), 0.8, 1.0)  # batches of 3, 3 and 1 (padded to 3): one graph
+    records = sorted((cache / RECORDS_FOLDER).glob("*.json"))
+    assert len(records) == 1
+    content = json.loads(records[0].read_text())
+    assert (content["rows"], content["guidance"], content["reference"]) == (BATCH, True, True)
+    assert content["torch"] == torch.__version__ and content["device"] == "cpu" and content["dtype"] == "torch.float32"
+    assert content["compile"] == {"mode": None, "fullgraph": False, "decoder": False}
+
+    other = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+    assert other.compiled_before(BATCH, 3.0, True, cache_dir=cache)  # as a later job would ask
+    assert other.compiled_before(BATCH, 2.0, True, cache_dir=cache)  # any guidance above 1 is the same graph
+    assert not other.compiled_before(BATCH, 1.0, True, cache_dir=cache)  # no unconditional rows: another graph
+    assert not other.compiled_before(BATCH, 3.0, False, cache_dir=cache)
+    assert not other.compiled_before(BATCH + 1, 3.0, True, cache_dir=cache)
+    assert not other.compiled_before(BATCH, 3.0, True, mode="max-autotune", cache_dir=cache)
+    assert not other.compiled_before(BATCH, 3.0, True, decoder=True, cache_dir=cache)
+    assert not other.compiled_before(BATCH, 3.0, True, cache_dir=tmp_path / "elsewhere")
+    other.optimize(fuse_qkv=False)
+    assert not other.compiled_before(BATCH, 3.0, True, cache_dir=cache)  # separate projections: another graph
+
+    clip = _clip(2, 2)
+    pipe(clip["ids"], clip["expressions"], latents=clip["latents"], num_inference_steps=2, guidance_scale=1.0)
+    assert len(list((cache / RECORDS_FOLDER).glob("*.json"))) == 2  # padded to 3 rows, no guidance, no reference
+    assert pipe.compiled_before(BATCH, 1.0, False, cache_dir=cache)
+
+    def failing_backend(graph_module, example_inputs):
+        raise RuntimeError("No working C++ compiler found (a stand-in)")
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(pipeline_module, "PERSISTENT_BACKENDS", ("inductor", failing_backend))
+    failed = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
+    failed.compile(backend=failing_backend, cache_dir=tmp_path / "failed")
+    _render(failed, _clip(1, 4), 0.8, 1.0)
+    assert failed.compile_failure is not None and not (tmp_path / "failed" / RECORDS_FOLDER).exists()
+    torch._dynamo.reset()
