@@ -32,8 +32,9 @@ the expression source, and ``retarget batch`` of run on a folder of ``--batch-cl
 (``sequential``, the same code one stage after another), staged with the model's work during the scans forced on
 (``overlapped``: the warm-up, and batch's scan of the next clip while one renders; ``staged`` does this on CUDA
 only, see :func:`retarget.jobs.session.overlaps_scan`), staged with ``--compile`` (``compiled``, where the compile
-runs during the face scan) and sequential with ``--compile`` (``compiled-sequential``, where it delays the first
-batch); ``--order`` picks them. Without
+runs during the face scan), sequential with ``--compile`` (``compiled-sequential``, where it delays the first
+batch) and with neither flag (``auto``: the default's own choice, see
+:func:`retarget.jobs.session.compile_chosen`; its record says what it chose); ``--order`` picks them. Without
 CLIP a synthetic clip of a moving face (:mod:`retarget.testing.media`, ``--synthetic-frames``) is used, without
 ``--identity`` the synthetic face photo. Weights: random of ``--size`` with the face models
 (:mod:`retarget.testing`), or ``--models``/``--base-model``. Per command and order it prints one JSON line (frames,
@@ -67,14 +68,14 @@ MODE_PATHS = ("compiled", "compiled-vae")
 #: Inductor options of the ``compiled-tuned`` path (``torch.compile(options=...)``): the same math, other kernels.
 INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True,
                    "coordinate_descent_check_all_directions": True, "epilogue_fusion": False}
-E2E_ORDERS = ("staged", "sequential", "overlapped", "compiled", "compiled-sequential")
+E2E_ORDERS = ("staged", "sequential", "overlapped", "compiled", "compiled-sequential", "auto")
 #: The commands ``--e2e`` times (``batch``: ``run`` on a folder of copies of the clip).
 E2E_COMMANDS = ("run", "edit", "batch")
 #: The command-line flags of each end-to-end order ("overlapped" is "staged" with the model's work overlapping the
 #: scans forced on, as on CUDA: see e2e_child). The orders without ``--compile`` say ``--no-compile``: on CUDA a
 #: long clip would else be compiled by default (see :func:`retarget.jobs.session.compile_chosen`).
 E2E_FLAGS = {"staged": ["--no-compile"], "sequential": ["--no-overlap", "--no-compile"],
-             "overlapped": ["--no-compile"], "compiled": ["--compile"],
+             "overlapped": ["--no-compile"], "compiled": ["--compile"], "auto": [],
              "compiled-sequential": ["--compile", "--no-overlap"]}
 
 
@@ -387,12 +388,16 @@ def e2e(args) -> int:
                 done = subprocess.run(child, capture_output=True, text=True)
                 seconds = time.perf_counter() - begin
                 failed_compile = [line for line in done.stderr.splitlines() if "torch.compile failed" in line]
-                if done.returncode != 0 or ("--compile" in argv and failed_compile):  # report it, go on with the others
+                if done.returncode != 0 or failed_compile:  # report it, go on with the others
                     print(f"{command} ({order}) failed:\n{done.stderr[-3000:]}", flush=True)
                     continue
                 record = json.loads(done.stdout.strip().splitlines()[-1])
                 record.update(order=order, device_name=device_name(args.device), command_s=round(seconds, 3),
                               command_frames_per_s=round(record["frames"] / seconds, 4))
+                if order == "auto":  # what the default chose: the line it prints when it compiles
+                    record["compiled_by_default"] = next((line.split("compiling the UNet: ", 1)[1] for line in
+                                                          done.stderr.splitlines() if "compiling the UNet: " in line),
+                                                         None)
                 results.append(record)
                 print(json.dumps(record), flush=True)
     if not results:
@@ -421,7 +426,7 @@ def e2e(args) -> int:
     for command in commands:
         by_order = {r["order"]: r for r in results if r["command"] == command}
         for faster, slower in (("staged", "sequential"), ("overlapped", "staged"), ("compiled", "staged"),
-                               ("compiled", "compiled-sequential")):
+                               ("compiled", "compiled-sequential"), ("auto", "staged")):
             if faster in by_order and slower in by_order:
                 a, b = by_order[faster], by_order[slower]
                 print(f"speed-up {faster} vs {slower}, {command}: "

@@ -14,7 +14,8 @@
 #    shows the compile cost left);
 # 3. `retarget run` end to end on a synthetic clip (FRAMES frames at 30 fps, default 300 = 10 s): overlapped stages,
 #    --no-overlap, and overlapped with --compile (ORDERS; compiled-sequential adds --compile --no-overlap, where the
-#    compile is not warmed up during the scan).
+#    compile is not warmed up during the scan; auto runs with neither --compile nor --no-compile: the default's
+#    choice, e.g. ORDERS=compiled,auto to see a later job compile from the cache the first one filled).
 # 4. `retarget batch` of run end to end on a folder of BATCH_CLIPS copies of a synthetic clip (BATCH_FRAMES frames
 #    each, default 4 x 96): overlapped stages (on CUDA each clip is scanned while the previous one renders) and
 #    --no-overlap (BATCH_ORDERS).
