@@ -204,30 +204,36 @@ def test_a_compile_that_fails_renders_eagerly_and_says_why_once(tiny_checkpoint,
     torch._dynamo.reset()
 
 
-def test_a_failure_of_dynamo_itself_also_renders_eagerly(tiny_checkpoint, caplog):
-    """Not only the backend: an error of dynamo's own tracing (here raised by a stand-in for the compiled UNet) is
-    one warning, then eager rendering, whose frames equal an eager pipeline's; a default compile of a long job must
-    not fail a render that runs eagerly."""
+@pytest.mark.parametrize("part", ["unet", "decoder"])
+def test_a_failure_of_dynamo_itself_also_renders_eagerly(tiny_checkpoint, caplog, part):
+    """Not only the backend: an error of dynamo's own tracing (here raised by a stand-in for the compiled UNet, or
+    for the compiled VAE decode of ``compile(decoder=True)``) is one warning, then eager rendering, UNet and decode,
+    whose frames equal an eager pipeline's; a default compile of a long job must not fail a render that runs
+    eagerly."""
     from retarget import ExpressionPipeline
 
     compiled = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
-    compiled.compile()
+    compiled.compile(decoder=part == "decoder")
     calls = []
 
-    def failing_denoiser(*args, **kwargs):
-        calls.append(1)
+    def failing(inputs, *args, **kwargs):
+        calls.append(inputs.shape[0])
         raise torch._dynamo.exc.InternalTorchDynamoError("a dynamo bug (a stand-in)")
 
-    compiled._denoiser = failing_denoiser
+    if part == "unet":
+        compiled._denoiser = failing
+    else:
+        compiled._denoiser, compiled._compiled_decode = None, failing  # only the decode compiled here
     clip = _clip(6, 7)
     with caplog.at_level("INFO", logger="retarget.pipeline.compile"):
         frames = _render(compiled, clip, 0.8, 1.0)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["torch.compile failed (a dynamo bug (a stand-in)); rendering without it"]
-    assert len(calls) == 1 and compiled._denoiser is None
+    # tried once: the UNet with the CFG batch's rows, the decode with a VAE batch (padded to vae_batch_size)
+    assert calls == [2 * BATCH if part == "unet" else compiled.vae_batch_size]
+    assert compiled._denoiser is None and compiled._compiled_decode is None
     eager = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
     assert np.abs(frames - _render(eager, clip, 0.8, 1.0)).max() < 1e-5
-
 
 
 def test_a_compiled_decoder_traces_once_and_equals_the_eager_decode(tiny_checkpoint):
@@ -260,31 +266,6 @@ def test_a_compiled_decoder_traces_once_and_equals_the_eager_decode(tiny_checkpo
     assert torch.allclose(compiled, reference, atol=1e-5, rtol=0)
     assert 0 <= compiled.min() and compiled.max() <= 1
     torch._dynamo.reset()
-
-
-def test_a_compiled_decoder_that_fails_decodes_eagerly(tiny_checkpoint, caplog):
-    """A failure of the compiled decode is the compile's one warning: eager from then on (the UNet too), and the
-    frames equal an eager pipeline's."""
-    from retarget import ExpressionPipeline
-
-    pipe = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
-    pipe.compile(decoder=True)
-    pipe._denoiser = None  # the UNet eager: only the decode is compiled here
-    calls = []
-
-    def failing_decode(latents):
-        calls.append(latents.shape[0])
-        raise torch._dynamo.exc.InternalTorchDynamoError("a dynamo bug (a stand-in)")
-
-    pipe._compiled_decode = failing_decode
-    clip = _clip(6, 5)
-    with caplog.at_level("INFO", logger="retarget.pipeline.compile"):
-        frames = _render(pipe, clip, 0.8, 1.0)
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == ["torch.compile failed (a dynamo bug (a stand-in)); rendering without it"]
-    assert calls == [pipe.vae_batch_size] and pipe._compiled_decode is None  # padded to the VAE batch, tried once
-    eager = ExpressionPipeline.from_pretrained(tiny_checkpoint.models_dir, tiny_checkpoint.base_dir, device="cpu")
-    assert np.abs(frames - _render(eager, clip, 0.8, 1.0)).max() < 1e-5
 
 
 def test_the_decoder_compiles_without_cuda_graphs():
