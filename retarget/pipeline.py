@@ -751,7 +751,7 @@ class ExpressionPipeline:
             self._give_up_compiling(failure)  # outside the handler: the failed attempt's frames are let go
         return self.unet(sample, timestep, encoder_hidden_states=prompts, return_dict=False)[0]
 
-    def compiled_graph(self, rows: int, guidance: bool, reference: bool, settings: dict) -> dict:
+    def _graph_description(self, rows: int, guidance: bool, reference: bool, settings: dict) -> dict:
         """What decides the compiled UNet graph of a denoising loop (and inductor's key for it): the releases, the
         device, dtype, model shapes and attention code, the loop's ``rows`` (after padding), guidance and reference
         on or off, and the compile ``settings``. The description a record is kept under (see :meth:`compile`)."""
@@ -775,7 +775,7 @@ class ExpressionPipeline:
 
         settings = _compile_settings(mode, fullgraph, decoder, kwargs)
         return has_record(persistent_inductor_cache_dir(cache_dir),
-                          self.compiled_graph(rows, guidance_scale > 1.0, reference, settings))
+                          self._graph_description(rows, guidance_scale > 1.0, reference, settings))
 
     def _record_compiled(self, rows: int, guidance: bool, reference: bool) -> None:
         """Record a finished compiled loop's graph in the inductor cache folder (once per shape and process)."""
@@ -786,7 +786,7 @@ class ExpressionPipeline:
         self._recorded_inputs.add((rows, guidance, reference))
         cache, settings = self._compile_records
         try:
-            write_record(cache, self.compiled_graph(rows, guidance, reference, settings))
+            write_record(cache, self._graph_description(rows, guidance, reference, settings))
         except OSError as error:  # a record only saves a later job's choice: never fail a render for it
             log.debug("could not record the compiled graph in %s: %s", cache, error)
 
