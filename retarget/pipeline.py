@@ -443,7 +443,7 @@ class ExpressionPipeline:
         With inductor, each denoising loop of a new shape that finishes compiled leaves a record in the cache folder
         (:mod:`retarget.models.compile_records`), which :meth:`compiled_before` reads.
         """
-        self._compile_records = None
+        self._compile_records, self._recorded_inputs = None, set()
         if backend in PERSISTENT_BACKENDS:  # its compiled graphs are recorded in its cache
             self._compile_records = (use_persistent_inductor_cache(cache_dir),
                                      _compile_settings(mode, fullgraph, decoder, kwargs))

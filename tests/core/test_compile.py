@@ -328,6 +328,9 @@ def test_finished_compiled_loops_are_recorded_in_the_compile_cache(tiny_checkpoi
     pipe(clip["ids"], clip["expressions"], latents=clip["latents"], num_inference_steps=2, guidance_scale=1.0)
     assert len(list((cache / RECORDS_FOLDER).glob("*.json"))) == 2  # padded to 3 rows, no guidance, no reference
     assert pipe.compiled_before(BATCH, 1.0, False, cache_dir=cache)
+    pipe.compile(backend=counter, cache_dir=cache, fullgraph=True)  # other settings, the same shapes: recorded too
+    pipe(clip["ids"], clip["expressions"], latents=clip["latents"], num_inference_steps=2, guidance_scale=1.0)
+    assert pipe.compiled_before(BATCH, 1.0, False, fullgraph=True, cache_dir=cache)
 
     def failing_backend(graph_module, example_inputs):
         raise RuntimeError("No working C++ compiler found (a stand-in)")
