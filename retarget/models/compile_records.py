@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 RECORDS_FOLDER = "retarget-compiled"
@@ -38,16 +36,12 @@ def has_record(cache_dir: Path, description: dict) -> bool:
 def write_record(cache_dir: Path, description: dict) -> Path:
     """Record a compiled graph of this description in ``cache_dir`` (written atomically; the description is the
     file's content, for a person who looks). Returns the file."""
+    from ..video.atomic import atomic_output
+
     path = record_path(cache_dir, description)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(description, out, sort_keys=True, indent=1, default=str)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(description, sort_keys=True, indent=1, default=str))
     return path
 
 
